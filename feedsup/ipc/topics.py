@@ -1,0 +1,24 @@
+"""Topic names on the PUB socket.
+
+A topic is ``<channel>.<SYMBOL>`` or ``kline.<SYMBOL>.<interval>``; account
+events use ``account.<event>``. ZeroMQ subscriptions match by byte prefix, so
+``kline.BTCUSDT`` receives every BTCUSDT interval and ``kline.`` every kline.
+"""
+
+from __future__ import annotations
+
+
+def market_topic(channel: str, symbol: str) -> str:
+    return f"{channel}.{symbol.upper()}"
+
+
+def kline_topic(symbol: str, interval: str) -> str:
+    return f"kline.{symbol.upper()}.{interval}"
+
+
+def account_topic(event: str) -> str:
+    return f"account.{event}"
+
+
+def topic_channel(topic: str) -> str:
+    return topic.split(".", 1)[0]
