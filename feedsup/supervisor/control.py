@@ -1,0 +1,58 @@
+"""The control socket's commands: one function each, validated, answering
+``{"ok": True, ...}`` or ``{"ok": False, "error": ...}`` (circus style).
+
+Requests are msgpack maps ``{"cmd": NAME, ...args}`` on a ZeroMQ ROUTER, so a
+client that vanishes mid-request cannot wedge the parent as a REP would.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from feedsup.supervisor.parent import Parent
+
+Handler = Callable[["Parent", dict[str, Any]], dict[str, Any]]
+COMMANDS: dict[str, Handler] = {}
+
+
+class CommandError(Exception):
+    pass
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def dispatch(parent: "Parent", request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return {"ok": False, "error": "request must be a map with a string 'cmd'"}
+    handler = COMMANDS.get(request["cmd"])
+    if handler is None:
+        return {"ok": False, "error": f"unknown command {request['cmd']!r}; known: {', '.join(sorted(COMMANDS))}"}
+    try:
+        return {"ok": True, **handler(parent, request)}
+    except CommandError as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+@command("status")
+def status(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+    return parent.status()
+
+
+@command("restart")
+def restart(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+    stream = request.get("stream")
+    if stream not in parent.stream_names():
+        raise CommandError(f"no stream named {stream!r}; streams: {', '.join(parent.stream_names())}")
+    parent.restart(stream)
+    return {"stream": stream}
+
+
+@command("ping")
+def ping(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+    return {"pid": parent.pid}

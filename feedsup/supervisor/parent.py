@@ -1,0 +1,317 @@
+"""The parent's I/O shell: sockets, processes and signals around the policy.
+
+Everything the parent *decides* lives in ``policy.py`` (restarts) and
+``sequencer.py`` (what is published, with which seq). This loop only feeds
+them facts and carries out their actions:
+
+    worker PUSH --> [PULL] --sequencer--> [PUB] --> consumers
+    worker control --> policy --> Spawn / Terminate / Kill / Exit
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from feedsup import logs
+from feedsup.config import Config
+from feedsup.ipc import frames
+from feedsup.ipc.frames import Control
+from feedsup.supervisor import control, policy as pol
+from feedsup.supervisor.sequencer import Sequencer
+from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
+from feedsup.workers.runtime import EXIT_FATAL
+from feedsup.workers.spec import WorkerSpec
+
+log = logging.getLogger("feedsup.parent")
+
+# Frames handled per poll wake-up before timers and children get a turn.
+DRAIN_BATCH = 2000
+# Longest the loop sleeps: bounds how late a child's exit is noticed.
+MAX_POLL_S = 0.1
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
+EXIT_REPORT_GRACE_S = 0.25
+
+
+class Parent:
+    def __init__(self, config: Config, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.policy = pol.Policy(config.streams, config.restart, rng or random.Random())
+        self.sequencer = Sequencer()
+        self.workers: dict[int, WorkerProcess] = {}
+        self.rates: dict[int, tuple[float, int, float]] = {}   # instance -> (t, msgs, msgs/s)
+        self.rundir = tempfile.mkdtemp(prefix="feedsup-")
+        self.uplink = f"ipc://{self.rundir}/uplink"
+        self.started = time.monotonic()
+        self.published = 0
+        self._signalled: int | None = None
+        self._pending: list[Any] = []
+        self._streams = {s.name: s for s in config.streams}
+
+    # -- public surface used by control commands ------------------------------
+
+    def stream_names(self) -> list[str]:
+        return list(self._streams)
+
+    def restart(self, stream: str) -> None:
+        self._pending += self.policy.request_restart(stream, time.monotonic())
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        rows = []
+        for row in self.policy.status(now):
+            inst = row.get("instance")
+            worker = self.workers.get(inst) if inst is not None else None
+            stats = row.get("stats") or {}
+            rows.append({
+                **row,
+                "pid": worker.pid if worker else None,
+                "msgs_per_s": self.rates.get(inst, (0, 0, 0.0))[2] if inst is not None else 0.0,
+                "last_msg_age": stats.get("idle"),
+                "lag_ms": stats.get("lag_ms"),
+                "drops": stats.get("drops", 0),
+            })
+        return {
+            "pid": self.pid,
+            "uptime": now - self.started,
+            "published": self.published,
+            "suppressed": self.sequencer.suppressed,
+            "streams": rows,
+        }
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        ctx = zmq.Context()
+        try:
+            sockets = self._bind(ctx)
+        except zmq.ZMQError as exc:
+            logs.event(log, "bind failed", logging.ERROR, error=str(exc))
+            ctx.destroy(linger=0)
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            return EXIT_UNAVAILABLE
+        pull, pub, ctl = sockets
+        old_handlers = self._install_signals()
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(ctl, zmq.POLLIN)
+        logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
+                   streams=len(self.config.streams))
+        code = None
+        try:
+            code = self._execute(self.policy.start(time.monotonic()))
+            while code is None:
+                ready = dict(poller.poll(self._poll_timeout_ms()))
+                if pull in ready:
+                    self._drain(pull, pub)
+                if ctl in ready:
+                    self._serve_control(ctl)
+                code = self._housekeeping()
+        finally:
+            self._kill_all()
+            for sock in sockets:
+                sock.close(linger=0)
+            ctx.term()
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+        logs.event(log, "exited", code=code)
+        return code
+
+    def _bind(self, ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket]:
+        pull = ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, 0)          # workers hold the backlog, not us
+        pull.bind(self.uplink)
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, self.config.pub_hwm)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind(self.config.pub)
+        ctl = ctx.socket(zmq.ROUTER)
+        ctl.setsockopt(zmq.LINGER, 0)
+        ctl.bind(self.config.control)
+        return pull, pub, ctl
+
+    def _install_signals(self) -> dict[int, Any]:
+        def on_signal(signum: int, frame: Any) -> None:
+            self._signalled = signum
+        return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.policy.next_deadline()
+        wait = MAX_POLL_S if deadline is None else min(MAX_POLL_S, deadline - time.monotonic())
+        return max(0, int(wait * 1000))
+
+    def _drain(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
+        # The hot path: kept flat, with locals, because every frame passes here.
+        recv = pull.recv
+        send = pub.send
+        admit = self.sequencer.admit
+        decode_data = frames.decode_data
+        with_seq = frames.with_seq
+        sndmore = zmq.SNDMORE
+        published = 0
+        for _ in range(DRAIN_BATCH):
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[0] == frames.DATA:
+                topic, major, minor, final, body = decode_data(frame)
+                seq = admit(topic, major, minor, final)
+                if seq:
+                    send(topic, sndmore)
+                    send(with_seq(body, seq))
+                    published += 1
+            else:
+                self._on_control(frames.decode_control(frame))
+        self.published += published
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        inst = msg.get("instance")
+        now = time.monotonic()
+        p = self.policy
+        if kind == Control.LIVE:
+            self._note_rate(inst, msg.get("stats") or {}, now)
+            self._pending += p.on_liveness(inst, msg.get("stats") or {}, now)
+        elif kind == Control.READY:
+            self._pending += p.on_ready(inst, now)
+        elif kind == Control.STREAMING:
+            self._pending += p.on_streaming(inst, now)
+        elif kind == Control.NOTICE:
+            logs.event(log, "notice", stream=msg.get("stream"), instance=inst, notice=msg.get("event"))
+            self._pending += p.on_notice(inst, msg.get("event", ""), now)
+        elif kind == Control.EXIT:
+            worker = self.workers.get(inst)
+            if worker is not None:
+                worker.exit_report = msg
+
+    def _note_rate(self, inst: int, stats: dict[str, Any], now: float) -> None:
+        msgs = stats.get("msgs", 0)
+        prev = self.rates.get(inst)
+        rate = 0.0
+        if prev is not None and now > prev[0]:
+            rate = (msgs - prev[1]) / (now - prev[0])
+        self.rates[inst] = (now, msgs, rate)
+
+    def _serve_control(self, ctl: zmq.Socket) -> None:
+        while True:
+            try:
+                parts = ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ident, body = parts[0], parts[-1]
+            try:
+                request = msgpack.unpackb(body)
+            except Exception:
+                request = None
+            reply = control.dispatch(self, request)
+            ctl.send_multipart([ident, b"", msgpack.packb(reply, default=str)])
+
+    def _housekeeping(self) -> int | None:
+        now = time.monotonic()
+        actions = self._pending
+        self._pending = []
+        if self._signalled is not None:
+            logs.event(log, "stop requested", signal=signal.Signals(self._signalled).name)
+            self._signalled = None
+            actions += self.policy.request_stop(now)
+        actions += self._reap(now)
+        actions += self.policy.tick(now)
+        return self._execute(actions)
+
+    def _reap(self, now: float) -> list[Any]:
+        actions: list[Any] = []
+        for inst, worker in list(self.workers.items()):
+            code = worker.poll()
+            if code is None:
+                continue
+            if worker.exited_at is None:
+                worker.exited_at = now
+            # A worker's last frames and its EXIT report may still be in
+            # flight through the I/O thread; wait for the report briefly so
+            # the restart carries the real reason.
+            if worker.exit_report is None and now - worker.exited_at < EXIT_REPORT_GRACE_S:
+                continue
+            del self.workers[inst]
+            self.rates.pop(inst, None)
+            report = worker.exit_report or {}
+            reason = report.get("reason") or describe_exit(code)
+            fatal = bool(report.get("fatal")) and code == EXIT_FATAL
+            actions += self.policy.on_exit(inst, code, reason, fatal, now)
+        return actions
+
+    def _execute(self, actions: list[Any]) -> int | None:
+        code = None
+        for action in actions:
+            if isinstance(action, pol.Spawn):
+                self._spawn(action)
+            elif isinstance(action, pol.Terminate):
+                self._signal(action.instance, action.reason, kill=False)
+            elif isinstance(action, pol.Kill):
+                self._signal(action.instance, action.reason, kill=True)
+            elif isinstance(action, pol.StateChanged):
+                logs.event(log, "state", logging.WARNING if action.new.name == "FATAL" else logging.INFO,
+                           stream=action.stream, old=action.old.name, new=action.new.name,
+                           reason=action.reason)
+            elif isinstance(action, pol.Exit):
+                logs.event(log, "exit", code=action.code, reason=action.reason)
+                code = action.code
+        return code
+
+    def _spawn(self, action: Any) -> None:
+        stream = self._streams[action.stream]
+        spec = WorkerSpec(
+            stream=stream,
+            endpoint=self.config.endpoint(stream.market),
+            uplink=self.uplink,
+            parent_pid=self.pid,
+            instance=action.instance,
+            resume=self._resume_marks(stream.name),
+            log_format=self.config.log_format,
+        )
+        worker = spawn(spec)
+        self.workers[action.instance] = worker
+        logs.event(log, "spawn", stream=stream.name, instance=action.instance, pid=worker.pid,
+                   reason=action.reason)
+
+    def _resume_marks(self, stream: str) -> dict[str, int]:
+        owned = self._stream_of_topic
+        return {t: m for t, m in self.sequencer.watermarks().items() if owned(t) == stream}
+
+    def _stream_of_topic(self, topic: str) -> str | None:
+        channel, _, rest = topic.partition(".")
+        symbol = rest.split(".", 1)[0]
+        for s in self._streams.values():
+            if s.channel == channel and symbol in s.symbols:
+                return s.name
+        return None
+
+    def _signal(self, inst: int, reason: str, kill: bool) -> None:
+        worker = self.workers.get(inst)
+        if worker is None:
+            return
+        logs.event(log, "kill" if kill else "terminate", stream=worker.stream, instance=inst,
+                   pid=worker.pid, reason=reason)
+        worker.kill() if kill else worker.terminate()
+
+    def _kill_all(self) -> None:
+        """Never leave an orphan: whatever is still running gets SIGKILL."""
+        for worker in self.workers.values():
+            if worker.poll() is None:
+                worker.kill()
+        for worker in self.workers.values():
+            try:
+                worker.proc.wait(timeout=5)
+            except Exception:
+                pass

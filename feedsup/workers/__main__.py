@@ -1,0 +1,37 @@
+"""Worker process entry point: ``python -m feedsup.workers SPEC_JSON``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from feedsup.workers.runtime import ConnectionEnded, Runtime, die_with_parent
+from feedsup.workers.spec import WorkerSpec
+
+# One worker kind per stream kind.
+KINDS = {"account": "feedsup.workers.account", "depth": "feedsup.workers.depth"}
+DEFAULT_KIND = "feedsup.workers.market"
+
+
+def main(argv: list[str]) -> int:
+    spec = WorkerSpec.from_json(argv[0])
+    die_with_parent(spec.parent_pid)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"worker={spec.stream.name}#{spec.instance} %(levelname)s %(message)s")
+    kind = importlib.import_module(KINDS.get(spec.stream.channel, DEFAULT_KIND))
+    rt = Runtime(spec)
+    rt.start()
+    try:
+        kind.run(rt)
+        ended = ConnectionEnded("worker returned")
+    except ConnectionEnded as exc:
+        ended = exc
+    except Exception as exc:  # a bug: report it rather than vanish
+        logging.exception("worker crashed")
+        ended = ConnectionEnded(f"worker error: {exc.__class__.__name__}: {exc}")
+    return rt.finish(ended)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

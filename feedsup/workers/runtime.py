@@ -1,0 +1,250 @@
+"""What every worker kind shares: dying with the parent, the ticker thread
+(liveness pings to the parent, native pings to the exchange), connecting,
+and reporting how the connection ended.
+
+A worker runs one connection and exits when it ends, for any reason. It
+never reconnects by itself: the parent owns every restart decision.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import websocket
+import zmq
+
+from feedsup.ipc.frames import Control
+from feedsup.workers import fastrecv
+from feedsup.workers.keepalive import Pinger
+from feedsup.workers.spec import WorkerSpec
+from feedsup.workers.uplink import Uplink
+
+log = logging.getLogger("feedsup.worker")
+
+EXIT_STOPPED = 0   # terminated on the parent's request
+EXIT_RETRY = 75    # EX_TEMPFAIL: the connection ended; a restart may help
+EXIT_FATAL = 78    # EX_CONFIG: retrying cannot fix this
+EXIT_ORPHAN = 70   # the parent is gone
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ConnectionEnded(Exception):
+    """The connection is over; ``fatal`` says whether a retry can help."""
+
+    def __init__(self, reason: str, fatal: bool = False, close_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fatal = fatal
+        self.close_code = close_code
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGTERM us when the parent dies, then make sure it
+    had not already died before we asked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the ticker's getppid check remains
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_ORPHAN)
+
+
+@dataclass
+class Counters:
+    """Written by the reading thread, read by the ticker (the GIL keeps each
+    int read whole; the figures are statistics, not invariants)."""
+
+    msgs: int = 0
+    bytes: int = 0
+    malformed: int = 0
+    last_event_ms: int = 0   # exchange event time of the newest message
+    last_recv_ms: int = 0    # our wall clock when it arrived
+
+
+class Runtime:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.name = spec.stream.name
+        self.conn = spec.stream.connection
+        self.ctx = zmq.Context(io_threads=1)
+        self.uplink = Uplink(self.ctx, spec.uplink)       # reading thread only
+        self.counters = Counters()
+        self.ws: websocket.WebSocket | None = None
+        self.connected_at: float | None = None
+        self.pinger = Pinger(self.conn.ping_interval, self.conn.ping_timeout)
+        self._end_reason: str | None = None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
+        self.extra_stats: dict[str, Any] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        self._ticker.start()
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.end("terminated")
+
+    def end(self, reason: str) -> None:
+        """End the connection from any thread; the reading thread then
+        returns with ``reason``."""
+        if self._end_reason is None:
+            self._end_reason = reason
+        self._stop.set()
+        ws = self.ws
+        if ws is not None and ws.sock is not None:
+            try:
+                ws.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def ending(self) -> str | None:
+        return self._end_reason
+
+    def finish(self, ended: ConnectionEnded) -> int:
+        """Report how the connection ended and return the exit code."""
+        reason = self._end_reason or ended.reason
+        fatal = ended.fatal and self._end_reason is None
+        stopped = reason == "terminated"
+        self.uplink.control(
+            Control.EXIT,
+            stream=self.name,
+            instance=self.spec.instance,
+            reason=reason,
+            fatal=fatal,
+            close_code=ended.close_code,
+            stats=self.stats(time.monotonic()),
+        )
+        self._stop.set()
+        if self.ws is not None:
+            self.ws.shutdown()
+        self.uplink.close()
+        self.ctx.term()
+        if stopped:
+            return EXIT_STOPPED
+        return EXIT_FATAL if fatal else EXIT_RETRY
+
+    # -- connecting ----------------------------------------------------------
+
+    def connect(self, url: str, **options: Any) -> websocket.WebSocket:
+        """Open the WebSocket, or raise ConnectionEnded with a classified reason."""
+        try:
+            ws = websocket.create_connection(
+                url,
+                timeout=self.conn.connect_timeout,
+                skip_utf8_validation=True,
+                enable_multithread=True,
+                **options,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            raise ConnectionEnded(*classify_status(exc.status_code, str(exc))) from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ConnectionEnded(f"connect failed: {exc.__class__.__name__}: {exc}") from None
+        ws.settimeout(None)  # liveness is the pinger's job, not a socket timeout
+        fastrecv.install(ws)
+        self.ws = ws
+        self.connected_at = time.monotonic()
+        self.pinger.start(self.connected_at)
+        if self._end_reason is not None:  # told to stop while connecting
+            self.end(self._end_reason)
+        return ws
+
+    def ready(self, **fields: Any) -> None:
+        self.uplink.control(Control.READY, stream=self.name, instance=self.spec.instance, **fields)
+
+    def streaming(self) -> None:
+        self.uplink.control(Control.STREAMING, stream=self.name, instance=self.spec.instance)
+
+    def notice(self, event: str, **fields: Any) -> None:
+        self.uplink.control(Control.NOTICE, stream=self.name, instance=self.spec.instance, event=event, **fields)
+
+    # -- the ticker thread ---------------------------------------------------
+
+    def stats(self, now: float) -> dict[str, Any]:
+        c = self.counters
+        lag = c.last_recv_ms - c.last_event_ms if c.last_event_ms else None
+        return {
+            "msgs": c.msgs,
+            "bytes": c.bytes,
+            "malformed": c.malformed,
+            "drops": self.uplink.drops,
+            "idle": self._idle(now),
+            "lag_ms": lag,
+            "age": (now - self.connected_at) if self.connected_at is not None else None,
+            **self.extra_stats,
+        }
+
+    def _idle(self, now: float) -> float | None:
+        # Sampled by the ticker rather than stamped per message: the hot path
+        # stays free of clock calls, and 1 s resolution suits a 10 s verdict.
+        if self.counters.msgs != self._seen_msgs:
+            self._seen_msgs = self.counters.msgs
+            self._last_change = now
+        if self._seen_msgs == 0:
+            return None
+        return now - self._last_change
+
+    _seen_msgs = 0
+    _last_change = 0.0
+
+    def _tick_loop(self) -> None:
+        live = Uplink(self.ctx, self.spec.uplink)
+        live.sock.setsockopt(zmq.LINGER, 0)
+        interval = self.conn.liveness_interval
+        next_live = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if os.getppid() != self.spec.parent_pid:
+                    os._exit(EXIT_ORPHAN)
+                if now >= next_live:
+                    live.control(Control.LIVE, stream=self.name, instance=self.spec.instance,
+                                 stats=self.stats(now))
+                    next_live = now + interval
+                deadline = next_live
+                if self.ws is not None and self.connected_at is not None:
+                    self._keepalive(now)
+                    deadline = min(deadline, self.pinger.next_deadline())
+                self._stop.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            live.close()
+
+    def _keepalive(self, now: float) -> None:
+        due = self.pinger.poll(now)
+        if due == "timeout":
+            self.end("ping/pong timed out")
+        elif due is not None:
+            try:
+                self.ws.ping(due)
+            except (OSError, websocket.WebSocketException):
+                pass  # the reading thread sees the broken socket and reports it
+
+
+def classify_status(status: int, text: str) -> tuple[str, bool]:
+    """Upgrade refused with an HTTP status: is it worth retrying?"""
+    # 403 is Binance's WAF limit, 418/429 its rate limits: all pass with time.
+    if status in (403, 418, 429) or status >= 500:
+        return f"upgrade refused: HTTP {status}", False
+    # 400/401/404: the URL, stream names or credentials are wrong.
+    return f"upgrade rejected: HTTP {status} ({text.splitlines()[0][:200]})", True
+
+
+def close_reason(payload: bytes) -> tuple[str, int | None]:
+    if len(payload) >= 2:
+        code = int.from_bytes(payload[:2], "big")
+        text = payload[2:].decode("utf-8", "replace")
+        return f"closed by server: {code}{' ' + text if text else ''}", code
+    return "closed by server", None

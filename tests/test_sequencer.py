@@ -1,0 +1,54 @@
+from hypothesis import given, strategies as st
+
+from feedsup.supervisor.sequencer import Sequencer, is_newer
+
+T = b"aggTrade.BTCUSDT"
+
+
+def test_seq_counts_from_one_per_topic():
+    s = Sequencer()
+    assert [s.admit(T, i, 0, True) for i in (1, 2, 3)] == [1, 2, 3]
+    assert s.admit(b"trade.BTCUSDT", 7, 0, True) == 1
+
+
+def test_duplicate_and_older_ids_are_suppressed():
+    s = Sequencer()
+    assert s.admit(T, 10, 0, True) == 1
+    assert s.admit(T, 10, 0, True) == 0
+    assert s.admit(T, 9, 0, True) == 0
+    assert s.admit(T, 11, 0, True) == 2
+    assert s.suppressed == 2
+
+
+def test_kline_updates_pass_until_the_close_then_nothing_for_that_open_time():
+    s = Sequencer()
+    k = b"kline.BTCUSDT.1m"
+    assert s.admit(k, 60_000, 1, False) == 1
+    assert s.admit(k, 60_000, 1, False) == 0          # same update twice
+    assert s.admit(k, 60_000, 2, False) == 2
+    assert s.admit(k, 60_000, 3, True) == 3           # the close
+    assert s.admit(k, 60_000, 3, True) == 0           # the close again (other connection)
+    assert s.admit(k, 60_000, 9, False) == 0          # late update after the close
+    assert s.admit(k, 120_000, 4, False) == 4
+
+
+def test_watermarks_report_last_final_id():
+    s = Sequencer()
+    s.admit(T, 42, 0, True)
+    s.admit(b"kline.BTCUSDT.1m", 60_000, 5, False)
+    marks = s.watermarks()
+    assert marks["aggTrade.BTCUSDT"] == 42
+    assert marks["kline.BTCUSDT.1m"] == 59_999
+
+
+@given(st.lists(st.integers(min_value=1, max_value=50), max_size=200))
+def test_any_replay_order_delivers_each_id_at_most_once_and_increasing(ids):
+    s = Sequencer()
+    delivered = [i for i in ids if s.admit(T, i, 0, True)]
+    assert delivered == sorted(set(delivered))
+    assert len(delivered) == len(set(delivered))
+
+
+def test_is_newer_final_blocks_same_major():
+    assert not is_newer((5, 0, True), 5, 1, True)
+    assert is_newer((5, 0, False), 5, 0, True)
