@@ -7,7 +7,16 @@ turns it into exit code 78 (EX_CONFIG).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 EX_CONFIG = 78
 
@@ -92,6 +101,8 @@ class Stream:
     api_key_env: str = ""
     api_secret_env: str = ""
     key_file: str = ""
+    # account only: PEM Ed25519 private key signing instead of an HMAC secret.
+    ed25519_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,3 +121,618 @@ class Config:
 
     def endpoint(self, market: str) -> Endpoint:
         return self.spot if market == "spot" else self.usdm
+
+
+# ---------------------------------------------------------------------------
+# Loader: TOML -> the dataclasses above.
+#
+# Each value goes through a small converter that takes the raw TOML value and
+# its location (``_At``) and either returns the typed value or raises
+# ``ConfigError`` naming that exact key. Tables reject unknown keys before
+# anything else, because a misspelt key otherwise surfaces as a confusing
+# "missing" error further down.
+# ---------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+CONNECTION_KEYS = tuple(f.name for f in fields(Connection))
+
+# Where each channel exists. Sources: ../shared/FACTS.md. Futures routes list
+# aggTrade, kline, markPrice and tickers (/market), bookTicker and depth
+# (/public): there is no futures ``trade`` stream, and ``markPrice`` is
+# futures-only.
+CHANNELS_BY_MARKET = {
+    "spot": frozenset(CHANNELS) - {"markPrice"},
+    "usdm": frozenset(CHANNELS) - {"trade"},
+}
+# Futures klines start at 1m; only spot has 1s.
+INTERVALS_BY_MARKET = {
+    "spot": KLINE_INTERVALS,
+    "usdm": tuple(i for i in KLINE_INTERVALS if i != "1s"),
+}
+# Sources disagree between 200 and 1024 streams per futures connection; we
+# plan for the lower figure so a config that loads also works.
+MAX_STREAMS_BY_MARKET = {"spot": MAX_STREAMS_PER_CONNECTION, "usdm": 200}
+
+# Binance allows 300 connection attempts per 5 minutes per IP.
+BINANCE_CONNECT_LIMIT = 300
+BINANCE_CONNECT_WINDOW = 300.0
+# A Binance connection is closed at 24 h; rotation must happen before.
+BINANCE_MAX_CONNECTION_AGE = 24 * 3600.0
+MAX_DEPTH_LEVELS = 1000  # largest snapshot limit both markets serve
+
+_SYMBOL = {
+    "spot": re.compile(r"[A-Z0-9]{2,20}"),
+    # Quarterly contracts carry a delivery date: BTCUSDT_250627.
+    "usdm": re.compile(r"[A-Z0-9]{2,20}(_[0-9]{6})?"),
+}
+# Stream names appear in logs (logfmt), topics of control replies and CLI
+# arguments, so they stay simple.
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# Unix socket paths (sun_path) hold 107 bytes plus the terminating NUL.
+_MAX_IPC_PATH = 107
+
+_TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
+_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm")
+_CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
+_STREAM_KEYS = (
+    "name", "market", "channel", "symbols", "intervals", "depth_levels",
+    *_CREDENTIAL_KEYS, *CONNECTION_KEYS,
+)
+LOG_FORMATS = ("logfmt", "json")
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a value lives: the file and its dotted key."""
+
+    file: str
+    key: str
+
+    def dot(self, name: str) -> _At:
+        part = name if _BARE_KEY.fullmatch(name) else f'"{name}"'
+        return _At(self.file, f"{self.key}.{part}" if self.key else part)
+
+    def index(self, i: int) -> _At:
+        return _At(self.file, f"{self.key}[{i}]")
+
+    def fail(self, reason: str) -> NoReturn:
+        raise ConfigError(self.file, self.key, reason)
+
+
+Converter = Callable[[object, _At], T]
+
+
+class _Table:
+    """One TOML table: typed access by key, unknown keys rejected up front."""
+
+    def __init__(self, raw: object, at: _At, allowed: Iterable[str]) -> None:
+        if not isinstance(raw, dict):
+            at.fail(f"must be a table, got {_type_name(raw)}")
+        self.raw: dict[str, object] = raw
+        self.at = at
+        allowed = tuple(allowed)
+        for key in raw:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                at.dot(key).fail(f"unknown key{hint}")
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def get(self, key: str, convert: Converter[T], default: T) -> T:
+        if key not in self.raw:
+            return default
+        return convert(self.raw[key], self.at.dot(key))
+
+    def require(self, key: str, convert: Converter[T]) -> T:
+        if key not in self.raw:
+            self.at.dot(key).fail("required")
+        return convert(self.raw[key], self.at.dot(key))
+
+
+# --- converters -------------------------------------------------------------
+
+def _type_name(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float",
+             str: "a string", list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _number(value: object, at: _At) -> float:
+    # bool is an int subclass in Python; `true` is never a valid duration.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        at.fail(f"must be a number, got {_type_name(value)}")
+    if not math.isfinite(value):
+        at.fail("must be a finite number")
+    return float(value)
+
+
+def _positive(value: object, at: _At) -> float:
+    number = _number(value, at)
+    if number <= 0:
+        at.fail(f"must be greater than 0, got {value}")
+    return number
+
+
+def _non_negative(value: object, at: _At) -> float:
+    number = _number(value, at)
+    if number < 0:
+        at.fail(f"must be 0 or greater, got {value}")
+    return number
+
+
+def _integer(value: object, at: _At) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        at.fail(f"must be an integer, got {_type_name(value)}")
+    return value
+
+
+def _int_range(low: int, high: int) -> Converter[int]:
+    def convert(value: object, at: _At) -> int:
+        number = _integer(value, at)
+        if not low <= number <= high:
+            at.fail(f"must be between {low} and {high}, got {number}")
+        return number
+    return convert
+
+
+def _positive_int(value: object, at: _At) -> int:
+    number = _integer(value, at)
+    if number <= 0:
+        at.fail(f"must be greater than 0, got {number}")
+    return number
+
+
+def _string(value: object, at: _At) -> str:
+    if not isinstance(value, str):
+        at.fail(f"must be a string, got {_type_name(value)}")
+    return value
+
+
+def _non_empty(value: object, at: _At) -> str:
+    text = _string(value, at)
+    if not text.strip():
+        at.fail("must not be empty")
+    return text
+
+
+def _choice(options: Iterable[str]) -> Converter[str]:
+    options = tuple(options)
+
+    def convert(value: object, at: _At) -> str:
+        text = _string(value, at)
+        if text not in options:
+            at.fail(f'unknown value "{text}"; expected one of: {", ".join(options)}')
+        return text
+    return convert
+
+
+def _array(item: Converter[T]) -> Converter[tuple[T, ...]]:
+    """A non-empty array without duplicates, each item converted."""
+
+    def convert(value: object, at: _At) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            at.fail(f"must be an array, got {_type_name(value)}")
+        if not value:
+            at.fail("must not be empty")
+        items: list[T] = []
+        for i, raw in enumerate(value):
+            converted = item(raw, at.index(i))
+            if converted in items:
+                at.index(i).fail(f'duplicate "{converted}" (also at index {items.index(converted)})')
+            items.append(converted)
+        return tuple(items)
+    return convert
+
+
+def _url(schemes: tuple[str, ...], allow_empty: bool = False) -> Converter[str]:
+    """A URL with one of ``schemes``, a host, a valid port and no query."""
+
+    def convert(value: object, at: _At) -> str:
+        text = _string(value, at)
+        if allow_empty and text == "":
+            return text
+        expected = " or ".join(f"{s}://" for s in schemes)
+        if any(c.isspace() for c in text):
+            at.fail(f'malformed URL "{text}": contains whitespace')
+        parts = urlsplit(text)
+        if parts.scheme not in schemes:
+            at.fail(f'malformed URL "{text}": must start with {expected}')
+        if not parts.hostname:
+            at.fail(f'malformed URL "{text}": no host')
+        try:
+            parts.port  # raises ValueError on a non-numeric or out-of-range port
+        except ValueError:
+            at.fail(f'malformed URL "{text}": invalid port')
+        if parts.query or parts.fragment or parts.username or parts.password:
+            at.fail(f'malformed URL "{text}": must not carry a query, fragment or user info')
+        return text
+    return convert
+
+
+def _zmq_endpoint(value: object, at: _At) -> str:
+    """``tcp://host:port`` (``*`` allowed for both when binding) or ``ipc://path``."""
+    text = _string(value, at)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "ipc"):
+        at.fail(f'invalid ZeroMQ endpoint "{text}": expected tcp://host:port or ipc://path')
+    if scheme == "ipc":
+        _check_ipc_path(text, rest, at)
+    else:
+        _check_tcp_address(text, rest, at)
+    return text
+
+
+def _check_ipc_path(text: str, path: str, at: _At) -> None:
+    if not path:
+        at.fail(f'invalid ZeroMQ endpoint "{text}": empty ipc path')
+    if len(path.encode()) > _MAX_IPC_PATH:
+        at.fail(f'invalid ZeroMQ endpoint "{text}": ipc path longer than '
+                f"{_MAX_IPC_PATH} bytes (Unix socket limit)")
+
+
+def _check_tcp_address(text: str, address: str, at: _At) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        at.fail(f'invalid ZeroMQ endpoint "{text}": expected tcp://host:port')
+    if port != "*" and not (port.isdigit() and 0 <= int(port) <= 65535):
+        at.fail(f'invalid ZeroMQ endpoint "{text}": port must be 0-65535 or *')
+    if host.startswith("["):
+        if not host.endswith("]"):
+            at.fail(f'invalid ZeroMQ endpoint "{text}": unbalanced [ in IPv6 host')
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            at.fail(f'invalid ZeroMQ endpoint "{text}": bad IPv6 address')
+    elif host != "*" and not re.fullmatch(r"[A-Za-z0-9_.-]+", host):
+        at.fail(f'invalid ZeroMQ endpoint "{text}": bad host "{host}"')
+
+
+def _symbol(market: str) -> Converter[str]:
+    pattern = _SYMBOL[market]
+
+    def convert(value: object, at: _At) -> str:
+        text = _string(value, at)
+        # Binance lists symbols in upper case; lower-case input is a common
+        # habit from stream names (btcusdt@aggTrade), so accept it.
+        symbol = text.upper() if text.isascii() else text
+        if not pattern.fullmatch(symbol):
+            at.fail(f'invalid symbol "{text}": Binance symbols are 2-20 upper-case '
+                    "letters and digits, e.g. BTCUSDT")
+        return symbol
+    return convert
+
+
+def _env_name(value: object, at: _At) -> str:
+    text = _string(value, at)
+    if not _ENV_NAME.fullmatch(text):
+        at.fail(f'"{text}" is not a valid environment variable name')
+    return text
+
+
+def _path_beside(config_path: str) -> Converter[str]:
+    """A file path; relative paths are relative to the config file's folder."""
+    base = os.path.dirname(os.path.abspath(config_path))
+
+    def convert(value: object, at: _At) -> str:
+        text = os.path.expanduser(_non_empty(value, at))
+        return os.path.normpath(os.path.join(base, text))
+    return convert
+
+
+# --- sections ---------------------------------------------------------------
+
+def load_config(path: str) -> Config:
+    """Read and validate the TOML config at ``path``; raise ``ConfigError``."""
+    raw = _read_toml(path)
+    top = _Table(raw, _At(path, ""), _TOP_KEYS)
+    section = top.at.dot
+    feedsup = _load_feedsup(top.raw.get("feedsup", {}), section("feedsup"))
+    spot, usdm = _load_binance(top.raw.get("binance", {}), section("binance"))
+    connection = _load_global_connection(top.raw.get("connection", {}), section("connection"))
+    restart = _load_restart(top.raw.get("restart", {}), section("restart"))
+    config = Config(path=path, spot=spot, usdm=usdm, connection=connection,
+                    restart=restart, **feedsup)
+    streams = _load_streams(top.raw.get("stream"), section("stream"), config)
+    _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
+    return replace(config, streams=streams)
+
+
+def _read_toml(path: str) -> dict[str, object]:
+    at = _At(path, "(file)")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        at.fail("file not found")
+    except IsADirectoryError:
+        at.fail("is a directory, not a file")
+    except OSError as e:
+        at.fail(f"cannot read: {e.strerror or e}")
+    except UnicodeDecodeError:
+        at.fail("not valid UTF-8")
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        where = re.search(r"\((at line (\d+), column (\d+)|at end of document)\)$", message)
+        location = "end of document"
+        if where and where.group(2):
+            location = f"line {where.group(2)}, column {where.group(3)}"
+        detail = message[: where.start()].strip() if where else message
+        _At(path, location).fail(f"TOML syntax error: {detail}")
+
+
+def _load_feedsup(raw: object, at: _At) -> dict[str, object]:
+    table = _Table(raw, at, _FEEDSUP_KEYS)
+    default = Config(path="")
+    values = {
+        "pub": table.get("pub", _zmq_endpoint, default.pub),
+        "control": table.get("control", _zmq_endpoint, default.control),
+        "log_format": table.get("log_format", _choice(LOG_FORMATS), default.log_format),
+        "metrics_port": table.get("metrics_port", _int_range(0, 65535), default.metrics_port),
+        # 0 would mean "unlimited" to ZeroMQ: unbounded memory, never on purpose.
+        "pub_hwm": table.get("pub_hwm", _positive_int, default.pub_hwm),
+    }
+    if values["pub"] == values["control"]:
+        at.dot("control").fail("must differ from pub")
+    return values
+
+
+def _load_binance(raw: object, at: _At) -> tuple[Endpoint, Endpoint]:
+    table = _Table(raw, at, MARKETS)
+    spot = _load_endpoint(table.raw.get("spot", {}), at.dot("spot"), SPOT_DEFAULT,
+                          ("ws_url", "rest_url", "ws_api_url"))
+    usdm = _load_endpoint(table.raw.get("usdm", {}), at.dot("usdm"), USDM_DEFAULT,
+                          ("ws_url", "rest_url"))
+    return spot, usdm
+
+
+def _load_endpoint(raw: object, at: _At, default: Endpoint, keys: tuple[str, ...]) -> Endpoint:
+    table = _Table(raw, at, keys)
+    ws, http = ("ws", "wss"), ("http", "https")
+    return Endpoint(
+        ws_url=table.get("ws_url", _url(ws), default.ws_url),
+        rest_url=table.get("rest_url", _url(http), default.rest_url),
+        ws_api_url=table.get("ws_api_url", _url(ws, allow_empty=True), default.ws_api_url),
+    )
+
+
+def _connection_converter(key: str) -> Converter[float]:
+    if key == "stale_after":
+        return _non_negative  # 0 disables the staleness check
+    if key == "max_age":
+        return _max_age
+    return _positive
+
+
+def _max_age(value: object, at: _At) -> float:
+    age = _positive(value, at)
+    if age >= BINANCE_MAX_CONNECTION_AGE:
+        at.fail(f"must be below {BINANCE_MAX_CONNECTION_AGE:g} s: Binance closes "
+                "every connection at 24 h, so rotation must come first")
+    return age
+
+
+def _connection_overrides(table: _Table) -> dict[str, float]:
+    return {key: table.require(key, _connection_converter(key))
+            for key in CONNECTION_KEYS if table.has(key)}
+
+
+def _load_global_connection(raw: object, at: _At) -> Connection:
+    table = _Table(raw, at, CONNECTION_KEYS)
+    connection = Connection(**_connection_overrides(table))
+    _check_connection(connection, lambda key: (at.dot(key), table.has(key)))
+    return connection
+
+
+# Where a key's value came from: its location, and whether the user set it at
+# that level (as opposed to inheriting it).
+KeySource = Callable[[str], tuple[_At, bool]]
+
+
+def _check_connection(connection: Connection, source: KeySource) -> None:
+    """Cross-field rules between connection keys."""
+    _check_order(connection, "ping_timeout", "ping_interval", "ping_timeout", source,
+                 "websocket-client requires ping_interval > ping_timeout")
+    _check_order(connection, "liveness_interval", "liveness_timeout", "liveness_timeout",
+                 source, "a worker must get a liveness ping in before it counts as hung")
+
+
+def _check_order(connection: Connection, small: str, big: str, blame: str,
+                 source: KeySource, why: str) -> None:
+    """Require ``small < big``; on failure blame the key the user set here."""
+    small_value, big_value = getattr(connection, small), getattr(connection, big)
+    if small_value < big_value:
+        return
+    (small_at, small_set), (big_at, big_set) = source(small), source(big)
+    if small_set != big_set:
+        blame = small if small_set else big
+    if blame == big:
+        big_at.fail(f"must be greater than {small} ({small_value:g}); {why}")
+    small_at.fail(f"must be less than {big} ({big_value:g}); {why}")
+
+
+def _load_restart(raw: object, at: _At) -> Restart:
+    table = _Table(raw, at, tuple(f.name for f in fields(Restart)))
+    default = Restart()
+    restart = Restart(
+        backoff_initial=table.get("backoff_initial", _positive, default.backoff_initial),
+        backoff_max=table.get("backoff_max", _positive, default.backoff_max),
+        intensity=table.get("intensity", _positive_int, default.intensity),
+        period=table.get("period", _positive, default.period),
+        connect_budget=table.get("connect_budget", _positive_int, default.connect_budget),
+        budget_window=table.get("budget_window", _positive, default.budget_window),
+        stable_after=table.get("stable_after", _positive, default.stable_after),
+        stop_timeout=table.get("stop_timeout", _positive, default.stop_timeout),
+    )
+    if restart.backoff_max < restart.backoff_initial:
+        at.dot("backoff_max").fail(
+            f"must be at least backoff_initial ({restart.backoff_initial:g})")
+    _check_connect_budget(restart, at)
+    return restart
+
+
+def _check_connect_budget(restart: Restart, at: _At) -> None:
+    # A budget of N per sliding window W allows up to N * ceil(300 / W)
+    # attempts in any 300 s, which must stay within Binance's limit.
+    windows = math.ceil(BINANCE_CONNECT_WINDOW / restart.budget_window)
+    worst = restart.connect_budget * windows
+    if worst > BINANCE_CONNECT_LIMIT:
+        at.dot("connect_budget").fail(
+            f"allows up to {worst} connection attempts in 300 s (budget "
+            f"{restart.connect_budget} per {restart.budget_window:g} s); Binance "
+            f"allows {BINANCE_CONNECT_LIMIT} per 5 minutes per IP")
+
+
+def _check_budget_fits(stream_count: int, restart: Restart, at: _At) -> None:
+    if stream_count > restart.connect_budget:
+        at.fail(f"{stream_count} streams need {stream_count} connections to start, "
+                f"more than the budget of {restart.connect_budget}")
+
+
+# --- streams ----------------------------------------------------------------
+
+def _load_streams(raw: object, at: _At, config: Config) -> tuple[Stream, ...]:
+    if raw is None:
+        at.fail("no streams configured: add at least one [[stream]] table")
+    if not isinstance(raw, list):
+        at.fail("must be an array of tables: write [[stream]], not [stream]")
+    if not raw:
+        at.fail("no streams configured: add at least one [[stream]] table")
+    streams: list[Stream] = []
+    first_index: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        stream = _load_stream(item, at.index(i), config)
+        if stream.name in first_index:
+            at.index(i).dot("name").fail(
+                f'duplicate stream name "{stream.name}" (also stream[{first_index[stream.name]}])')
+        first_index[stream.name] = i
+        streams.append(stream)
+    return tuple(streams)
+
+
+def _stream_name(value: object, at: _At) -> str:
+    name = _string(value, at)
+    if not _STREAM_NAME.fullmatch(name):
+        at.fail(f'invalid stream name "{name}": use 1-64 letters, digits, "_", "-" '
+                'or ".", starting with a letter or digit')
+    return name
+
+
+def _load_stream(raw: object, at: _At, config: Config) -> Stream:
+    if not isinstance(raw, dict):
+        at.fail(f"must be a table, got {_type_name(raw)}")
+    if "name" not in raw:
+        at.dot("name").fail("required")
+    name = _stream_name(raw["name"], at.dot("name"))
+    # From here on, errors name the stream, which is what the user sees.
+    table = _Table(raw, _At(at.file, f'stream "{name}"'), _STREAM_KEYS)
+    market = table.require("market", _choice(MARKETS))
+    channel = table.require("channel", _choice(CHANNELS))
+    if channel not in CHANNELS_BY_MARKET[market]:
+        table.at.dot("channel").fail(
+            f'"{channel}" is not available on market "{market}"; '
+            f'{market} has: {", ".join(c for c in CHANNELS if c in CHANNELS_BY_MARKET[market])}')
+    stream = Stream(
+        name=name, market=market, channel=channel,
+        symbols=_load_symbols(table, market, channel),
+        intervals=_only_for(table, "intervals", channel, "kline", required=True,
+                            convert=_array(_choice(INTERVALS_BY_MARKET[market])), default=()),
+        depth_levels=_only_for(table, "depth_levels", channel, "depth", required=False,
+                               convert=_int_range(1, MAX_DEPTH_LEVELS), default=10),
+        connection=_stream_connection(table, config, channel),
+    )
+    stream = replace(stream, **_load_credentials_config(table, stream, config))
+    _check_stream_count(stream, table.at.dot("symbols"))
+    return stream
+
+
+def _load_symbols(table: _Table, market: str, channel: str) -> tuple[str, ...]:
+    if channel == "account":
+        if table.has("symbols"):
+            table.at.dot("symbols").fail("an account stream takes no symbols")
+        return ()
+    return table.require("symbols", _array(_symbol(market)))
+
+
+def _only_for(table: _Table, key: str, channel: str, wanted: str, *, required: bool,
+              convert: Converter[T], default: T) -> T:
+    """A key that belongs to one channel: required there (or not), refused elsewhere."""
+    if channel != wanted:
+        if table.has(key):
+            table.at.dot(key).fail(f'only valid for channel "{wanted}", not "{channel}"')
+        return default
+    if required:
+        return table.require(key, convert)
+    return table.get(key, convert, default)
+
+
+def _stream_connection(table: _Table, config: Config, channel: str) -> Connection:
+    overrides = _connection_overrides(table)
+    if channel == "account":
+        # An account stream is quiet for long periods: silence is not staleness.
+        if overrides.get("stale_after", 0.0) != 0.0:
+            table.at.dot("stale_after").fail(
+                "must be 0 for an account stream: it is quiet for long periods, "
+                "so silence is not staleness")
+        overrides["stale_after"] = 0.0
+    connection = replace(config.connection, **overrides)
+    global_at = _At(table.at.file, "connection")
+    _check_connection(connection, lambda key: (table.at.dot(key), True) if table.has(key)
+                      else (global_at.dot(key), False))
+    return connection
+
+
+def _load_credentials_config(table: _Table, stream: Stream, config: Config) -> dict[str, str]:
+    """Names of the secret sources; the secrets themselves are read by the worker."""
+    if stream.channel != "account":
+        for key in _CREDENTIAL_KEYS:
+            if table.has(key):
+                table.at.dot(key).fail(
+                    f'only valid for channel "account", not "{stream.channel}"')
+        return {}
+    path = _path_beside(config.path)
+    values = {
+        "api_key_env": table.get("api_key_env", _env_name, ""),
+        "api_secret_env": table.get("api_secret_env", _env_name, ""),
+        "key_file": table.get("key_file", path, ""),
+        "ed25519_key_file": table.get("ed25519_key_file", path, ""),
+    }
+    _check_credential_sources(values, table.at)
+    if stream.market == "spot" and not config.spot.ws_api_url:
+        _At(table.at.file, "binance.spot.ws_api_url").fail(
+            f'required by account stream "{stream.name}": spot user data '
+            "comes through the WebSocket API")
+    return values
+
+
+def _check_credential_sources(values: Mapping[str, str], at: _At) -> None:
+    env_key, env_secret = values["api_key_env"], values["api_secret_env"]
+    key_file, ed25519 = values["key_file"], values["ed25519_key_file"]
+    if key_file and (env_key or env_secret):
+        at.dot("key_file").fail("set either key_file or api_key_env/api_secret_env, not both")
+    if not key_file and not env_key:
+        at.dot("api_key_env").fail(
+            "an account stream needs credentials: set api_key_env and api_secret_env "
+            "(names of environment variables), or key_file")
+    if env_key and not env_secret and not ed25519:
+        at.dot("api_secret_env").fail(
+            "required with api_key_env (or set ed25519_key_file to sign with Ed25519)")
+    if env_secret and not env_key:
+        at.dot("api_key_env").fail("required with api_secret_env")
+    if env_secret and ed25519:
+        at.dot("ed25519_key_file").fail(
+            "set either api_secret_env (HMAC) or ed25519_key_file, not both")
+
+
+def _check_stream_count(stream: Stream, at: _At) -> None:
+    count = len(stream.symbols) * max(1, len(stream.intervals))
+    limit = MAX_STREAMS_BY_MARKET[stream.market]
+    if count > limit:
+        detail = (f"{len(stream.symbols)} symbols x {len(stream.intervals)} intervals = "
+                  if stream.intervals else "")
+        at.fail(f"{detail}{count} Binance streams on one connection, more than the "
+                f"{limit} allowed on {stream.market}; split it into several [[stream]] tables")
