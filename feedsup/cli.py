@@ -1,0 +1,170 @@
+"""The ``feedsup`` command: run, check, status, tail, restart, sim."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from feedsup.config import EX_CONFIG, ConfigError, load_config
+
+DEFAULT_CONFIG = "conf/feedsup.toml"
+
+
+def _load(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"feedsup: config error: {exc}", err=True)
+        sys.exit(EX_CONFIG)
+
+
+@click.group()
+@click.version_option(package_name="feedsup")
+def main() -> None:
+    """Multiprocess feed supervisor for Binance WebSocket streams."""
+
+
+@main.command()
+@click.option("-c", "--config", "path", default=DEFAULT_CONFIG, show_default=True, help="feedsup TOML file")
+def run(path: str) -> None:
+    """Start the parent and one worker per stream; serve until SIGTERM/SIGINT."""
+    from feedsup import logs
+    from feedsup.supervisor.parent import Parent
+
+    config = _load(path)
+    logs.setup(config.log_format)
+    sys.exit(Parent(config).run())
+
+
+@main.command()
+@click.option("-c", "--config", "path", default=DEFAULT_CONFIG, show_default=True, help="feedsup TOML file")
+def check(path: str) -> None:
+    """Validate a config file and exit (78 on any error)."""
+    config = _load(path)
+    click.echo(f"{path}: ok ({len(config.streams)} streams)")
+
+
+def _control_option(fn):
+    fn = click.option("-c", "--config", "path", default=None,
+                      help="read the control endpoint from this config")(fn)
+    return click.option("--control", default=None, help="control endpoint (overrides the config)")(fn)
+
+
+def _control_endpoint(control: str | None, path: str | None) -> str:
+    if control:
+        return control
+    return _load(path or DEFAULT_CONFIG).control
+
+
+def _ask(endpoint: str, cmd: str, **args: Any) -> dict[str, Any]:
+    from feedsup.ipc.client import ControlError, request
+
+    try:
+        return request(endpoint, cmd, **args)
+    except ControlError as exc:
+        click.echo(f"feedsup: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@_control_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--watch", is_flag=True, help="refresh every --interval seconds")
+@click.option("--interval", default=1.0, show_default=True)
+def status(control: str | None, path: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Per-stream state, pid, uptime, restarts, rates, lag and drops."""
+    endpoint = _control_endpoint(control, path)
+    while True:
+        reply = _ask(endpoint, "status")
+        if as_json:
+            click.echo(json.dumps(reply, default=str))
+        else:
+            if watch:
+                click.clear()
+            click.echo(format_status(reply))
+        if not watch:
+            return
+        time.sleep(interval)  # a display refresh period, not synchronisation
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if spec else str(value)
+
+
+STATUS_COLUMNS = ("STREAM", "STATE", "PID", "UPTIME", "RESTARTS", "MSG/S", "LAST MSG", "LAG MS", "DROPS",
+                  "LAST REASON")
+
+
+def format_status(reply: dict[str, Any]) -> str:
+    rows = [STATUS_COLUMNS]
+    for s in reply.get("streams", []):
+        rows.append((
+            s.get("name", "?"), s.get("state", "?"), _fmt(s.get("pid")), _fmt(s.get("uptime"), ".0f"),
+            _fmt(s.get("restarts")), _fmt(s.get("msgs_per_s"), ".1f"), _fmt(s.get("last_msg_age"), ".1f"),
+            _fmt(s.get("lag_ms")), _fmt(s.get("drops")), s.get("last_reason") or "-",
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(STATUS_COLUMNS) - 1)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + str(r[-1]) for r in rows]
+    lines.append(f"pid {reply.get('pid')}  up {reply.get('uptime', 0):.0f}s  published {reply.get('published')}"
+                 f"  duplicates suppressed {reply.get('suppressed')}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("topics", nargs=-1)
+@click.option("-c", "--config", "path", default=None, help="read the PUB endpoint from this config")
+@click.option("--pub", default=None, help="PUB endpoint (overrides the config)")
+@click.option("-n", "--count", default=0, help="stop after this many frames (0: run until Ctrl-C)")
+def tail(topics: tuple[str, ...], path: str | None, pub: str | None, count: int) -> None:
+    """Print live frames; TOPICS are prefixes such as kline.BTCUSDT (default: all)."""
+    from feedsup.ipc.client import Subscriber
+
+    endpoint = pub or _load(path or DEFAULT_CONFIG).pub
+    seen = 0
+    with Subscriber(endpoint, topics or ("",)) as sub:
+        try:
+            for frame in sub:
+                click.echo(format_frame(frame))
+                seen += 1
+                if count and seen >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
+        if sub.gaps:
+            click.echo(f"# {len(sub.gaps)} seq gaps, {sub.tracker.missed} frames missed", err=True)
+
+
+def format_frame(frame: dict[str, Any]) -> str:
+    data = frame.get("data")
+    body = " ".join(f"{k}={v}" for k, v in data.items()) if isinstance(data, dict) else str(data)
+    flags = " backfill" if frame.get("backfill") else ""
+    return f"{frame.get('topic')} #{frame.get('seq')}{flags} {body}"
+
+
+@main.command()
+@click.argument("stream")
+@_control_option
+def restart(stream: str, control: str | None, path: str | None) -> None:
+    """Ask the parent to restart STREAM."""
+    _ask(_control_endpoint(control, path), "restart", stream=stream)
+    click.echo(f"restart requested: {stream}")
+
+
+def _add_sim() -> None:
+    try:
+        from feedsup.sim.cli import sim
+    except ImportError:  # the simulator module is optional at import time
+        return
+    main.add_command(sim, "sim")
+
+
+_add_sim()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The over-reading frame buffer must hand websocket-client exactly the bytes
+it asks for, whatever the socket's read boundaries."""
+
+import random
+import socket
+import threading
+
+import pytest
+import websocket
+from hypothesis import given, settings, strategies as st
+
+from feedsup.workers.fastrecv import OverReader, install
+
+
+def chunked_source(data: bytes, cuts: list[int]):
+    """A recv() that returns data in pieces ending at the given cut points."""
+    pieces = []
+    last = 0
+    for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
+        pieces.append(data[last:cut])
+        last = cut
+    it = iter(pieces)
+
+    def recv(_n: int) -> bytes:
+        return next(it, b"")
+    return recv
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=30), st.data())
+def test_any_read_boundaries_yield_the_exact_requested_slices(sizes, data):
+    blob = random.Random(len(sizes)).randbytes(sum(sizes))
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(blob)), max_size=40))
+    reader = OverReader(chunked_source(blob, cuts), chunk=4096)
+    pos = 0
+    for size in sizes:
+        assert reader.recv_strict(size) == blob[pos:pos + size]
+        pos += size
+    assert reader.buffered() == 0
+
+
+def test_closed_socket_raises_connection_closed():
+    reader = OverReader(chunked_source(b"abc", []))
+    assert reader.recv_strict(2) == b"ab"
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        reader.recv_strict(5)
+
+
+def test_real_websocket_frames_across_boundaries():
+    """A hand-framed server writes many small and large frames in odd-sized
+    TCP writes; websocket-client with the over-reader decodes them all."""
+    messages = [bytes([65 + i % 26]) * size for i, size in
+                enumerate([1, 125, 126, 127, 65535, 65536, 70000, 3] * 5)]
+    wire = b"".join(_server_frame(m) for m in messages) + _server_close(1000)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = [line.split(b": ")[1] for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key")][0]
+            conn.sendall(_handshake(key))
+            rng = random.Random(7)
+            pos = 0
+            while pos < len(wire):
+                step = rng.randint(1, 9000)
+                conn.sendall(wire[pos:pos + step])
+                pos += step
+            try:
+                conn.recv(1024)   # the client's close reply
+            except OSError:
+                pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=5)
+        install(ws, chunk=4096)
+        got = []
+        while True:
+            opcode, payload = ws.recv_data(True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                break
+            got.append(payload)
+        assert got == messages
+        ws.close()
+    finally:
+        listener.close()
+        server.join(timeout=5)
+
+
+def _server_frame(payload: bytes, opcode: int = 2) -> bytes:
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def _server_close(code: int) -> bytes:
+    return _server_frame(code.to_bytes(2, "big"), opcode=8)
+
+
+def _handshake(key: bytes) -> bytes:
+    import base64
+    import hashlib
+    accept = base64.b64encode(hashlib.sha1(key.strip() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
