@@ -714,6 +714,8 @@ def _check_credential_sources(values: Mapping[str, str], at: _At) -> None:
     key_file, ed25519 = values["key_file"], values["ed25519_key_file"]
     if key_file and (env_key or env_secret):
         at.dot("key_file").fail("set either key_file or api_key_env/api_secret_env, not both")
+    if env_secret and not env_key:
+        at.dot("api_key_env").fail("required with api_secret_env")
     if not key_file and not env_key:
         at.dot("api_key_env").fail(
             "an account stream needs credentials: set api_key_env and api_secret_env "
@@ -721,8 +723,6 @@ def _check_credential_sources(values: Mapping[str, str], at: _At) -> None:
     if env_key and not env_secret and not ed25519:
         at.dot("api_secret_env").fail(
             "required with api_key_env (or set ed25519_key_file to sign with Ed25519)")
-    if env_secret and not env_key:
-        at.dot("api_key_env").fail("required with api_secret_env")
     if env_secret and ed25519:
         at.dot("ed25519_key_file").fail(
             "set either api_secret_env (HMAC) or ed25519_key_file, not both")
