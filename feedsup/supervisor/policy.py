@@ -1,0 +1,593 @@
+"""Where restarts are decided: the supervisor's pure policy core.
+
+The I/O shell feeds facts in (a worker is READY, sent a liveness ping, exited;
+the operator asked for a restart or a stop; time passed) and carries out the
+actions that come back (``Spawn``, ``Terminate``, ``Kill``, ``Exit``;
+``StateChanged`` is for the log). Nothing here touches a process, a socket or
+a clock: ``now`` is monotonic seconds passed in by the caller, randomness
+comes from the injected ``random.Random``. The shell must call ``tick(now)``
+no later than ``next_deadline()`` after every call.
+
+Per stream there is one *active* worker at most, plus during a planned
+rotation a *successor* (make-before-break), plus any number of *retiring*
+workers that were sent TERM and whose exit has no consequence. Stream states
+use supervisord's vocabulary; every change goes through
+``_StreamRecord.change_state`` and the transition table ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from feedsup.config import EX_CONFIG, Restart, Stream
+from feedsup.supervisor.backoff import Backoff
+from feedsup.supervisor.budget import ConnectBudget
+
+SERVER_SHUTDOWN = "serverShutdown"
+BUDGET_EXHAUSTED = "connect budget exhausted"
+
+
+class State(enum.Enum):
+    STARTING = "STARTING"  # worker spawned, not READY yet
+    RUNNING = "RUNNING"    # worker READY (subscribed)
+    BACKOFF = "BACKOFF"    # no worker; waiting for the backoff delay or the connect budget
+    STOPPING = "STOPPING"  # TERM sent to the active worker; waiting for its exit
+    EXITED = "EXITED"      # not started yet, or stopped by a shutdown
+    FATAL = "FATAL"        # gave up: fatal error or restart intensity exceeded
+
+
+_S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    _S.EXITED: frozenset({_S.STARTING, _S.BACKOFF}),
+    _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.BACKOFF, _S.FATAL}),
+    # RUNNING -> STARTING: the active worker died and a not-yet-READY successor took over.
+    _S.RUNNING: frozenset({_S.STOPPING, _S.BACKOFF, _S.FATAL, _S.STARTING}),
+    # BACKOFF -> BACKOFF: still waiting, for a new reason (the connect budget).
+    _S.BACKOFF: frozenset({_S.STARTING, _S.BACKOFF, _S.EXITED}),
+    _S.STOPPING: frozenset({_S.EXITED, _S.BACKOFF, _S.STARTING, _S.RUNNING, _S.FATAL}),
+    _S.FATAL: frozenset({_S.STARTING, _S.BACKOFF, _S.EXITED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A bug in the policy: a state change the transition table forbids."""
+
+
+class UnknownStream(KeyError):
+    """The operator named a stream that is not configured."""
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"{old.name} -> {new.name} is not allowed")
+
+
+# --- actions ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spawn:
+    stream: str
+    instance: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Terminate:
+    instance: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    instance: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    stream: str
+    old: State
+    new: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+    reason: str
+
+
+Action = Union[Spawn, Terminate, Kill, StateChanged, Exit]
+
+
+# --- verdicts ----------------------------------------------------------------
+
+def is_stale(idle: Any, ready_for: float, stale_after: float) -> bool:
+    """Has a READY worker gone ``stale_after`` seconds without data?
+
+    ``idle`` is the worker's seconds since its last data message, or None when
+    none came yet; then the time since READY counts, because a subscription
+    that is acknowledged but never delivers (a stream on the wrong route) is
+    exactly the failure this catches. ``stale_after`` <= 0 disables it.
+    """
+    if stale_after <= 0:
+        return False
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or math.isnan(idle):
+        idle = ready_for
+    return idle > stale_after
+
+
+# --- bookkeeping ---------------------------------------------------------------
+
+class Role(enum.Enum):
+    ACTIVE = "active"        # the stream's worker
+    SUCCESSOR = "successor"  # rotation candidate; becomes active once it streams
+    RETIRING = "retiring"    # TERM sent; its exit changes nothing
+
+
+@dataclass
+class _Worker:
+    instance: int
+    stream: str
+    role: Role
+    spawned_at: float
+    last_live: float
+    ready_at: float | None = None
+    streaming: bool = False
+    shutdown_notice: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    term_reason: str | None = None
+    term_at: float | None = None
+    killed: bool = False
+
+    @property
+    def terminating(self) -> bool:
+        return self.term_at is not None
+
+
+@dataclass
+class _StreamRecord:
+    config: Stream
+    backoff: Backoff
+    rotation_backoff: Backoff
+    state: State = State.EXITED
+    state_reason: str = "not started"
+    active: _Worker | None = None
+    successor: _Worker | None = None
+    retry_at: float | None = None          # BACKOFF: when to try the next spawn
+    running_since: float | None = None     # READY time of the active worker
+    restart_times: deque[float] = field(default_factory=deque)
+    starts: int = 0                        # active spawns; all but the first are restarts
+    rotations: int = 0
+    last_reason: str = ""
+    last_stats: dict[str, Any] = field(default_factory=dict)
+    manual_restart: bool = False           # respawn at once when the active worker exits
+    # Rotation of the current active worker; reset whenever the active worker changes.
+    rotate_retry_at: float | None = None
+    rotation_blocked: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def change_state(self, new: State, reason: str) -> StateChanged:
+        """The one place a stream changes state."""
+        check_transition(self.state, new)
+        event = StateChanged(self.name, self.state, new, reason)
+        self.state = new
+        self.state_reason = reason
+        return event
+
+
+# --- the policy ----------------------------------------------------------------
+
+class Policy:
+    """Restart decisions for every configured stream; see the module docstring."""
+
+    def __init__(self, streams: Sequence[Stream], restart: Restart, rng: random.Random) -> None:
+        self._restart = restart
+        self._budget = ConnectBudget(restart.connect_budget, restart.budget_window)
+        self._streams: dict[str, _StreamRecord] = {}
+        for stream in streams:
+            if stream.name in self._streams:
+                raise ValueError(f"duplicate stream name {stream.name!r}")
+            self._streams[stream.name] = _StreamRecord(
+                config=stream,
+                backoff=self._new_backoff(rng),
+                rotation_backoff=self._new_backoff(rng),
+            )
+        self._workers: dict[int, _Worker] = {}  # live workers only
+        self._next_instance = 1
+        self._started = False
+        self._stopping = False
+        self._exit_sent = False
+
+    def _new_backoff(self, rng: random.Random) -> Backoff:
+        r = self._restart
+        return Backoff(r.backoff_initial, r.backoff_max, r.stable_after, rng)
+
+    # --- events -----------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Spawn every stream (as far as the connect budget allows)."""
+        out: list[Action] = []
+        if self._started or self._stopping:
+            return out
+        self._started = True
+        for rec in self._streams.values():
+            self._start_active(rec, "start", now, out)
+        return out
+
+    def on_ready(self, instance: int, now: float) -> list[Action]:
+        out: list[Action] = []
+        worker = self._workers.get(instance)
+        if worker is not None and worker.ready_at is None:
+            self._mark_ready(worker, now, out)
+        return out
+
+    def on_streaming(self, instance: int, now: float) -> list[Action]:
+        out: list[Action] = []
+        worker = self._workers.get(instance)
+        if worker is None:
+            return out
+        if worker.ready_at is None:  # STREAMING implies subscribed
+            self._mark_ready(worker, now, out)
+        worker.streaming = True
+        rec = self._streams[worker.stream]
+        if worker.role is Role.SUCCESSOR and not self._stopping:
+            self._hand_over(rec, worker, now, out)
+        return out
+
+    def on_liveness(self, instance: int, stats: Mapping[str, Any], now: float) -> list[Action]:
+        out: list[Action] = []
+        worker = self._workers.get(instance)
+        if worker is None:
+            return out
+        worker.last_live = now
+        if isinstance(stats, Mapping):
+            worker.stats = dict(stats)
+        rec = self._streams[worker.stream]
+        if worker.role is Role.ACTIVE:
+            rec.last_stats = worker.stats
+        if worker.terminating or worker.ready_at is None or self._stopping:
+            return out
+        idle = worker.stats.get("idle")
+        if is_stale(idle, now - worker.ready_at, rec.config.connection.stale_after):
+            self._fail_worker(rec, worker, f"stale: no data for {_seconds(idle, now - worker.ready_at)}", now, out)
+        return out
+
+    def on_notice(self, instance: int, event: str, now: float) -> list[Action]:
+        """``serverShutdown`` on the active worker starts a rotation."""
+        out: list[Action] = []
+        worker = self._workers.get(instance)
+        if worker is None or event != SERVER_SHUTDOWN:
+            return out
+        worker.shutdown_notice = True
+        if worker.role is Role.ACTIVE:
+            self._maybe_rotate(self._streams[worker.stream], now, out)
+        return out
+
+    def on_exit(self, instance: int, code: int | None, reason: str, fatal: bool, now: float) -> list[Action]:
+        """A worker process ended. ``code`` 78 (EX_CONFIG) counts as fatal."""
+        out: list[Action] = []
+        worker = self._workers.pop(instance, None)
+        if worker is None:
+            return out
+        rec = self._streams[worker.stream]
+        fatal = bool(fatal) or code == EX_CONFIG
+        # Our TERM reason explains an exit we caused better than "SIGTERM" does.
+        cause = reason or f"exited with code {code}"
+        if worker.terminating and not fatal:
+            cause = worker.term_reason or cause
+        if worker.role is Role.SUCCESSOR:
+            self._successor_failed(rec, worker, cause, fatal, now)
+        elif worker.role is Role.ACTIVE:
+            self._active_exited(rec, cause, fatal, now, out)
+        self._check_exit(out)
+        return out
+
+    def request_restart(self, stream: str, now: float) -> list[Action]:
+        """The operator's restart: no backoff, not a failure, clears FATAL."""
+        rec = self._streams.get(stream)
+        if rec is None:
+            raise UnknownStream(stream)
+        out: list[Action] = []
+        if self._stopping or not self._started:
+            return out
+        # The operator asks for a fresh start: forget the crash history.
+        rec.backoff.reset()
+        rec.restart_times.clear()
+        if rec.active is not None:
+            rec.manual_restart = True
+            if rec.successor is not None:
+                self._retire(rec, rec.successor, "restart requested", now, out)
+            self._terminate(rec, rec.active, "restart requested", now, out)
+        elif rec.state in (State.BACKOFF, State.FATAL):
+            self._start_active(rec, "restart requested", now, out)
+        return out
+
+    def request_stop(self, now: float) -> list[Action]:
+        """Shutdown: TERM every worker, KILL the stragglers, then Exit(0)."""
+        out: list[Action] = []
+        if self._stopping:
+            return out
+        self._stopping = True
+        for rec in self._streams.values():
+            rec.retry_at = None
+            rec.manual_restart = False
+            if rec.successor is not None:
+                self._retire(rec, rec.successor, "shutdown", now, out)
+            for worker in self._workers_of(rec):
+                self._terminate(rec, worker, "shutdown", now, out)
+            if rec.active is None and rec.state is not State.EXITED:
+                out.append(rec.change_state(State.EXITED, "shutdown"))
+        self._check_exit(out)
+        return out
+
+    def tick(self, now: float) -> list[Action]:
+        """Enforce timeouts, end backoffs, start due rotations."""
+        out: list[Action] = []
+        for worker in list(self._workers.values()):
+            self._check_worker(worker, now, out)
+        if not self._stopping and self._started:
+            due = [r for r in self._streams.values() if r.state is State.BACKOFF and r.retry_at <= now]
+            # Longest waiting first, so one stream cannot starve the others of budget.
+            for rec in sorted(due, key=lambda r: r.retry_at):
+                self._start_active(rec, "backoff elapsed", now, out)
+            for rec in self._streams.values():
+                self._maybe_rotate(rec, now, out)
+        self._check_exit(out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The latest time at which ``tick`` must run next (None: nothing pending)."""
+        deadlines = [d for d in map(self._worker_deadline, self._workers.values()) if d is not None]
+        if not self._stopping:
+            for rec in self._streams.values():
+                if rec.state is State.BACKOFF and rec.retry_at is not None:
+                    deadlines.append(rec.retry_at)
+                rotate_at = self._rotation_due_at(rec)
+                if rotate_at is not None:
+                    deadlines.append(rotate_at)
+        return min(deadlines, default=None)
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        """One dict per stream, in config order, for ``feedsup status``."""
+        remaining = self._budget.remaining(now)
+        return [self._stream_status(rec, remaining, now) for rec in self._streams.values()]
+
+    # --- helpers: spawning --------------------------------------------------
+
+    def _spawn(self, rec: _StreamRecord, role: Role, reason: str, now: float, out: list[Action]) -> _Worker | None:
+        """The only place a Spawn is made, so every spawn takes a budget token."""
+        if self._stopping or not self._budget.try_take(now):
+            return None
+        worker = _Worker(self._next_instance, rec.name, role, spawned_at=now, last_live=now)
+        self._next_instance += 1
+        self._workers[worker.instance] = worker
+        out.append(Spawn(rec.name, worker.instance, reason))
+        return worker
+
+    def _start_active(self, rec: _StreamRecord, reason: str, now: float, out: list[Action]) -> None:
+        worker = self._spawn(rec, Role.ACTIVE, "restart" if rec.starts else "start", now, out)
+        if worker is None:
+            self._enter_backoff(rec, self._budget.next_free(now), BUDGET_EXHAUSTED, out)
+            return
+        rec.starts += 1
+        self._set_active(rec, worker)
+        rec.retry_at = None
+        out.append(rec.change_state(State.STARTING, reason))
+
+    def _enter_backoff(self, rec: _StreamRecord, retry_at: float, reason: str, out: list[Action]) -> None:
+        rec.retry_at = retry_at
+        if rec.state is not State.BACKOFF or rec.state_reason != reason:
+            out.append(rec.change_state(State.BACKOFF, reason))
+
+    def _set_active(self, rec: _StreamRecord, worker: _Worker) -> None:
+        worker.role = Role.ACTIVE
+        rec.active = worker
+        rec.last_stats = worker.stats
+        rec.running_since = worker.ready_at
+        rec.rotate_retry_at = None
+        rec.rotation_blocked = False
+        rec.rotation_backoff.reset()
+
+    def _mark_ready(self, worker: _Worker, now: float, out: list[Action]) -> None:
+        worker.ready_at = now
+        worker.last_live = now
+        rec = self._streams[worker.stream]
+        if worker.role is Role.ACTIVE and rec.state is State.STARTING and not worker.terminating:
+            rec.running_since = now
+            out.append(rec.change_state(State.RUNNING, "ready"))
+            # A serverShutdown may have come before READY.
+            self._maybe_rotate(rec, now, out)
+
+    # --- helpers: ending workers --------------------------------------------
+
+    def _terminate(self, rec: _StreamRecord, worker: _Worker, reason: str, now: float, out: list[Action]) -> None:
+        """Send TERM once; KILL follows from tick() after stop_timeout."""
+        if worker.terminating:
+            return
+        worker.term_reason = reason
+        worker.term_at = now
+        out.append(Terminate(worker.instance, reason))
+        if worker.role is Role.ACTIVE and rec.state in (State.STARTING, State.RUNNING):
+            out.append(rec.change_state(State.STOPPING, reason))
+
+    def _retire(self, rec: _StreamRecord, worker: _Worker, reason: str, now: float, out: list[Action]) -> None:
+        if rec.successor is worker:
+            rec.successor = None
+        worker.role = Role.RETIRING
+        self._terminate(rec, worker, reason, now, out)
+
+    def _fail_worker(self, rec: _StreamRecord, worker: _Worker, reason: str, now: float, out: list[Action]) -> None:
+        """A live worker failed a check (start/liveness timeout, stale)."""
+        if worker.role is Role.SUCCESSOR:
+            self._retire(rec, worker, reason, now, out)
+            self._successor_failed(rec, worker, reason, False, now)
+        else:
+            self._terminate(rec, worker, reason, now, out)
+
+    def _successor_failed(self, rec: _StreamRecord, worker: _Worker, cause: str, fatal: bool, now: float) -> None:
+        """Keep the old worker; try the rotation again later."""
+        if rec.successor is worker:
+            rec.successor = None
+        if self._stopping or rec.manual_restart:
+            return
+        rec.last_reason = f"rotation failed: {cause}"
+        if fatal:
+            # Retrying cannot fix it; the active worker keeps serving until it ends.
+            rec.rotation_blocked = True
+        else:
+            rec.rotate_retry_at = now + rec.rotation_backoff.next_delay()
+
+    def _active_exited(self, rec: _StreamRecord, cause: str, fatal: bool, now: float, out: list[Action]) -> None:
+        ran_for = None if rec.running_since is None else now - rec.running_since
+        rec.active = None
+        rec.running_since = None
+        rec.last_reason = cause
+        if self._stopping:
+            out.append(rec.change_state(State.EXITED, "shutdown"))
+        elif rec.manual_restart:
+            rec.manual_restart = False
+            self._start_active(rec, "restart requested", now, out)
+        elif rec.successor is not None:
+            self._promote_successor(rec, cause, out)
+        elif fatal:
+            out.append(rec.change_state(State.FATAL, cause))
+        else:
+            self._schedule_restart(rec, cause, ran_for, now, out)
+
+    def _schedule_restart(self, rec: _StreamRecord, cause: str, ran_for: float | None, now: float, out: list[Action]) -> None:
+        """BACKOFF with full jitter, or FATAL past the restart intensity."""
+        rec.backoff.reset_if_stable(ran_for)
+        window = self._restart.period
+        rec.restart_times.append(now)
+        while rec.restart_times and rec.restart_times[0] <= now - window:
+            rec.restart_times.popleft()
+        if len(rec.restart_times) > self._restart.intensity:
+            reason = f"restart intensity exceeded ({len(rec.restart_times)} restarts in {window:g}s): {cause}"
+            rec.last_reason = reason
+            out.append(rec.change_state(State.FATAL, reason))
+            return
+        self._enter_backoff(rec, now + rec.backoff.next_delay(), cause, out)
+
+    # --- helpers: rotation ----------------------------------------------------
+
+    def _rotation_due_at(self, rec: _StreamRecord) -> float | None:
+        active = rec.active
+        if (
+            self._stopping
+            or rec.state is not State.RUNNING
+            or active is None
+            or active.ready_at is None
+            or active.terminating
+            or rec.successor is not None
+            or rec.rotation_blocked
+        ):
+            return None
+        due = active.ready_at if active.shutdown_notice else active.ready_at + rec.config.connection.max_age
+        if rec.rotate_retry_at is not None:
+            due = max(due, rec.rotate_retry_at)
+        return due
+
+    def _maybe_rotate(self, rec: _StreamRecord, now: float, out: list[Action]) -> None:
+        """Make before break: spawn the successor; the old worker keeps serving."""
+        due = self._rotation_due_at(rec)
+        if due is None or due > now:
+            return
+        why = SERVER_SHUTDOWN if rec.active.shutdown_notice else "max_age"
+        successor = self._spawn(rec, Role.SUCCESSOR, f"rotation ({why})", now, out)
+        if successor is None:
+            rec.rotate_retry_at = self._budget.next_free(now)
+        else:
+            rec.successor = successor
+
+    def _hand_over(self, rec: _StreamRecord, successor: _Worker, now: float, out: list[Action]) -> None:
+        """The successor streams: it becomes active, the old worker retires."""
+        old = rec.active
+        rec.successor = None
+        rec.rotations += 1
+        self._set_active(rec, successor)
+        if old is not None:
+            self._retire(rec, old, "rotated", now, out)
+        if rec.state is not State.RUNNING:  # the old worker was being stopped
+            out.append(rec.change_state(State.RUNNING, "rotated"))
+
+    def _promote_successor(self, rec: _StreamRecord, cause: str, out: list[Action]) -> None:
+        """The old worker died first: the successor simply becomes active."""
+        successor = rec.successor
+        rec.successor = None
+        self._set_active(rec, successor)
+        reason = f"successor took over ({cause})"
+        rec.last_reason = reason
+        new = State.STARTING if successor.ready_at is None else State.RUNNING
+        if rec.state is not new:
+            out.append(rec.change_state(new, reason))
+
+    # --- helpers: time ----------------------------------------------------------
+
+    def _check_worker(self, worker: _Worker, now: float, out: list[Action]) -> None:
+        deadline = self._worker_deadline(worker)
+        if deadline is None or now < deadline:
+            return
+        rec = self._streams[worker.stream]
+        if worker.terminating:
+            worker.killed = True
+            out.append(Kill(worker.instance, f"still alive {self._restart.stop_timeout:g}s after TERM ({worker.term_reason})"))
+        elif worker.ready_at is None:
+            self._fail_worker(rec, worker, "start timeout", now, out)
+        else:
+            self._fail_worker(rec, worker, "liveness timeout", now, out)
+
+    def _worker_deadline(self, worker: _Worker) -> float | None:
+        if worker.terminating:
+            return None if worker.killed else worker.term_at + self._restart.stop_timeout
+        conn = self._streams[worker.stream].config.connection
+        if worker.ready_at is None:
+            return worker.spawned_at + conn.connect_timeout + conn.liveness_timeout
+        return worker.last_live + conn.liveness_timeout
+
+    def _check_exit(self, out: list[Action]) -> None:
+        if self._exit_sent or self._workers:
+            return
+        if self._stopping:
+            self._exit_sent = True
+            out.append(Exit(0, "all workers stopped"))
+        elif self._streams and all(r.state is State.FATAL for r in self._streams.values()):
+            self._exit_sent = True
+            reasons = "; ".join(f"{r.name}: {r.last_reason}" for r in self._streams.values())
+            out.append(Exit(1, f"every stream is FATAL: {reasons}"))
+
+    # --- helpers: status ----------------------------------------------------------
+
+    def _workers_of(self, rec: _StreamRecord) -> list[_Worker]:
+        return [w for w in self._workers.values() if w.stream == rec.name]
+
+    def _stream_status(self, rec: _StreamRecord, budget_remaining: int, now: float) -> dict[str, Any]:
+        running = rec.state is State.RUNNING and rec.running_since is not None
+        return {
+            "name": rec.name,
+            "state": rec.state.name,
+            "state_reason": rec.state_reason,
+            "instance": rec.active.instance if rec.active else None,
+            "successor": rec.successor.instance if rec.successor else None,
+            "uptime": now - rec.running_since if running else None,
+            "restarts": max(0, rec.starts - 1),
+            "rotations": rec.rotations,
+            "last_reason": rec.last_reason,
+            "stats": dict(rec.last_stats),
+            "backoff_until": rec.retry_at if rec.state is State.BACKOFF else None,
+            "budget_remaining": budget_remaining,
+        }
+
+
+def _seconds(idle: Any, fallback: float) -> str:
+    value = idle if isinstance(idle, (int, float)) and not isinstance(idle, bool) else fallback
+    return f"{value:.1f}s"
