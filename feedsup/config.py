@@ -137,13 +137,13 @@ T = TypeVar("T")
 
 CONNECTION_KEYS = tuple(f.name for f in fields(Connection))
 
-# Where each channel exists. Sources: ../shared/FACTS.md. Futures routes list
-# aggTrade, kline, markPrice and tickers (/market), bookTicker and depth
-# (/public): there is no futures ``trade`` stream, and ``markPrice`` is
-# futures-only.
+# Where each channel exists. ``markPrice`` is futures-only. Futures routes
+# (../shared/FACTS.md) list aggTrade, kline, markPrice and tickers on /market
+# and bookTicker and depth on /public; ``trade`` is served on /market too
+# (kept in step with feedsup/workers/streams.py, which builds the URLs).
 CHANNELS_BY_MARKET = {
     "spot": frozenset(CHANNELS) - {"markPrice"},
-    "usdm": frozenset(CHANNELS) - {"trade"},
+    "usdm": frozenset(CHANNELS),
 }
 # Futures klines start at 1m; only spot has 1s.
 INTERVALS_BY_MARKET = {
@@ -438,8 +438,11 @@ def load_config(path: str) -> Config:
     config = Config(path=path, spot=spot, usdm=usdm, connection=connection,
                     restart=restart, **feedsup)
     streams = _load_streams(top.raw.get("stream"), section("stream"), config)
+    config = replace(config, streams=streams)
+    if _reaches_beyond_loopback(config):
+        _check_connect_budget(restart, section("restart"))
     _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
-    return replace(config, streams=streams)
+    return config
 
 
 def _read_toml(path: str) -> dict[str, object]:
@@ -571,8 +574,29 @@ def _load_restart(raw: object, at: _At) -> Restart:
     if restart.backoff_max < restart.backoff_initial:
         at.dot("backoff_max").fail(
             f"must be at least backoff_initial ({restart.backoff_initial:g})")
-    _check_connect_budget(restart, at)
     return restart
+
+
+def _reaches_beyond_loopback(config: Config) -> bool:
+    """True if some stream connects to a non-loopback host. Binance's limit
+    is per IP; a local simulator may be hammered faster on purpose."""
+    def loopback(url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+    return not all(loopback(_connects_to(config, s)) for s in config.streams)
+
+
+def _connects_to(config: Config, stream: Stream) -> str:
+    """The WebSocket base ``stream``'s worker connects to."""
+    endpoint = config.endpoint(stream.market)
+    if stream.market == "spot" and stream.channel == "account":
+        return endpoint.ws_api_url
+    return endpoint.ws_url
 
 
 def _check_connect_budget(restart: Restart, at: _At) -> None:

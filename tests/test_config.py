@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from feedsup.config import (
-    CHANNELS_BY_MARKET, KLINE_INTERVALS, ConfigError, Connection, Restart, SPOT_DEFAULT,
+    CHANNELS_BY_MARKET, KLINE_INTERVALS, Config, ConfigError, Connection, Restart, SPOT_DEFAULT,
     USDM_DEFAULT, load_config,
 )
 
@@ -79,14 +80,16 @@ def test_example_config_loads_with_its_streams():
     assert config.connection == Connection() and config.restart == Restart()
 
 
-def test_example_shows_every_default():
-    """The example documents defaults: its values must equal the dataclasses'."""
-    config = load_config(str(EXAMPLE))
+def test_example_shows_every_key_with_its_default():
     text = EXAMPLE.read_text()
-    for key in ("ping_interval", "stale_after", "max_age", "backoff_max", "stop_timeout",
-                "pub_hwm", "metrics_port", "log_format", "budget_window"):
-        assert re.search(rf"(?m)^{key} = ", text), key
-    assert config.connection == Connection()
+    keys = [f.name for dataclass in (Connection, Restart) for f in fields(dataclass)]
+    keys += ["pub", "control", "log_format", "metrics_port", "pub_hwm",
+             "ws_url", "rest_url", "ws_api_url"]
+    for key in keys:
+        assert re.search(rf"(?m)^{key} = ", text), f"{key} missing from the example"
+    config = load_config(str(EXAMPLE))
+    default = Config(path=config.path, streams=config.streams)
+    assert config == default
 
 
 def test_example_commented_streams_load_when_uncommented(tmp_path):
@@ -149,6 +152,19 @@ def test_kline_stream_with_1024_streams_is_accepted(tmp_path):
     config = load(tmp_path, stream(channel="kline", symbols=symbols,
                                    intervals=list(KLINE_INTERVALS)))
     assert len(config.streams[0].symbols) * len(config.streams[0].intervals) == 1024
+
+
+def test_connect_budget_may_exceed_binance_limit_against_loopback_only(tmp_path):
+    text = ("[binance.spot]\nws_url = 'ws://127.0.0.1:9000'\n"
+            "[restart]\nconnect_budget = 20\nbudget_window = 2\n" + PRICE)
+    assert load(tmp_path, text).restart.connect_budget == 20
+    account = stream(name="acct", channel="account", symbols=None, api_key_env="K",
+                     api_secret_env="S")
+    err = error(tmp_path, text + account)  # ws_api_url is still Binance's
+    assert err.key == "restart.connect_budget"
+    remote = text + stream(name="futures", market="usdm")  # usdm: Binance default URL
+    err = error(tmp_path, remote)
+    assert err.key == "restart.connect_budget" and "3000 connection attempts" in err.reason
 
 
 def test_zmq_endpoints_accepted(tmp_path):
@@ -322,8 +338,6 @@ CASES = [
     (stream(channel="trades"), 'stream "s".channel', 'unknown value "trades"'),
     (stream(channel="markPrice"), 'stream "s".channel',
      '"markPrice" is not available on market "spot"'),
-    (stream(market="usdm", channel="trade"), 'stream "s".channel',
-     '"trade" is not available on market "usdm"'),
     # symbols
     (stream(symbols=None), 'stream "s".symbols', "required"),
     (stream(symbols=[]), 'stream "s".symbols', "must not be empty"),
