@@ -469,6 +469,21 @@ def test_successor_that_never_gets_ready_is_terminated_and_the_old_one_stays():
     assert info(policy, 15.5)["instance"] == old
 
 
+def test_successor_that_subscribes_but_never_streams_is_stale_and_retried():
+    policy = make(conn={"liveness_timeout": 1000.0})
+    old = running(policy)
+    successor = one(policy.on_notice(old, "serverShutdown", 0.0), Spawn).instance
+    policy.on_ready(successor, 1.0)
+    assert policy.on_liveness(successor, {"idle": None}, 11.0) == []
+    actions = policy.on_liveness(successor, {"idle": None}, 11.5)
+    assert actions == [Terminate(successor, "stale: no data for 10.5s")]
+    assert info(policy, 11.5)["instance"] == old and state(policy) == "RUNNING"
+    assert policy.on_exit(successor, -15, "SIGTERM", False, 12.0) == []
+    retry_at = policy.next_deadline()
+    assert 11.5 < retry_at <= 12.5
+    assert one(policy.tick(retry_at), Spawn).reason == "rotation (serverShutdown)"
+
+
 def test_fatal_successor_does_not_loop_rotations():
     policy = make()
     old = running(policy)
@@ -476,6 +491,38 @@ def test_fatal_successor_does_not_loop_rotations():
     assert policy.on_exit(successor, 78, "credentials rejected", True, 2.0) == []
     assert state(policy) == "RUNNING"
     assert of(live_until(policy, old, 3.0, 200.0), Spawn) == []
+
+
+def test_server_shutdown_before_ready_rotates_once_ready():
+    policy = make()
+    instance = one(policy.start(0.0), Spawn).instance
+    assert policy.on_notice(instance, "serverShutdown", 1.0) == []
+    actions = policy.on_ready(instance, 2.0)
+    assert one(actions, Spawn).reason == "rotation (serverShutdown)"
+
+
+def test_rotation_spawns_take_budget_tokens_and_wait_for_one():
+    policy = make(connect_budget=1, budget_window=100.0, conn={"liveness_timeout": 1000.0})
+    old = running(policy)
+    assert policy.on_notice(old, "serverShutdown", 10.0) == []  # the start used the only token
+    assert state(policy) == "RUNNING" and info(policy, 10.0)["budget_remaining"] == 0
+    assert policy.next_deadline() == 100.0
+    assert policy.tick(99.0) == []
+    assert one(policy.tick(100.0), Spawn).reason == "rotation (serverShutdown)"
+
+
+def test_successor_streaming_rescues_a_stream_whose_old_worker_hung():
+    policy = make()
+    old = running(policy)
+    new = one(policy.on_notice(old, "serverShutdown", 1.0), Spawn).instance
+    policy.on_ready(new, 2.0)
+    policy.on_liveness(new, {"idle": None}, 5.0)
+    assert Terminate(old, "liveness timeout") in policy.tick(5.0)
+    assert state(policy) == "STOPPING"
+    actions = policy.on_streaming(new, 5.5)
+    assert actions == [StateChanged("s1", State.STOPPING, State.RUNNING, "rotated")]
+    assert policy.on_exit(old, -15, "SIGTERM", False, 6.0) == []
+    assert info(policy, 6.0)["instance"] == new and state(policy) == "RUNNING"
 
 
 # --- manual restart ------------------------------------------------------------------
@@ -493,6 +540,17 @@ def test_manual_restart_respawns_at_once_on_exit():
         instance = spawn.instance
         policy.on_ready(instance, now + 1.0)
     assert info(policy, 31.0)["restarts"] == 3
+
+
+def test_manual_restart_while_a_failed_worker_is_stopping_respawns_without_backoff():
+    policy = make(rng=MaxRandom())
+    instance = running(policy)
+    policy.tick(5.0)  # liveness timeout: TERM sent
+    assert state(policy) == "STOPPING"
+    assert policy.request_restart("s1", 5.5) == []  # TERM already on its way
+    actions = policy.on_exit(instance, -15, "SIGTERM", False, 6.0)
+    assert one(actions, Spawn).instance > instance
+    assert one(actions, StateChanged).new is State.STARTING
 
 
 def test_manual_restart_skips_backoff():
@@ -519,7 +577,9 @@ def test_manual_restart_during_rotation_discards_the_successor():
     old = running(policy)
     successor = one(policy.on_notice(old, "serverShutdown", 1.0), Spawn).instance
     actions = policy.request_restart("s1", 2.0)
-    assert set(of(actions, Terminate)) == {Terminate(old, "restart requested"), Terminate(successor, "restart requested")}
+    assert set(of(actions, Terminate)) == {
+        Terminate(old, "restart requested"), Terminate(successor, "restart requested"),
+    }
     assert policy.on_exit(successor, -15, "SIGTERM", False, 2.1) == []
     new = one(policy.on_exit(old, -15, "SIGTERM", False, 2.2), Spawn)
     assert new.reason == "restart" and info(policy, 2.2)["instance"] == new.instance

@@ -464,7 +464,9 @@ class Policy:
         else:
             self._schedule_restart(rec, cause, ran_for, now, out)
 
-    def _schedule_restart(self, rec: _StreamRecord, cause: str, ran_for: float | None, now: float, out: list[Action]) -> None:
+    def _schedule_restart(
+        self, rec: _StreamRecord, cause: str, ran_for: float | None, now: float, out: list[Action]
+    ) -> None:
         """BACKOFF with full jitter, or FATAL past the restart intensity."""
         rec.backoff.reset_if_stable(ran_for)
         window = self._restart.period
@@ -540,7 +542,8 @@ class Policy:
         rec = self._streams[worker.stream]
         if worker.terminating:
             worker.killed = True
-            out.append(Kill(worker.instance, f"still alive {self._restart.stop_timeout:g}s after TERM ({worker.term_reason})"))
+            grace = self._restart.stop_timeout
+            out.append(Kill(worker.instance, f"still alive {grace:g}s after TERM ({worker.term_reason})"))
         elif worker.ready_at is None:
             self._fail_worker(rec, worker, "start timeout", now, out)
         else:
