@@ -323,7 +323,8 @@ def _array(item: Converter[T]) -> Converter[tuple[T, ...]]:
         for i, raw in enumerate(value):
             converted = item(raw, at.index(i))
             if converted in items:
-                at.index(i).fail(f'duplicate "{converted}" (also at index {items.index(converted)})')
+                first = items.index(converted)
+                at.index(i).fail(f'duplicate "{converted}" (also at index {first})')
             items.append(converted)
         return tuple(items)
     return convert

@@ -76,18 +76,7 @@ def load_credentials(stream: Stream, environ: Mapping[str, str] = os.environ) ->
     at = f'stream "{stream.name}"'
     if stream.channel != "account":
         raise ConfigError("config", f"{at}.channel", "only account streams have credentials")
-    if stream.key_file:
-        api_key, api_secret = _from_key_file(stream.key_file, bool(stream.ed25519_key_file))
-        source = f"key_file {stream.key_file}"
-    elif stream.api_key_env:
-        api_key = _from_env(environ, stream.api_key_env, f"{at}.api_key_env")
-        api_secret = ""
-        if stream.api_secret_env:
-            api_secret = _from_env(environ, stream.api_secret_env, f"{at}.api_secret_env")
-        source = "env " + "/".join(filter(None, (stream.api_key_env, stream.api_secret_env)))
-    else:
-        raise ConfigError("config", f"{at}.api_key_env",
-                          "an account stream needs api_key_env/api_secret_env or key_file")
+    api_key, api_secret, source = _key_and_secret(stream, environ, at)
     ed25519_key = None
     if stream.ed25519_key_file:
         ed25519_key = _load_ed25519(stream.ed25519_key_file)
@@ -97,6 +86,23 @@ def load_credentials(stream: Stream, environ: Mapping[str, str] = os.environ) ->
                           "no HMAC secret and no ed25519_key_file: nothing to sign with")
     return Credentials(api_key=api_key, api_secret=api_secret,
                        ed25519_key=ed25519_key, source=source)
+
+
+def _key_and_secret(stream: Stream, environ: Mapping[str, str],
+                    at: str) -> tuple[str, str, str]:
+    """API key, HMAC secret ("" when signing with Ed25519) and their source."""
+    if stream.key_file:
+        api_key, api_secret = _from_key_file(stream.key_file, bool(stream.ed25519_key_file))
+        return api_key, api_secret, f"key_file {stream.key_file}"
+    if not stream.api_key_env:
+        raise ConfigError("config", f"{at}.api_key_env",
+                          "an account stream needs api_key_env/api_secret_env or key_file")
+    api_key = _from_env(environ, stream.api_key_env, f"{at}.api_key_env")
+    api_secret = ""
+    if stream.api_secret_env:
+        api_secret = _from_env(environ, stream.api_secret_env, f"{at}.api_secret_env")
+    source = "env " + "/".join(filter(None, (stream.api_key_env, stream.api_secret_env)))
+    return api_key, api_secret, source
 
 
 # --- environment --------------------------------------------------------------

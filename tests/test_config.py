@@ -147,6 +147,12 @@ def test_key_file_is_resolved_beside_the_config(tmp_path):
     assert load(tmp_path, text).streams[0].key_file == str(tmp_path / "secrets" / "binance.key")
 
 
+def test_key_file_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = stream(channel="account", symbols=None, key_file="~/binance.key")
+    assert load(tmp_path, text).streams[0].key_file == str(tmp_path / "home" / "binance.key")
+
+
 def test_kline_stream_with_1024_streams_is_accepted(tmp_path):
     symbols = [f"SYM{i}USDT" for i in range(64)]
     config = load(tmp_path, stream(channel="kline", symbols=symbols,

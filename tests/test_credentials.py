@@ -258,3 +258,27 @@ def test_non_ed25519_pem_is_refused(tmp_path):
     pem = write_pem(tmp_path, ec.generate_private_key(ec.SECP256R1()))
     err = failure(account(api_key_env="FS_KEY", ed25519_key_file=pem), {"FS_KEY": API_KEY})
     assert "not an Ed25519 private key" in err.reason
+
+
+# --- streams built by hand (not through load_config) --------------------------------
+
+def test_stream_without_any_source_is_refused():
+    err = failure(account())
+    assert err.key == 'stream "acct".api_key_env' and "needs" in err.reason
+
+
+def test_stream_without_a_signing_secret_is_refused():
+    err = failure(account(api_key_env="FS_KEY"), {"FS_KEY": API_KEY})
+    assert "nothing to sign with" in err.reason
+
+
+def test_loaded_config_feeds_load_credentials(tmp_path):
+    from feedsup.config import load_config
+
+    key_path = key_file(tmp_path, f'api_key = "{API_KEY}"\napi_secret = "{SECRET}"\n')
+    config_path = tmp_path / "feedsup.toml"
+    config_path.write_text('[[stream]]\nname = "acct"\nmarket = "usdm"\nchannel = "account"\n'
+                           'key_file = "binance.key"\n')
+    stream = load_config(str(config_path)).streams[0]
+    assert stream.key_file == key_path
+    assert load_credentials(stream, {}).api_secret == SECRET
