@@ -1,0 +1,93 @@
+"""Rate limits as small pure state machines; callers pass ``now``."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+class SlidingWindow:
+    """At most ``limit`` hits in any ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._hits: deque[float] = deque()
+
+    def hit(self, now: float) -> bool:
+        """Record a hit; True while still within the limit."""
+        hits = self._hits
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        hits.append(now)
+        return len(hits) <= self.limit
+
+
+class AttemptCounter:
+    """Connection attempts per client IP (refused attempts count too)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._by_ip: dict[str, SlidingWindow] = {}
+
+    def attempt(self, ip: str, now: float) -> bool:
+        win = self._by_ip.setdefault(ip, SlidingWindow(self.limit, self.window))
+        return win.hit(now)
+
+
+@dataclass(frozen=True)
+class WeightVerdict:
+    status: int          # 200, 429 or 418
+    used: int            # weight used in the current window
+    retry_after: int     # seconds, for 429/418
+
+
+@dataclass
+class _IpState:
+    window_id: int = -1
+    used: int = 0
+    backoff_until: float = 0.0
+    strikes: int = 0
+    banned_until: float = 0.0
+
+
+class WeightLimiter:
+    """Binance's REQUEST_WEIGHT: fixed windows per client IP.
+
+    Over the limit -> 429 until the window ends. Requests sent anyway while
+    told to back off are strikes; ``ban_after`` strikes -> 418 for
+    ``ban_seconds``. ``now`` is wall time (windows align to the clock minute).
+    """
+
+    def __init__(self, limit: int, window: float, ban_after: int, ban_seconds: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.ban_after = ban_after
+        self.ban_seconds = ban_seconds
+        self._ips: dict[str, _IpState] = {}
+
+    def charge(self, ip: str, weight: int, now: float) -> WeightVerdict:
+        st = self._ips.setdefault(ip, _IpState())
+        window_id = int(now // self.window)
+        if window_id != st.window_id:
+            st.window_id, st.used = window_id, 0
+        if now < st.banned_until:
+            return WeightVerdict(418, st.used, math.ceil(st.banned_until - now))
+        if now < st.backoff_until:
+            st.strikes += 1
+            if st.strikes >= self.ban_after:
+                st.banned_until = now + self.ban_seconds
+                return WeightVerdict(418, st.used, math.ceil(self.ban_seconds))
+            return WeightVerdict(429, st.used, math.ceil(st.backoff_until - now))
+        st.strikes = 0
+        st.used += weight
+        if st.used > self.limit:
+            st.backoff_until = (window_id + 1) * self.window
+            return WeightVerdict(429, st.used, max(1, math.ceil(st.backoff_until - now)))
+        return WeightVerdict(200, st.used, 0)
+
+    def used(self, ip: str, now: float) -> int:
+        st = self._ips.get(ip)
+        return st.used if st and st.window_id == int(now // self.window) else 0

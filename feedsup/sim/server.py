@@ -1,0 +1,375 @@
+"""The simulator server: one aiohttp app on one port, and ``SimServer`` to run
+it on its own event loop in a background thread (for tests and the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import orjson
+from aiohttp import web
+
+from . import rest
+from .clock import SimClock
+from .conn import Connection, Rules
+from .control import control_handler
+from .faults import Fault, FaultRegistry
+from .hub import Hub
+from .limits import AttemptCounter, WeightLimiter
+from .options import SimOptions
+from .streams import SPOT, USDM
+from .userdata import UserData
+from .wsserver import stream_handler
+
+log = logging.getLogger("feedsup.sim")
+
+_REST_ERROR_BODIES = {
+    418: (-1003, "Way too much request weight used; IP banned. Please use WebSocket Streams for live updates to avoid bans."),
+    429: (-1003, "Too many requests; please use the websocket for live updates."),
+    500: (-1000, "An unknown error occurred while processing the request."),
+    502: (-1000, "An unknown error occurred while processing the request."),
+    503: (-1008, "Server is currently overloaded with other requests. Please try again in a few minutes."),
+    504: (-1007, "Timeout waiting for response from backend server. Send status unknown; execution status unknown."),
+}
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type="application/json")
+
+
+class SimCore:
+    """All simulator state, owned by the event loop that serves it."""
+
+    def __init__(self, options: SimOptions) -> None:
+        o = self.options = options
+        self.clock = SimClock(o.start_ms, o.speed)
+        self.hub = Hub(o, self.clock)
+        self.faults = FaultRegistry()
+        self.attempts = AttemptCounter(o.conn_attempts, o.conn_attempts_window)
+        self.weights = {
+            SPOT: WeightLimiter(o.rest_weight_limit, o.rest_weight_window, o.ban_after, o.ban_seconds),
+            USDM: WeightLimiter(o.futures_rest_weight_limit, o.rest_weight_window, o.ban_after, o.ban_seconds),
+        }
+        self.rules = {
+            SPOT: Rules(o.ping_interval, o.pong_timeout, o.msg_rate_limit, o.msg_rate_window, o.max_streams,
+                        o.max_lifetime, o.shutdown_lead, o.max_queue),
+            USDM: Rules(o.futures_ping_interval, o.futures_pong_timeout, o.futures_msg_rate_limit,
+                        o.msg_rate_window, o.futures_max_streams, o.max_lifetime, o.shutdown_lead, o.max_queue),
+        }
+        self.userdata = UserData(o, self.hub)
+        self._conn_ids = 0
+        self._scenario = sorted(o.scenario, key=lambda f: float(f.get("at", 0)))
+        self._started = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def new_conn_id(self) -> int:
+        self._conn_ids += 1
+        return self._conn_ids
+
+    # -- app -------------------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[], client_max_size=1 << 20)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._ticker = asyncio.ensure_future(self._tick_loop())
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for conn in list(self.hub.connections.values()):
+            conn.close_soon(1001, "Server shutting down")
+        await asyncio.sleep(0)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_sim/"):
+            return await control_handler(self, request)
+        if path == "/ws-api/v3":
+            return await self.userdata.ws_api_handler(self, request)
+        if path.startswith("/api/") or path.startswith("/fapi/"):
+            return await self.rest(request)
+        return await stream_handler(self, request)
+
+    # -- admission (WebSocket upgrades) ------------------------------------------------
+
+    def admit(self, request: web.Request) -> web.StreamResponse | None:
+        """None to proceed with the upgrade, else the refusal to return."""
+        now = time.monotonic()
+        refusing = self.faults.of_kind("refuse", now)
+        if refusing:
+            if refusing[0].params.get("mode") == "reset":
+                _reset(request)
+            return _json({"code": -1, "msg": "Service unavailable."}, 503)
+        if not self.attempts.attempt(request.remote or "?", now):
+            return _json({"code": -1003, "msg": "Too many connection attempts."}, 429,
+                         {"Retry-After": str(int(self.options.conn_attempts_window))})
+        return None
+
+    # -- REST --------------------------------------------------------------------------
+
+    async def rest(self, request: web.Request) -> web.StreamResponse:
+        market = SPOT if request.path.startswith("/api/") else USDM
+        routes = rest.SPOT_ROUTES if market == SPOT else rest.FUTURES_ROUTES
+        signed = self.userdata.rest_route(request)
+        route = routes.get(request.path) if request.method == "GET" else None
+        if route is None and signed is None:
+            return _json({"code": -1, "msg": f"Unknown endpoint {request.method} {request.path}."}, 404)
+        query = dict(request.query)
+        if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
+            form = await request.post()
+            query.update({k: v for k, v in form.items() if isinstance(v, str)})
+        weight = route[1](query) if route else signed[1]
+        fault = self.faults.take_rest_error(time.monotonic())
+        if fault is not None:
+            return self._fault_response(fault)
+        verdict = self.weights[market].charge(request.remote or "?", weight, time.time())
+        headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
+        if verdict.status != 200:
+            code, msg = _REST_ERROR_BODIES[verdict.status]
+            headers["Retry-After"] = str(verdict.retry_after)
+            return _json({"code": code, "msg": msg}, verdict.status, headers)
+        try:
+            if route is not None:
+                body = route[0](self.hub, market, query)
+            else:
+                body = await signed[0](self, market, request, query)
+        except rest.RestError as exc:
+            return _json(exc.body(), exc.status, headers)
+        return _json(body, 200, headers)
+
+    def _fault_response(self, fault: Fault) -> web.Response:
+        status = fault.params["status"]
+        code, msg = _REST_ERROR_BODIES[status]
+        headers = {}
+        if status in (418, 429):
+            headers["Retry-After"] = str(int(fault.params.get("retry_after", 60 if status == 429 else 120)))
+        return _json({"code": code, "msg": msg}, status, headers)
+
+    # -- the engine tick -----------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        period = self.options.tick
+        while True:
+            try:
+                self.tick()
+            except Exception:  # keep serving; a bug in one feed must not stop the market
+                log.exception("sim tick failed")
+            await asyncio.sleep(period)
+
+    def tick(self) -> None:
+        sim_ms = self.hub.tick()
+        now = time.monotonic()
+        self.faults.expire(now)
+        for conn in list(self.hub.connections.values()):
+            conn.keepalive(now, sim_ms)
+        self.userdata.tick(sim_ms)
+        self._run_scenario(now)
+
+    def _run_scenario(self, now: float) -> None:
+        while self._scenario and float(self._scenario[0].get("at", 0)) <= now - self._started:
+            entry = dict(self._scenario.pop(0))
+            entry.pop("at", None)
+            kind = entry.pop("kind", "")
+            target = entry.pop("target", None) or {}
+            try:
+                self.inject(kind, target, entry)
+            except ValueError as exc:
+                log.error("scenario fault %r rejected: %s", kind, exc)
+
+    # -- faults ------------------------------------------------------------------------
+
+    def inject(self, kind: str, target: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        now = time.monotonic()
+        fault = self.faults.create(kind, target, params, now)
+        targets = [c for c in self.hub.connections.values() if fault.hits(c.id, c.streams)]
+        fault.applied_to = [c.id for c in targets]
+        sim_ms = self.hub.advance()
+        p = fault.params
+        if kind == "drop":
+            for conn in targets:
+                conn.drop()
+        elif kind == "close":
+            for conn in targets:
+                conn.close_soon(p["code"], p["reason"])
+        elif kind == "malformed":
+            for conn in targets:
+                for _ in range(p["count"]):
+                    conn.queue.append((fault.stream() or "", _malformed(p["variant"], p["size"], sim_ms, conn), now))
+                conn.wake.set()
+        elif kind == "server_shutdown":
+            for conn in targets:
+                conn.begin_shutdown(now, sim_ms, p.get("delay", self.options.shutdown_lead))
+        elif kind == "lifetime":
+            for conn in targets:
+                conn.opened = now - conn.rules.max_lifetime  # the next keepalive runs the real expiry path
+        elif kind == "expire_listen_key":
+            fault.applied_to = self.userdata.expire_keys(target.get("listenKey"))
+        log.info("fault %s %s on %s", kind, p, fault.applied_to or "no connection")
+        return fault.as_dict()
+
+    def state(self) -> dict[str, Any]:
+        return {"sim_time": self.hub.advance(), "speed": self.options.speed, "seed": self.options.seed,
+                "start_ms": self.options.start_ms, "symbols": sorted(self.hub.symbols),
+                "uptime": round(time.monotonic() - self._started, 3), "connections": len(self.hub.connections)}
+
+
+def _malformed(variant: str, size: int, sim_ms: int, conn: Connection) -> bytes:
+    if variant == "invalid_json":
+        return b'{"e":"aggTrade","E":' + str(sim_ms).encode() + b',"s":"BTCUSDT","a":}{'
+    if variant == "unknown_event":
+        event = orjson.dumps({"e": "simUnknownEvent", "E": sim_ms, "s": "BTCUSDT"})
+        if conn.combined and conn.streams:
+            return b'{"stream":"' + conn.streams[0].encode() + b'","data":' + event + b"}"
+        return event
+    if variant == "truncated":
+        full = orjson.dumps({"e": "aggTrade", "E": sim_ms, "s": "BTCUSDT", "a": 1, "p": "1.00000000",
+                             "q": "1.00000000", "f": 1, "l": 1, "T": sim_ms, "m": True, "M": True})
+        return full[: len(full) // 2]
+    return orjson.dumps({"e": "simOversized", "E": sim_ms, "pad": "x" * max(0, size)})
+
+
+def _reset(request: web.Request) -> None:
+    import socket
+    import struct
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class SimServer:
+    """Run the simulator on a background thread's event loop.
+
+    ``start()`` returns once the port is bound; ``stop()`` closes every
+    connection and joins the thread. Usable as a context manager.
+    """
+
+    def __init__(self, options: SimOptions | None = None, **overrides: Any) -> None:
+        self.options = (options or SimOptions()).with_overrides(**overrides)
+        self.core: SimCore | None = None
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- URLs ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self.options.host)}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_url_host(self.options.host)}:{self.port}"
+
+    @property
+    def ws_api_url(self) -> str:
+        return self.ws_url + "/ws-api/v3"
+
+    @property
+    def control_url(self) -> str:
+        return self.base_url + "/_sim"
+
+    def urls(self) -> dict[str, str]:
+        return {"rest_url": self.base_url, "ws_url": self.ws_url, "ws_api_url": self.ws_api_url,
+                "control_url": self.control_url}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> "SimServer":
+        self._thread = threading.Thread(target=self._run, name="feedsup-sim", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._startup())
+        except BaseException as exc:  # report bind errors to start()
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _startup(self) -> None:
+        self.core = SimCore(self.options)
+        self._runner = web.AppRunner(self.core.build_app(), handle_signals=False, access_log=None,
+                                     shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+
+    def __enter__(self) -> "SimServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- helpers for tests -----------------------------------------------------------------
+
+    def call(self, fn: Callable[[SimCore], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn(core)`` on the server's loop and return its result."""
+        assert self._loop is not None and self.core is not None
+        core = self.core
+
+        async def run() -> Any:
+            return fn(core)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def inject(self, kind: str, target: dict[str, Any] | None = None, **params: Any) -> dict[str, Any]:
+        """Same as ``POST /_sim/faults``; raises FaultError on a bad request."""
+        return self.call(lambda core: core.inject(kind, target or {}, params))
+
+    def clear_faults(self) -> int:
+        return self.call(lambda core: core.faults.clear())
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self.call(lambda core: [c.info(time.monotonic()) for c in core.hub.connections.values()])
