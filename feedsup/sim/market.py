@@ -183,6 +183,14 @@ class SymbolMarket:
         for series in self.klines.values():
             series.roll(now_ms)
 
+    def advance_to_update(self, update_id: int) -> None:
+        """Generate events until the book reaches ``update_id`` (for replays)."""
+        while self.update_id < update_id and self._next_ms != float("inf"):
+            t = int(self._next_ms)
+            self._event(t)
+            self._next_ms += self._gap_ms()
+            self.now_ms = max(self.now_ms, t)
+
     def _event(self, t: int) -> None:
         is_trade = self._rng.random() < self._trade_share
         move = self._rng.choice((-1, 0, 0, 1))

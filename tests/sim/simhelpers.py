@@ -1,0 +1,84 @@
+"""HTTP and WebSocket helpers shared by the simulator tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+import websocket
+
+
+class Http:
+    """Result of an HTTP call: status, headers and decoded JSON body."""
+
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.raw = body
+        self.body = json.loads(body) if body else None
+
+
+def http(method: str, url: str, params: dict[str, Any] | None = None, data: Any = None,
+         headers: dict[str, str] | None = None) -> Http:
+    if params:
+        url += "?" + urlencode(params)
+    body = None
+    hdrs = dict(headers or {})
+    if data is not None:
+        if isinstance(data, (dict, list)) and hdrs.get("Content-Type") != "application/x-www-form-urlencoded":
+            body = json.dumps(data).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        elif isinstance(data, dict):
+            body = urlencode(data).encode()
+        else:
+            body = data
+    req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return Http(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as err:
+        return Http(err.code, err.headers, err.read())
+
+
+def get(url: str, **params: Any) -> Http:
+    return http("GET", url, params)
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01, what: str = "") -> Any:
+    """Poll ``cond`` until truthy or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        time.sleep(interval)
+
+
+def recv_json(ws: websocket.WebSocket) -> Any:
+    return json.loads(ws.recv())
+
+
+def collect(ws: websocket.WebSocket, until: Callable[[list[Any]], bool], timeout: float = 5.0) -> list[Any]:
+    """Receive JSON messages until ``until(messages)`` holds (deadline-bound)."""
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not until(out):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {len(out)} messages")
+        ws.settimeout(max(0.05, deadline - time.monotonic()))
+        out.append(json.loads(ws.recv()))
+    return out
+
+
+def request(ws: websocket.WebSocket, payload: dict[str, Any], timeout: float = 5.0) -> Any:
+    """Send a live request and return the reply with the same id (skipping data)."""
+    ws.send(json.dumps(payload))
+    msgs = collect(ws, lambda m: bool(m) and isinstance(m[-1], dict) and "id" in m[-1]
+                   and m[-1].get("id") == payload.get("id"), timeout)
+    return msgs[-1]
