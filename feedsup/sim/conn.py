@@ -139,7 +139,7 @@ class Connection:
 
     def on_pong(self, payload: bytes) -> None:
         """A pong keeps the connection alive only if it echoes a ping we sent."""
-        sent_at = self.pings.get(payload)
+        sent_at = self.pings.get(bytes(payload))
         if sent_at is None:
             return
         self.pings = {p: t for p, t in self.pings.items() if t > sent_at}

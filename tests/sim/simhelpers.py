@@ -82,3 +82,40 @@ def request(ws: websocket.WebSocket, payload: dict[str, Any], timeout: float = 5
     msgs = collect(ws, lambda m: bool(m) and isinstance(m[-1], dict) and "id" in m[-1]
                    and m[-1].get("id") == payload.get("id"), timeout)
     return msgs[-1]
+
+
+def read_until_close(ws: websocket.WebSocket, timeout: float = 5.0) -> tuple[int, str, list[bytes]]:
+    """Read (answering pings) until a close frame: (code, reason, data frames before it)."""
+    from websocket import ABNF
+    data: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no close frame within {timeout}s ({len(data)} data frames)")
+        ws.settimeout(remaining)
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == ABNF.OPCODE_CLOSE:
+            payload = frame.data
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            return code, payload[2:].decode(errors="replace"), data
+        if opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
+            data.append(frame.data)
+
+
+def read_frames(ws: websocket.WebSocket, seconds: float) -> list[tuple[int, bytes]]:
+    """Raw frames (no automatic pong) for ``seconds``: [(opcode, payload)]."""
+    out: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return out
+        ws.settimeout(remaining)
+        try:
+            frame = ws.recv_frame()
+        except websocket.WebSocketTimeoutException:
+            return out
+        out.append((frame.opcode, frame.data))
+        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+            return out
