@@ -1,0 +1,244 @@
+"""End to end: simulator -> real worker processes -> parent -> real SUB.
+
+Each test shows one recovery path of issue 3 and records how long it took
+(printed under "measured times" at the end of the run).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+import signal
+import time
+
+import pytest
+
+from feedsup.sim import SimOptions, SimServer
+from harness import Collector, Feedsup, alive, wait_for, write_config
+
+PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT", "ETHUSDT"]}
+STREAM_BTC = "btcusdt@aggTrade"
+
+
+@pytest.fixture
+def sim():
+    server = SimServer(SimOptions(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4,
+                                  ping_interval=1, pong_timeout=3))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def run_feedsup(tmp_path):
+    started: list[Feedsup] = []
+    collectors: list[Collector] = []
+
+    def start(sim, streams=(PRICE,), **config):
+        path = write_config(tmp_path, sim, list(streams), **config)
+        fs = Feedsup(path, tmp_path)
+        started.append(fs)
+        col = Collector(fs.pub)
+        collectors.append(col)
+        return fs, col
+
+    try:
+        yield start
+    finally:
+        for col in collectors:
+            col.close()
+        for fs in started:
+            fs.close()
+
+
+def agg_ids(col: Collector, topic: str) -> list[int]:
+    return [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == topic]
+
+
+def assert_exactly_once_in_order(ids: list[int]) -> None:
+    assert ids, "no frames"
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "aggTrade ids must be consecutive, once each"
+
+
+def test_data_flows_from_simulator_to_consumer(sim, run_feedsup, timing):
+    t0 = time.monotonic()
+    fs, col = run_feedsup(sim)
+    col.wait_count(20, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    timing("start -> 20 BTCUSDT frames at the consumer", time.monotonic() - t0)
+    frame = next(f for f in col.frames if f["topic"] == "aggTrade.BTCUSDT")
+    assert set(frame) >= {"topic", "seq", "stream", "recv_ns", "data"}
+    assert frame["stream"] == "price"
+    assert set(frame["data"]) >= {"symbol", "agg_id", "price", "qty", "first_trade_id", "last_trade_id",
+                                  "time", "buyer_maker"}
+    assert isinstance(frame["data"]["price"], str)
+    seqs = [f["seq"] for f in col.frames if f["topic"] == "aggTrade.BTCUSDT"]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert_exactly_once_in_order(agg_ids(col, "aggTrade.BTCUSDT"))
+    row = fs.wait_running("price")
+    assert row["pid"] in fs.workers()
+
+
+def test_sigkilled_worker_is_replaced_and_data_resumes(sim, run_feedsup, timing):
+    fs, col = run_feedsup(sim)
+    col.wait_count(5, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    old = fs.wait_running("price")["pid"]
+    t0 = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    new = wait_for(lambda: _new_running_pid(fs, "price", old), 15, "a replacement worker")
+    col.wait_more(15, 5, "aggTrade.BTCUSDT")
+    timing("worker SIGKILL -> data resumes", time.monotonic() - t0)
+    assert new != old and not alive(old)
+    assert "SIGKILL" in fs.stream("price")["last_reason"]
+    ids = agg_ids(col, "aggTrade.BTCUSDT")
+    assert ids == sorted(set(ids)), "no duplicate and no reordering across the restart"
+
+
+def test_sigstopped_worker_is_detected_by_missed_liveness(sim, run_feedsup, timing):
+    fs, col = run_feedsup(sim)
+    col.wait_count(5, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    old = fs.wait_running("price")["pid"]
+    t0 = time.monotonic()
+    os.kill(old, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _new_running_pid(fs, "price", old), 20, "replacement of the frozen worker")
+        col.wait_more(15, 5, "aggTrade.BTCUSDT")
+        timing("worker SIGSTOP -> replaced, data resumes", time.monotonic() - t0)
+        wait_for(lambda: not alive(old), 5, "the frozen worker to be killed")
+        assert "liveness" in fs.stream("price")["last_reason"]
+    finally:
+        if alive(old):
+            os.kill(old, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kind, expect", [("stall", "ping/pong"), ("data_stall", "stale")])
+def test_stalls_are_detected_and_data_resumes(sim, run_feedsup, timing, kind, expect):
+    fs, col = run_feedsup(sim)
+    col.wait_count(5, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    old = fs.wait_running("price")["pid"]
+    conn = _only_connection(sim)
+    t0 = time.monotonic()
+    # The whole connection stalls (one quiet symbol on a busy connection is
+    # not a dead connection); the replacement connection is not affected.
+    sim.inject(kind, target={"conn": conn}, duration=30)
+    try:
+        wait_for(lambda: _new_running_pid(fs, "price", old), 20, f"restart after {kind}")
+    finally:
+        sim.clear_faults()
+    col.wait_more(15, 5, "aggTrade.BTCUSDT")
+    timing(f"{kind} -> detected, data resumes", time.monotonic() - t0)
+    assert expect in fs.stream("price")["last_reason"]
+
+
+def test_parent_sigkill_leaves_no_worker_alive_after_2s(sim, run_feedsup, timing):
+    two = dict(PRICE, name="price2", symbols=["ETHUSDT"])
+    fs, col = run_feedsup(sim, streams=(dict(PRICE, symbols=["BTCUSDT"]), two))
+    fs.wait_running("price")
+    fs.wait_running("price2")
+    workers = fs.workers()
+    assert len(workers) == 2
+    t0 = time.monotonic()
+    os.kill(fs.pid, signal.SIGKILL)
+    fs.proc.wait(5)
+    wait_for(lambda: not any(alive(p) for p in workers), 2.0, "every worker to die with the parent")
+    timing("parent SIGKILL -> last worker gone", time.monotonic() - t0)
+
+
+def test_sigterm_gives_clean_exit_zero(sim, run_feedsup, timing):
+    fs, col = run_feedsup(sim)
+    fs.wait_running("price")
+    workers = fs.workers()
+    t0 = time.monotonic()
+    fs.proc.send_signal(signal.SIGTERM)
+    assert fs.proc.wait(10) == 0
+    timing("SIGTERM -> parent exit 0", time.monotonic() - t0)
+    assert not any(alive(p) for p in workers)
+
+
+def test_server_shutdown_rotation_loses_and_duplicates_nothing(sim, run_feedsup, timing):
+    fs, col = run_feedsup(sim, streams=(dict(PRICE, symbols=["BTCUSDT"]),))
+    col.wait_count(10, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    old = fs.wait_running("price")["pid"]
+    t0 = time.monotonic()
+    sim.inject("server_shutdown", target={"stream": STREAM_BTC})
+    wait_for(lambda: _new_running_pid(fs, "price", old), 20, "the successor to take over")
+    wait_for(lambda: not alive(old), 10, "the old worker to retire")
+    col.wait_more(15, 20, "aggTrade.BTCUSDT")
+    timing("serverShutdown -> rotated", time.monotonic() - t0)
+    ids = agg_ids(col, "aggTrade.BTCUSDT")
+    assert_exactly_once_in_order(ids)
+    row = fs.stream("price")
+    assert row["rotations"] >= 1
+    assert row["restarts"] == 0
+    assert col.gaps == []
+
+
+def test_malformed_frames_are_counted_and_nothing_crashes(sim, run_feedsup, timing):
+    fs, col = run_feedsup(sim, streams=(dict(PRICE, symbols=["BTCUSDT"]),))
+    col.wait_count(5, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    pid = fs.wait_running("price")["pid"]
+    for variant in ("invalid_json", "unknown_event", "truncated"):
+        sim.inject("malformed", target={"stream": STREAM_BTC}, variant=variant, count=2)
+    wait_for(lambda: (fs.stream("price")["stats"].get("malformed") or 0) >= 6, 10, "6 malformed frames counted")
+    col.wait_more(10, 5, "aggTrade.BTCUSDT")
+    row = fs.stream("price")
+    assert row["pid"] == pid and row["restarts"] == 0
+    ids = agg_ids(col, "aggTrade.BTCUSDT")
+    assert_exactly_once_in_order(ids)
+
+
+def test_refused_connections_stay_within_budget_and_backoff_cap(sim, run_feedsup, timing):
+    budget, window, cap, observe = 6, 20.0, 1.0, 12.0
+    fs, col = run_feedsup(sim, restart={"connect_budget": budget, "budget_window": window,
+                                        "backoff_max": cap, "intensity": 1000, "period": 60})
+    pid = fs.wait_running("price")["pid"]
+    sim.inject("refuse", duration=60)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + observe
+        wait_for(lambda: time.monotonic() >= end, observe + 1, "the observation period")
+        row = fs.stream("price")
+        spawns = _spawn_times(fs.log())
+    finally:
+        sim.clear_faults()
+    # Every spawn, the first good one included, is a connection attempt, and
+    # all of them fall inside one budget window.
+    assert spawns[-1] - spawns[0] < window
+    assert len(spawns) <= budget, f"{len(spawns)} attempts within {window:g} s, budget {budget}"
+    assert len(spawns) == budget, "while refused, the budget should be used, not left idle"
+    attempts = spawns[1:]
+    # Each retry waits at most the backoff cap, plus the time a worker needs
+    # to start and be refused.
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert max(gaps) <= cap + 2.0, gaps
+    assert row["state"] == "BACKOFF" and row["budget_remaining"] == 0
+    assert "budget" in row["state_reason"]
+    timing(f"{len(attempts)} connection attempts during {observe:g} s of refusal "
+           f"(budget {budget}/{window:g} s, max gap {max(gaps):.2f} s, cap {cap:g} s)", observe)
+
+
+def _only_connection(sim) -> int:
+    conns = [c for c in sim.connections() if "stream" in c.get("path", "")]
+    assert len(conns) == 1, conns
+    return conns[0]["id"]
+
+
+def _spawn_times(log: str) -> list[float]:
+    """Wall times (s) of the parent's spawn events, from its logfmt lines."""
+    times = []
+    for line in log.splitlines():
+        if "event=spawn" in line:
+            ts = line.split("ts=", 1)[1].split(" ", 1)[0]
+            times.append(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
+    return times
+
+
+def _new_running_pid(fs: Feedsup, name: str, old: int) -> int | None:
+    try:
+        row = fs.stream(name)
+    except Exception:
+        return None
+    if row["state"] == "RUNNING" and row.get("pid") and row["pid"] != old:
+        return row["pid"]
+    return None
