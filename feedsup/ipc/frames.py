@@ -6,6 +6,10 @@ Worker -> parent (one ZeroMQ PUSH frame per message; the first byte says which):
   exchange ordering key (major, minor, final) the parent uses to suppress
   duplicates, and the topic length. ``body`` is the consumer payload minus
   ``seq``: a msgpack map ``{topic, stream, recv_ns, data[, backfill]}``.
+* gap:     ``b"G" + <header> + topic + body``: the worker lost data on this
+  topic that it cannot recover. The parent numbers it without the watermark
+  check. ``body`` is a consumer payload whose ``gap`` key says what was lost
+  (``encode_gap_body``) and whose ``data`` is None.
 * control: ``b"C" + msgpack(map)`` with ``type`` in READY, LIVE, STREAMING,
   NOTICE, EXIT (see ``Control``).
 
@@ -22,6 +26,7 @@ from typing import Any
 import msgpack
 
 DATA = 0x44     # b"D"
+GAP = 0x47      # b"G"
 CONTROL = 0x43  # b"C"
 
 # major, minor: int64; final: bool; topic length: uint16
@@ -51,8 +56,22 @@ def encode_data(topic: bytes, major: int, minor: int, final: bool, body: bytes) 
     return b"D" + _HEADER.pack(major, minor, final, len(topic)) + topic + body
 
 
+def encode_gap(topic: bytes, body: bytes) -> bytes:
+    return b"G" + _HEADER.pack(0, 0, False, len(topic)) + topic + body
+
+
+def encode_gap_body(topic: str, stream: str, recv_ns: int, from_ms: int | None, to_ms: int | None,
+                    reason: str, **detail: Any) -> bytes:
+    """A gap notice: exchange data on ``topic`` between ``from_ms`` and
+    ``to_ms`` (exchange or receive time, ms; None = not known yet) is lost
+    and cannot be recovered. Consumers should distrust the topic until its
+    next regular frame."""
+    gap = {"from_ms": from_ms, "to_ms": to_ms, "reason": reason, **detail}
+    return msgpack.packb({"topic": topic, "stream": stream, "recv_ns": recv_ns, "data": None, "gap": gap})
+
+
 def decode_data(frame: bytes) -> tuple[bytes, int, int, bool, bytes]:
-    """Return (topic, major, minor, final, body) of a data frame."""
+    """Return (topic, major, minor, final, body) of a data or gap frame."""
     major, minor, final, tlen = _HEADER.unpack_from(frame, 1)
     end = _HEADER_END + tlen
     return frame[_HEADER_END:end], major, minor, final, frame[end:]
