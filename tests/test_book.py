@@ -347,3 +347,42 @@ def test_synced_book_always_equals_the_truth(data, futures):
         assert sync.synced and sync.update_id == latest
     if sync.synced:
         assert sync.top() == levels(states[sync.update_id])
+
+
+# --- against the simulator's own book (its payloads, its REST snapshot) ----
+
+@pytest.mark.parametrize("market", ["spot", "usdm"])
+def test_book_matches_the_simulator_book(market):
+    from feedsup.config import Stream
+    from feedsup.sim.feeds import DepthFeed
+    from feedsup.sim.market import SymbolMarket
+    from feedsup.sim.options import DEFAULT_START_MS as T0
+    from feedsup.sim.payloads import depth_snapshot
+    from feedsup.sim.streams import StreamSpec
+    from feedsup.sim.symbols import spec_for
+    from feedsup.workers.normalise import make_normaliser
+
+    m = SymbolMarket(spec_for("BTCUSDT"), market, 11, T0, 20.0, 50.0, 50, 100_000)
+    feed = DepthFeed(StreamSpec("btcusdt@depth@100ms", "depth", "BTCUSDT", period_ms=100), T0, m)
+    normalise = make_normaliser(Stream(name="d", market=market, channel="depth", symbols=("BTCUSDT",)))
+    sync = make_book_sync(market)
+    want_snapshot, resyncs, checked = False, 0, 0
+    for step in range(1, 300):
+        now = T0 + step * 100
+        m.advance(now)
+        for event in feed.poll(now):
+            if step == 150:
+                continue          # lost on the wire: the next diff must resync
+            verdict = sync.on_diff(normalise(event)[1])
+            resyncs += verdict is Verdict.RESYNC
+            want_snapshot = want_snapshot or verdict.fetch_snapshot
+        if want_snapshot and step % 7 == 0:    # REST answers a little later
+            snap = depth_snapshot(m, 5000, now)
+            verdict = sync.on_snapshot(snap["lastUpdateId"], snap["bids"], snap["asks"])
+            want_snapshot = verdict.fetch_snapshot
+        if sync.synced and step != 150:   # at 150 the book lags until the next diff
+            snap = depth_snapshot(m, 5000, now)
+            assert sync.update_id == snap["lastUpdateId"]
+            assert sync.top() == (snap["bids"], snap["asks"])
+            checked += 1
+    assert resyncs == 1 and checked > 250
