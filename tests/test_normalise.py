@@ -166,6 +166,11 @@ def test_kline_open_and_closed():
     assert (major, minor, final) == (1672515780000, 1672515839136, True)
 
 
+def test_symbols_match_whatever_case_the_config_used():
+    topic, data, _, _, _ = norm("aggTrade", symbols=("btcusdt",))(AGG_TRADE)
+    assert (topic, data["symbol"]) == ("aggTrade.BTCUSDT", "BTCUSDT")
+
+
 def test_kline_topic_per_symbol_and_interval():
     normalise = norm("kline", symbols=("BTCUSDT", "ETHUSDT"), intervals=("1m", "1h"))
     event = copy.deepcopy(KLINE)

@@ -42,12 +42,14 @@ def make_normaliser(stream: Stream) -> Normaliser:
         factory = _FACTORIES[stream.market, stream.channel]
     except KeyError:
         raise ValueError(f"no normaliser for {stream.market} {stream.channel}") from None
+    # Keyed by the upper-case symbol, as Binance spells it in events.
+    symbols = [s.upper() for s in stream.symbols]
     if stream.channel == "kline":
         topics: dict[str, Any] = {
-            s: {i: kline_topic(s, i) for i in stream.intervals} for s in stream.symbols
+            s: {i: kline_topic(s, i) for i in stream.intervals} for s in symbols
         }
     else:
-        topics = {s: market_topic(stream.channel, s) for s in stream.symbols}
+        topics = {s: market_topic(stream.channel, s) for s in symbols}
     return factory(topics)
 
 
