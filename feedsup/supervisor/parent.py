@@ -27,6 +27,7 @@ from feedsup.config import Config
 from feedsup.ipc import frames
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, policy as pol
+from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
 from feedsup.workers.runtime import EXIT_FATAL
@@ -38,6 +39,7 @@ log = logging.getLogger("feedsup.parent")
 DRAIN_BATCH = 2000
 # Longest the loop sleeps: bounds how late a child's exit is noticed.
 MAX_POLL_S = 0.1
+METRICS_PERIOD_S = 1.0
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
 
@@ -57,6 +59,8 @@ class Parent:
         self._signalled: int | None = None
         self._pending: list[Any] = []
         self._streams = {s.name: s for s in config.streams}
+        self.metrics = Metrics(config.metrics_port) if config.metrics_port else None
+        self._metrics_due = 0.0
 
     # -- public surface used by control commands ------------------------------
 
@@ -101,6 +105,17 @@ class Parent:
             shutil.rmtree(self.rundir, ignore_errors=True)
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as exc:
+                logs.event(log, "metrics bind failed", logging.ERROR, port=self.config.metrics_port,
+                           error=str(exc))
+                for sock in sockets:
+                    sock.close(linger=0)
+                ctx.term()
+                shutil.rmtree(self.rundir, ignore_errors=True)
+                return EXIT_UNAVAILABLE
         old_handlers = self._install_signals()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -118,6 +133,8 @@ class Parent:
                     self._serve_control(ctl)
                 code = self._housekeeping()
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self._kill_all()
             for sock in sockets:
                 sock.close(linger=0)
@@ -182,7 +199,10 @@ class Parent:
         now = time.monotonic()
         p = self.policy
         if kind == Control.LIVE:
-            self._note_rate(inst, msg.get("stats") or {}, now)
+            stats = msg.get("stats") or {}
+            self._note_rate(inst, stats, now)
+            if self.metrics is not None and stats.get("lag_ms") is not None:
+                self.metrics.observe_lag(msg.get("stream", "?"), stats["lag_ms"])
             self._pending += p.on_liveness(inst, msg.get("stats") or {}, now)
         elif kind == Control.READY:
             self._pending += p.on_ready(inst, now)
@@ -228,6 +248,9 @@ class Parent:
             actions += self.policy.request_stop(now)
         actions += self._reap(now)
         actions += self.policy.tick(now)
+        if self.metrics is not None and now >= self._metrics_due:
+            self._metrics_due = now + METRICS_PERIOD_S
+            self.metrics.update(self.status())
         return self._execute(actions)
 
     def _reap(self, now: float) -> list[Any]:
@@ -261,6 +284,8 @@ class Parent:
             elif isinstance(action, pol.Kill):
                 self._signal(action.instance, action.reason, kill=True)
             elif isinstance(action, pol.StateChanged):
+                if self.metrics is not None and action.new is pol.State.BACKOFF:
+                    self.metrics.count_restart(action.stream, action.reason)
                 logs.event(log, "state", logging.WARNING if action.new.name == "FATAL" else logging.INFO,
                            stream=action.stream, old=action.old.name, new=action.new.name,
                            reason=action.reason)
@@ -279,6 +304,7 @@ class Parent:
             instance=action.instance,
             resume=self._resume_marks(stream.name),
             log_format=self.config.log_format,
+            rundir=self.rundir,
         )
         worker = spawn(spec)
         self.workers[action.instance] = worker

@@ -24,6 +24,9 @@ class WorkerSpec:
     # Last delivered exchange id per topic; backfill resumes after it.
     resume: dict[str, int] = field(default_factory=dict)
     log_format: str = "logfmt"
+    # The parent's private run directory: state shared by all workers of one
+    # parent lives here (for example the REST weight budget).
+    rundir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -48,4 +51,5 @@ class WorkerSpec:
             instance=raw["instance"],
             resume={k: int(v) for k, v in raw.get("resume", {}).items()},
             log_format=raw.get("log_format", "logfmt"),
+            rundir=raw.get("rundir", ""),
         )
