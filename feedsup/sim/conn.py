@@ -66,7 +66,7 @@ class Connection:
         self.received = 0
         self._effects: Effects = NO_EFFECTS
         self._effects_key: tuple[int, int] = (-1, -1)
-        self.blast_count = 0                     # > 0 or -1 (unbounded) when blasting
+        self.blast = False                       # trade/aggTrade come from the blast task
         self.tasks: list[asyncio.Task[Any]] = []
 
     # -- sending -------------------------------------------------------------------

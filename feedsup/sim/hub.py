@@ -63,9 +63,12 @@ class Hub:
             spec = parse_stream(name, conn.market, self.symbols)
             if not deliverable(spec, conn.market, conn.route):
                 continue  # acknowledged, never delivers (as on Binance)
+            assert spec is not None
+            if conn.blast and spec.kind in ("trade", "aggTrade"):
+                continue  # the blast task feeds these
+
             key = (conn.market, name)
             if key not in self.feeds:
-                assert spec is not None
                 self.feeds[key] = make_feed(spec, now, self.markets[conn.market])
             self.subscribers[key].add(conn)
 

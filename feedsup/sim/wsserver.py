@@ -63,13 +63,13 @@ async def stream_handler(core: "SimCore", request: web.Request) -> web.StreamRes
     ws = web.WebSocketResponse(autoping=False, compress=False, timeout=2.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     conn = Connection(core.new_conn_id(), ws, request, market, route, rules, core.faults, combined, time.monotonic())
+    conn.blast = core.options.blast or request.query.get("blast") in ("1", "true")
     core.hub.register(conn)
     core.hub.subscribe(conn, names)
     if listen_key:
         core.userdata.futures.attach(listen_key, conn)
     conn.tasks.append(asyncio.ensure_future(conn.run_writer()))
-    blast = core.options.blast or request.query.get("blast") in ("1", "true")
-    if blast:
+    if conn.blast:
         count = int(request.query.get("count", core.options.blast_count) or 0)
         conn.tasks.append(asyncio.ensure_future(run_blast(conn, core.hub, count)))
     try:
