@@ -143,7 +143,9 @@ CONNECTION_KEYS = tuple(f.name for f in fields(Connection))
 # (kept in step with feedsup/workers/streams.py, which builds the URLs).
 CHANNELS_BY_MARKET = {
     "spot": frozenset(CHANNELS) - {"markPrice"},
-    "usdm": frozenset(CHANNELS),
+    # USD-M lists no raw @trade stream; a subscription would be acknowledged
+    # and then stay silent, which would look like a stale feed forever.
+    "usdm": frozenset(CHANNELS) - {"trade"},
 }
 # Futures klines start at 1m; only spot has 1s.
 INTERVALS_BY_MARKET = {

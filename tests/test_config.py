@@ -425,3 +425,12 @@ def test_unknown_key_wins_over_later_errors(tmp_path):
     """A misspelt key is reported as such, not as the missing key it hides."""
     err = error(tmp_path, stream(channel="kline", intervls=["1m"]))
     assert err.key == 'stream "s".intervls'
+
+
+def test_usdm_has_no_trade_channel(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[stream]]\nname = "t"\nmarket = "usdm"\nchannel = "trade"\nsymbols = ["BTCUSDT"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert err.value.key.endswith("channel")
+    assert "not available" in err.value.reason
