@@ -5,6 +5,11 @@
         for frame in sub:
             print(frame["topic"], frame["seq"], frame["data"])
 
+A consumer that starts late calls ``catch_up(control, prefixes)`` first: it
+returns the latest frame of every matching topic (the parent's last-value
+cache), and the live frames that follow continue from there with no hole and
+no duplicate.
+
 PUB drops frames for a subscriber that falls behind its high-water mark and
 says nothing; ``seq`` counts per topic without holes at the source, so the
 client turns every drop into a ``Gap`` it counts and reports. A ``seq`` that
@@ -13,11 +18,16 @@ goes backwards means the parent restarted (seq starts again at 1).
 
 from __future__ import annotations
 
+import secrets
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import msgpack
 import zmq
+
+from feedsup.ipc.topics import HELLO_PREFIX
 
 DEFAULT_RCVHWM = 1_000_000
 
@@ -66,17 +76,84 @@ class Subscriber:
         self.sock.connect(endpoint)
         self.tracker = SeqTracker()
         self.on_gap = on_gap
+        self._pending: deque[dict[str, Any]] = deque()
+        self._skip_upto: dict[str, int] = {}
+        self._hellos: set[str] = set()
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next frame, or None after ``timeout`` seconds."""
-        if timeout is not None and not self.sock.poll(int(timeout * 1000)):
-            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._next(deadline)
+            if frame is None:
+                return None
+            topic = frame["topic"]
+            if frame["seq"] <= self._skip_upto.get(topic, 0):
+                continue                      # already delivered by catch_up()
+            self._skip_upto.pop(topic, None)
+            gap = self.tracker.observe(topic, frame["seq"])
+            if gap is not None and self.on_gap is not None:
+                self.on_gap(gap)
+            return frame
+
+    def _read(self, deadline: float | None) -> dict[str, Any] | None:
+        """One frame off the socket, hello markers included; None at the deadline."""
+        if deadline is not None:
+            wait = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.sock.poll(wait):
+                return None
         self.sock.recv()                      # topic frame; the payload repeats it
-        frame = msgpack.unpackb(self.sock.recv())
-        gap = self.tracker.observe(frame["topic"], frame["seq"])
-        if gap is not None and self.on_gap is not None:
-            self.on_gap(gap)
-        return frame
+        return msgpack.unpackb(self.sock.recv())
+
+    def _next(self, deadline: float | None) -> dict[str, Any] | None:
+        if self._pending:
+            return self._pending.popleft()
+        while True:
+            frame = self._read(deadline)
+            if frame is None or not frame["topic"].startswith(HELLO_PREFIX):
+                return frame
+            self._hellos.add(frame["topic"])
+
+    def catch_up(self, control: str, prefixes: Iterable[str] = ("",), timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Latest frame of every topic under ``prefixes``, then live without a hole.
+
+        First make sure this socket's subscriptions have reached the PUB
+        side: ask the parent to publish a one-off hello marker until it
+        arrives (subscriptions travel in order, so once the hello's is live,
+        the earlier ones are too). Only then take the snapshot: every frame
+        published after it has a higher seq and is already on its way here.
+        """
+        deadline = time.monotonic() + timeout
+        hello = HELLO_PREFIX + secrets.token_hex(8)
+        self.sock.setsockopt(zmq.SUBSCRIBE, hello.encode())
+        try:
+            while hello not in self._hellos:
+                if time.monotonic() >= deadline:
+                    raise ControlError(f"subscription not live within {timeout:g} s")
+                request(control, "hello", timeout=max(0.1, deadline - time.monotonic()),
+                        token=hello[len(HELLO_PREFIX):])
+                self._buffer_until(hello, min(deadline, time.monotonic() + 0.2))
+        finally:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, hello.encode())
+        snapshot = []
+        for prefix in prefixes:
+            reply = request(control, "last", timeout=max(0.1, deadline - time.monotonic()), prefix=prefix)
+            snapshot += [msgpack.unpackb(p) for p in reply["frames"]]
+        for frame in snapshot:
+            self._skip_upto[frame["topic"]] = frame["seq"]
+            self.tracker.last[frame["topic"]] = frame["seq"]
+        return snapshot
+
+    def _buffer_until(self, hello: str, until: float) -> None:
+        """Keep what arrives for later delivery until ``hello`` shows up."""
+        while hello not in self._hellos:
+            frame = self._read(until)
+            if frame is None:
+                return
+            if frame["topic"].startswith(HELLO_PREFIX):
+                self._hellos.add(frame["topic"])
+            else:
+                self._pending.append(frame)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:

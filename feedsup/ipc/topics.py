@@ -22,3 +22,15 @@ def account_topic(event: str) -> str:
 
 def topic_channel(topic: str) -> str:
     return topic.split(".", 1)[0]
+
+
+def stream_topics(channel: str, symbols: "tuple[str, ...] | list[str]",
+                  intervals: "tuple[str, ...] | list[str]" = ()) -> list[str]:
+    """Every topic a market stream of this shape publishes."""
+    if channel == "kline":
+        return [kline_topic(s, i) for s in symbols for i in intervals]
+    return [market_topic(channel, s) for s in symbols]
+
+
+# Topics the parent itself publishes; never clash with exchange channels.
+HELLO_PREFIX = "_feedsup.hello."

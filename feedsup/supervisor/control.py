@@ -56,3 +56,21 @@ def restart(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
 @command("ping")
 def ping(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
     return {"pid": parent.pid}
+
+
+@command("last")
+def last(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+    """The latest payload of every topic starting with ``prefix``."""
+    prefix = request.get("prefix", "")
+    if not isinstance(prefix, str):
+        raise CommandError("prefix must be a string")
+    return {"frames": parent.last_frames(prefix)}
+
+
+@command("hello")
+def hello(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+    token = request.get("token")
+    if not isinstance(token, str) or not token or len(token) > 64:
+        raise CommandError("token must be a non-empty string of at most 64 characters")
+    parent.hello(token)
+    return {"topic": f"_feedsup.hello.{token}"}

@@ -24,7 +24,7 @@ import zmq
 
 from feedsup import logs
 from feedsup.config import Config
-from feedsup.ipc import frames
+from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, policy as pol
 from feedsup.supervisor.metrics import Metrics
@@ -42,6 +42,9 @@ MAX_POLL_S = 0.1
 METRICS_PERIOD_S = 1.0
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
+# Channels whose history Binance does not serve: when their source is lost
+# the parent announces a gap, and closes it with the next regular frame.
+NO_HISTORY = frozenset({"bookTicker", "miniTicker", "ticker", "markPrice", "depth"})
 
 
 class Parent:
@@ -61,6 +64,9 @@ class Parent:
         self._streams = {s.name: s for s in config.streams}
         self.metrics = Metrics(config.metrics_port) if config.metrics_port else None
         self._metrics_due = 0.0
+        self.last_values: dict[bytes, bytes] = {}    # topic -> last payload published
+        self.open_gaps: dict[bytes, dict[str, Any]] = {}
+        self.pub: zmq.Socket | None = None
 
     # -- public surface used by control commands ------------------------------
 
@@ -105,6 +111,7 @@ class Parent:
             shutil.rmtree(self.rundir, ignore_errors=True)
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
+        self.pub = pub
         if self.metrics is not None:
             try:
                 self.metrics.start()
@@ -175,6 +182,8 @@ class Parent:
         admit = self.sequencer.admit
         decode_data = frames.decode_data
         with_seq = frames.with_seq
+        last_values = self.last_values
+        open_gaps = self.open_gaps
         sndmore = zmq.SNDMORE
         published = 0
         for _ in range(DRAIN_BATCH):
@@ -182,16 +191,68 @@ class Parent:
                 frame = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if frame[0] == frames.DATA:
+            kind = frame[0]
+            if kind == frames.DATA:
                 topic, major, minor, final, body = decode_data(frame)
                 seq = admit(topic, major, minor, final)
                 if seq:
+                    if open_gaps and topic in open_gaps:
+                        # The notice takes this seq, the frame the next one.
+                        self._close_gap(topic, body, seq)
+                        seq = self.sequencer.next_seq(topic)
+                    payload = with_seq(body, seq)
                     send(topic, sndmore)
-                    send(with_seq(body, seq))
+                    send(payload)
+                    last_values[topic] = payload
                     published += 1
+            elif kind == frames.GAP:
+                topic, _, _, _, body = decode_data(frame)
+                self._publish(topic, body)
             else:
                 self._on_control(frames.decode_control(frame))
         self.published += published
+
+    def _publish(self, topic: bytes, body: bytes, seq: int | None = None) -> None:
+        """Publish outside the hot path (gap notices, hello)."""
+        payload = frames.with_seq(body, seq if seq is not None else self.sequencer.next_seq(topic))
+        self.pub.send(topic, zmq.SNDMORE)
+        self.pub.send(payload)
+        if not topic.startswith(topics.HELLO_PREFIX.encode()):
+            self.last_values[topic] = payload
+        self.published += 1
+
+    def _announce_loss(self, stream_name: str, reason: str) -> None:
+        """The stream's source is gone: open a gap on each of its topics."""
+        stream = self._streams[stream_name]
+        if stream.channel not in NO_HISTORY:
+            return
+        for topic in topics.stream_topics(stream.channel, stream.symbols, stream.intervals):
+            tb = topic.encode()
+            if tb in self.open_gaps:
+                continue
+            last = self.last_values.get(tb)
+            from_ms = msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None
+            gap = {"from_ms": from_ms, "to_ms": None, "reason": reason}
+            self.open_gaps[tb] = gap
+            self._publish(tb, frames.encode_gap_body(topic, stream_name, time.time_ns(), **gap))
+
+    def _close_gap(self, topic: bytes, body: bytes, seq: int) -> None:
+        """The first regular frame after a loss: say exactly what was lost."""
+        gap = self.open_gaps.pop(topic)
+        first = msgpack.unpackb(body)
+        gap["to_ms"] = first["recv_ns"] // 1_000_000
+        self._publish(topic, frames.encode_gap_body(first["topic"], first["stream"], first["recv_ns"], **gap),
+                      seq)
+
+    def last_frames(self, prefix: str) -> list[bytes]:
+        p = prefix.encode()
+        return [payload for topic, payload in sorted(self.last_values.items()) if topic.startswith(p)]
+
+    def hello(self, token: str) -> None:
+        """Publish a marker so a subscriber can tell its subscription is live."""
+        topic = topics.HELLO_PREFIX + token
+        self._publish(topic.encode(), msgpack.packb({"topic": topic, "stream": "", "recv_ns": time.time_ns(),
+                                                     "data": None}))
 
     def _on_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -286,6 +347,8 @@ class Parent:
             elif isinstance(action, pol.StateChanged):
                 if self.metrics is not None and action.new is pol.State.BACKOFF:
                     self.metrics.count_restart(action.stream, action.reason)
+                if action.old is pol.State.RUNNING and self.pub is not None:
+                    self._announce_loss(action.stream, action.reason)
                 logs.event(log, "state", logging.WARNING if action.new.name == "FATAL" else logging.INFO,
                            stream=action.stream, old=action.old.name, new=action.new.name,
                            reason=action.reason)
