@@ -6,17 +6,20 @@ DELETE /_sim/faults[/id]   clear all (or one)
 GET    /_sim/connections   live connections
 GET    /_sim/book          ?market=spot|usdm&symbol=BTCUSDT: the full book (truth)
 GET    /_sim/state         simulated time, seed, speed, symbols
+POST   /_sim/balance       {"market": "spot"|"usdm", "asset": "USDT", "delta": "100"}: deposit/withdraw
 """
 
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from .faults import FaultError
+from .rest import RestError
 from .payloads import fmt_of
 from .streams import SPOT, USDM
 
@@ -59,9 +62,25 @@ async def control_handler(core: "SimCore", request: web.Request) -> web.Response
         return _json([c.info(now) for c in core.hub.connections.values()])
     if path == "/_sim/book" and method == "GET":
         return book(core, request)
+    if path == "/_sim/balance" and method == "POST":
+        return await balance(core, request)
     if path == "/_sim/state" and method == "GET":
         return _json(core.state())
     return _json({"error": f"no such control endpoint: {method} {path}"}, 404)
+
+
+async def balance(core: "SimCore", request: web.Request) -> web.Response:
+    """Credit or debit an asset: a deposit/withdrawal producing balanceUpdate."""
+    try:
+        body = await request.json(loads=orjson.loads)
+        market = body.get("market", SPOT)
+        account = core.userdata.spot if market == SPOT else core.userdata.futures_account
+        account.deposit(str(body["asset"]), Decimal(str(body["delta"])), core.hub.advance())
+    except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError) as exc:
+        return _json({"error": f"expected {{market?, asset, delta}}: {exc}"}, 400)
+    except RestError as exc:
+        return _json({"error": exc.msg}, 400)
+    return _json({"ok": True})
 
 
 def book(core: "SimCore", request: web.Request) -> web.Response:

@@ -1,0 +1,171 @@
+"""User data: spot WebSocket API subscription and signed REST; futures listenKey and /private."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlencode
+
+import pytest
+import websocket
+from simhelpers import collect, get, http, read_frames, wait_until
+
+from feedsup.sim.signing import ws_api_payload
+
+KEY, SECRET = "test-key", "test-secret"
+
+
+@pytest.fixture
+def usim(make_sim):
+    return make_sim(speed=60.0, api_key=KEY, api_secret=SECRET, listen_key_validity=3600.0)
+
+
+def sign(payload: str, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def server_ms(sim) -> int:
+    return get(sim.base_url + "/api/v3/time").body["serverTime"]
+
+
+def signed(sim, method, path, key=KEY, secret=SECRET, in_body=False, **params):
+    params.setdefault("timestamp", server_ms(sim))
+    query = urlencode(params)
+    query += "&signature=" + sign(query, secret)
+    headers = {"X-MBX-APIKEY": key} if key else {}
+    if in_body:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return http(method, sim.base_url + path, data=query.encode(), headers=headers)
+    return http(method, f"{sim.base_url}{path}?{query}", headers=headers)
+
+
+def ws_api_subscribe(sim, ws_factory, secret=SECRET, key=KEY, timestamp=None):
+    ws = ws_factory(sim.ws_api_url)
+    params = {"apiKey": key, "timestamp": timestamp or server_ms(sim)}
+    params["signature"] = sign(ws_api_payload(params), secret)
+    ws.send(json.dumps({"id": "sub-1", "method": "userDataStream.subscribe.signature", "params": params}))
+    return ws, json.loads(ws.recv())
+
+
+def test_spot_subscribe_order_and_events(usim, ws_factory):
+    ws, reply = ws_api_subscribe(usim, ws_factory)
+    assert reply["status"] == 200 and reply["id"] == "sub-1"
+    sub_id = reply["result"]["subscriptionId"]
+    placed = signed(usim, "POST", "/api/v3/order", in_body=True, symbol="BTCUSDT", side="BUY", type="MARKET",
+                    quantity="0.01000")
+    assert placed.status == 200, placed.body
+    assert placed.body["status"] == "FILLED" and placed.body["executedQty"] == "0.01000000"
+    assert placed.body["fills"] and set(placed.body["fills"][0]) == {"price", "qty", "commission", "commissionAsset",
+                                                                     "tradeId"}
+    events = collect(ws, lambda m: len(m) >= 3)
+    assert all(e["subscriptionId"] == sub_id for e in events)
+    kinds = [(e["event"]["e"], e["event"].get("x")) for e in events]
+    assert kinds == [("executionReport", "NEW"), ("executionReport", "TRADE"), ("outboundAccountPosition", None)]
+    report = events[1]["event"]
+    assert set(report) >= {"e", "E", "s", "c", "S", "o", "f", "q", "p", "x", "X", "i", "l", "z", "L", "n", "N", "T",
+                           "t", "w", "m", "O", "Z", "Y", "Q"}
+    assert (report["X"], report["i"], report["z"]) == ("FILLED", placed.body["orderId"], "0.01000000")
+    position = events[2]["event"]
+    assert {b["a"] for b in position["B"]} == {"BTC", "USDT"}
+    btc = next(b for b in position["B"] if b["a"] == "BTC")
+    assert btc == {"a": "BTC", "f": "10.01000000", "l": "0.00000000"}
+
+
+def test_spot_account_open_orders_cancel_and_balance_update(usim, ws_factory):
+    ws, _ = ws_api_subscribe(usim, ws_factory)
+    placed = signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="LIMIT",
+                    timeInForce="GTC", quantity="0.5", price="1000.00")
+    assert placed.body["status"] == "NEW"
+    opened = signed(usim, "GET", "/api/v3/openOrders", symbol="BTCUSDT").body
+    assert [o["orderId"] for o in opened] == [placed.body["orderId"]]
+    account = signed(usim, "GET", "/api/v3/account").body
+    usdt = next(b for b in account["balances"] if b["asset"] == "USDT")
+    assert usdt == {"asset": "USDT", "free": "99500.00000000", "locked": "500.00000000"}
+    cancelled = signed(usim, "DELETE", "/api/v3/order", symbol="BTCUSDT", orderId=placed.body["orderId"])
+    assert cancelled.body["status"] == "CANCELED"
+    assert signed(usim, "GET", "/api/v3/openOrders").body == []
+    assert http("POST", usim.control_url + "/balance", data={"asset": "USDT", "delta": "25"}).status == 200
+    events = collect(ws, lambda m: any(e["event"]["e"] == "balanceUpdate" for e in m))
+    update = next(e["event"] for e in events if e["event"]["e"] == "balanceUpdate")
+    assert set(update) == {"e", "E", "a", "d", "T"} and (update["a"], update["d"]) == ("USDT", "25.00000000")
+
+
+def test_limit_order_fills_when_the_market_reaches_it(usim, ws_factory):
+    ws, _ = ws_api_subscribe(usim, ws_factory)
+    best_ask = float(get(usim.base_url + "/api/v3/depth", symbol="BTCUSDT", limit=5).body["asks"][0][0])
+    placed = signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="SELL", type="LIMIT", timeInForce="GTC",
+                    quantity="0.1", price=f"{best_ask + 0.03:.2f}")
+    if placed.body["status"] == "FILLED":
+        pytest.skip("the market moved through the price before the order arrived")
+    events = collect(ws, lambda m: any(e["event"].get("X") == "FILLED" for e in m), timeout=10)
+    assert any(e["event"].get("x") == "TRADE" for e in events)
+
+
+@pytest.mark.parametrize("case,code", [("secret", -1022), ("key", -2015), ("timestamp", -1021)])
+def test_spot_subscribe_rejections(usim, ws_factory, case, code):
+    kwargs = {"secret": {"secret": "wrong"}, "key": {"key": "nobody"}, "timestamp": {"timestamp": 1000}}[case]
+    _, reply = ws_api_subscribe(usim, ws_factory, **kwargs)
+    assert reply["status"] in (400, 401) and reply["error"]["code"] == code
+
+
+def test_unsubscribe_stops_events(usim, ws_factory):
+    ws, reply = ws_api_subscribe(usim, ws_factory)
+    ws.send(json.dumps({"id": 2, "method": "userDataStream.unsubscribe",
+                        "params": {"subscriptionId": reply["result"]["subscriptionId"]}}))
+    assert json.loads(ws.recv()) == {"id": 2, "status": 200, "result": {}}
+    signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001")
+    assert [f for f in read_frames(ws, 0.2) if f[0] == websocket.ABNF.OPCODE_TEXT] == []
+
+
+def test_signed_rest_rejections(usim):
+    assert signed(usim, "GET", "/api/v3/account", secret="wrong").body["code"] == -1022
+    no_key = signed(usim, "GET", "/api/v3/account", key="")
+    assert (no_key.status, no_key.body["code"]) == (401, -2014)
+    stale = signed(usim, "GET", "/api/v3/account", timestamp=1000)
+    assert stale.body["code"] == -1021
+    poor = signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="1000")
+    assert poor.body == {"code": -2010, "msg": "Account has insufficient balance for requested action."}
+
+
+def listen_key(sim, method="POST"):
+    return http(method, sim.base_url + "/fapi/v1/listenKey", headers={"X-MBX-APIKEY": KEY})
+
+
+def test_futures_listen_key_lifecycle_and_private_events(usim, ws_factory):
+    key = listen_key(usim).body["listenKey"]
+    assert listen_key(usim).body["listenKey"] == key  # POST again returns the active key
+    ws = ws_factory(f"{usim.ws_url}/private/ws?listenKey={key}")
+    placed = signed(usim, "POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.010")
+    assert placed.status == 200 and placed.body["status"] == "FILLED"
+    events = collect(ws, lambda m: len(m) >= 3)
+    assert [e["e"] for e in events] == ["ORDER_TRADE_UPDATE", "ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE"]
+    order = events[1]["o"]
+    assert (order["x"], order["X"], order["s"], order["z"]) == ("TRADE", "FILLED", "BTCUSDT", "0.010")
+    position = events[2]["a"]["P"][0]
+    assert (position["s"], position["pa"]) == ("BTCUSDT", "0.010")
+    assert listen_key(usim, "PUT").status == 200
+    assert listen_key(usim, "DELETE").body == {}
+    gone = listen_key(usim, "PUT")
+    assert (gone.status, gone.body) == (400, {"code": -1125, "msg": "This listenKey does not exist."})
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        ws_factory(f"{usim.ws_url}/private/ws?listenKey={key}")
+
+
+def test_listen_key_expires_on_the_simulated_clock(make_sim, ws_factory):
+    sim = make_sim(speed=60.0, api_key=KEY, api_secret=SECRET, listen_key_validity=30.0)  # 0.5 s wall
+    key = listen_key(sim).body["listenKey"]
+    ws = ws_factory(f"{sim.ws_url}/private/ws?listenKey={key}")
+    event = collect(ws, lambda m: len(m) >= 1)[0]
+    assert event["e"] == "listenKeyExpired" and event["listenKey"] == key and isinstance(event["E"], int)
+    assert listen_key(sim, "PUT").body["code"] == -1125
+
+
+def test_expire_listen_key_fault(usim, ws_factory):
+    key = listen_key(usim).body["listenKey"]
+    ws = ws_factory(f"{usim.ws_url}/private/stream?listenKey={key}&events=ORDER_TRADE_UPDATE")
+    wait_until(lambda: usim.connections())
+    fault = http("POST", usim.control_url + "/faults", data={"kind": "expire_listen_key", "target": {"listenKey": key}})
+    assert fault.body["applied_to"]
+    assert collect(ws, lambda m: len(m) >= 1)[0]["e"] == "listenKeyExpired"
