@@ -214,16 +214,14 @@ class SymbolMarket:
             return changes
         # Bids live in [c-n, c-1], asks in [c+1, c+n]; the mid price c is empty.
         for side, book, lo_old, lo_new in ((BID, self.bids, old - n, new - n), (ASK, self.asks, old + 1, new + 1)):
-            old_range, new_range = range(lo_old, lo_old + n), range(lo_new, lo_new + n)
-            for price in old_range:
-                if price not in new_range:
-                    del book[price]
-                    changes.append((side, price, 0))
-            for price in new_range:
-                if price not in old_range:
-                    qty = self._random_qty()
-                    book[price] = qty
-                    changes.append((side, price, qty))
+            # Only the levels at the edges move: O(|move|), not O(levels).
+            for price in _minus(lo_old, lo_new, n):
+                del book[price]
+                changes.append((side, price, 0))
+            for price in _minus(lo_new, lo_old, n):
+                qty = self._random_qty()
+                book[price] = qty
+                changes.append((side, price, qty))
         return changes
 
     def _tweak(self) -> tuple[int, int, int]:
@@ -343,6 +341,11 @@ class Rolling:
     count: int = 0
     first_id: int = -1
     last_id: int = -1
+
+
+def _minus(a: int, b: int, n: int) -> list[int]:
+    """Ascending prices of [a, a+n) that are not in [b, b+n)."""
+    return [p for p in range(a, min(a + n, b))] + [p for p in range(max(a, b + n), a + n)]
 
 
 def _after(items: deque, key: int) -> Iterator:
