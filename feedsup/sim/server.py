@@ -85,9 +85,17 @@ class SimCore:
     async def _on_shutdown(self, app: web.Application) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        for conn in list(self.hub.connections.values()):
+        conns = list(self.hub.connections.values())
+        for conn in conns:
             conn.close_soon(1001, "Server shutting down")
-        await asyncio.sleep(0)
+        closing = [t for conn in conns for t in conn.tasks]
+        closing += [asyncio.ensure_future(ws.close(code=1001, message=b"Server shutting down"))
+                    for ws in list(self.userdata.sockets)]
+        if closing:
+            await asyncio.wait(closing, timeout=0.5)
+        for conn in conns:
+            if not conn.ws.closed:
+                conn.drop()  # a client that does not answer the close handshake
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -325,7 +333,7 @@ class SimServer:
     async def _startup(self) -> None:
         self.core = SimCore(self.options)
         self._runner = web.AppRunner(self.core.build_app(), handle_signals=False, access_log=None,
-                                     shutdown_timeout=2.0)
+                                     shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
         await site.start()

@@ -401,6 +401,7 @@ class UserData:
         self.futures_account = Account(USDM, hub)
         self.futures = FuturesUserData(options, self.futures_account)
         self._subscription_ids = 0
+        self.sockets: set[web.WebSocketResponse] = set()   # open WebSocket API sessions
 
     def tick(self, sim_ms: int) -> None:
         self.spot.tick(sim_ms)
@@ -431,6 +432,7 @@ class UserData:
         ws = web.WebSocketResponse(autoping=True, compress=False, timeout=2.0)
         await ws.prepare(request)
         subscriptions: dict[int, Callable[[dict[str, Any]], None]] = {}
+        self.sockets.add(ws)
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -438,6 +440,7 @@ class UserData:
                 reply = self._ws_api_request(msg.data, ws, subscriptions)
                 await ws.send_frame(orjson.dumps(reply), WSMsgType.TEXT)
         finally:
+            self.sockets.discard(ws)
             for listener in subscriptions.values():
                 if listener in self.spot.listeners:
                     self.spot.listeners.remove(listener)
