@@ -169,3 +169,47 @@ def test_expire_listen_key_fault(usim, ws_factory):
     fault = http("POST", usim.control_url + "/faults", data={"kind": "expire_listen_key", "target": {"listenKey": key}})
     assert fault.body["applied_to"]
     assert collect(ws, lambda m: len(m) >= 1)[0]["e"] == "listenKeyExpired"
+
+
+EXECUTION_REPORT = {"e", "E", "s", "c", "S", "o", "f", "q", "p", "P", "F", "g", "C", "x", "X", "r", "i", "l", "z",
+                    "L", "n", "N", "T", "t", "I", "w", "m", "M", "O", "Z", "Y", "Q", "W", "V"}
+ORDER_UPDATE = {"s", "c", "S", "o", "f", "q", "p", "ap", "sp", "x", "X", "i", "l", "z", "L", "n", "N", "T", "t", "b",
+                "a", "m", "R", "wt", "ot", "ps", "cp", "rp", "pP", "si", "ss", "V", "pm", "gtd"}
+ORDER_JSON = {"symbol", "orderId", "orderListId", "clientOrderId", "price", "origQty", "executedQty",
+              "cummulativeQuoteQty", "status", "timeInForce", "type", "side", "stopPrice", "icebergQty", "time",
+              "updateTime", "isWorking", "workingTime", "origQuoteOrderQty", "selfTradePreventionMode"}
+
+
+def test_user_data_payload_fields(usim, ws_factory):
+    ws, _ = ws_api_subscribe(usim, ws_factory)
+    ack = signed(usim, "POST", "/api/v3/order", symbol="ETHUSDT", side="SELL", type="LIMIT", timeInForce="GTC",
+                 quantity="1", price="9000.00", newClientOrderId="mine-1").body
+    assert set(ack) == {"symbol", "orderId", "orderListId", "clientOrderId", "transactTime", "price", "origQty",
+                        "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status", "timeInForce", "type",
+                        "side", "workingTime", "selfTradePreventionMode", "fills"}
+    assert ack["clientOrderId"] == "mine-1"
+    report = collect(ws, lambda m: len(m) >= 1)[0]["event"]
+    assert set(report) == EXECUTION_REPORT
+    for key in ("q", "p", "P", "F", "l", "z", "L", "n", "Z", "Y", "Q"):
+        assert isinstance(report[key], str), key
+    for key in ("E", "g", "i", "T", "t", "I", "O", "W"):
+        assert isinstance(report[key], int), key
+    orders = signed(usim, "GET", "/api/v3/openOrders").body
+    assert len(orders) == 1 and set(orders[0]) == ORDER_JSON
+    account = signed(usim, "GET", "/api/v3/account").body
+    assert {"makerCommission", "commissionRates", "canTrade", "updateTime", "accountType", "balances",
+            "permissions"} <= set(account)
+    assert all(set(b) == {"asset", "free", "locked"} for b in account["balances"])
+
+    key = listen_key(usim).body["listenKey"]
+    private = ws_factory(f"{usim.ws_url}/private/ws?listenKey={key}")
+    wait_until(lambda: any(c["route"] == "private" for c in usim.connections()))
+    signed(usim, "POST", "/fapi/v1/order", symbol="BTCUSDT", side="SELL", type="MARKET", quantity="0.005")
+    updates = collect(private, lambda m: len(m) >= 3)
+    for update in updates[:2]:
+        assert set(update) == {"e", "E", "T", "o"} and set(update["o"]) == ORDER_UPDATE
+    account_update = updates[2]
+    assert set(account_update) == {"e", "E", "T", "a"} and set(account_update["a"]) == {"m", "B", "P"}
+    assert all(set(b) == {"a", "wb", "cw", "bc"} for b in account_update["a"]["B"])
+    assert all(set(p) == {"s", "pa", "ep", "bep", "cr", "up", "mt", "iw", "ps"} for p in account_update["a"]["P"])
+    assert account_update["a"]["P"][0]["pa"] == "-0.005"
