@@ -1,0 +1,210 @@
+"""Account stream worker: user data for one Binance account, resynced on
+every connect.
+
+One run = one connection, as for every worker:
+
+1. load the credentials (``load_credentials``; a ``ConfigError`` is FATAL);
+2. open the user-data subscription (spot: WebSocket API
+   ``userDataStream.subscribe.signature``, ``account_spot``; USD-M: a
+   listenKey and the ``/private`` route, ``account_usdm``), then READY;
+3. fetch balances and open orders over signed REST and publish them as one
+   ``account.snapshot`` frame. Events arriving meanwhile wait in the socket
+   and are published after it, so none falls between snapshot and stream;
+4. publish events until the connection ends, then report why.
+
+Credentials rejected by the exchange are FATAL (a retry cannot fix them);
+everything else, including timestamp/recvWindow errors (-1021), is
+retryable and the parent decides when. Secrets stay in this process: no
+log line, reason or frame carries the key or the secret, and exchange
+replies are quoted by code and message only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+import urllib.parse
+from typing import Any, Protocol
+
+import orjson
+import websocket
+
+from feedsup.config import ConfigError
+from feedsup.credentials import Credentials, load_credentials
+from feedsup.ipc import frames
+from feedsup.workers import rest
+from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder
+from feedsup.workers.normalise import MalformedEvent
+from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
+
+log = logging.getLogger("feedsup.worker.account")
+
+# Binance's default recvWindow; we sign with our wall clock right before sending.
+RECV_WINDOW_MS = 5000
+
+# Binance error codes meaning "these credentials will not work": a retry
+# cannot help, a human must act. -1021 (timestamp outside recvWindow) is not
+# here: it is a clock problem and may pass.
+CREDENTIAL_CODES = {
+    -1002: "unauthorized",
+    -1022: "signature not valid (wrong API secret?)",
+    -2008: "invalid API key id",
+    -2014: "API key format invalid",
+    -2015: "invalid API key, IP, or permissions",
+}
+
+OP_TEXT = websocket.ABNF.OPCODE_TEXT
+OP_BINARY = websocket.ABNF.OPCODE_BINARY
+OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
+OP_PONG = websocket.ABNF.OPCODE_PONG
+
+
+class Session(Protocol):
+    """What a market's account flavour provides to the shared shell."""
+
+    def open(self) -> websocket.WebSocket: ...         # connected and subscribed
+    def snapshot(self) -> dict[str, Any]: ...          # normalised snapshot data
+    def event_of(self, msg: Any) -> dict[str, Any] | None: ...  # unwrap; None = not an event
+    def handle(self, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None: ...
+    def close(self) -> None: ...
+
+
+def run(rt: Runtime) -> None:
+    creds = credentials(rt)
+    session = make_session(rt, creds)
+    try:
+        ws = session.open()
+        rt.ready(market=rt.spec.stream.market)
+        publish_snapshot(rt, session.snapshot())
+        rt.streaming()  # the snapshot is out: a rotation may hand over now
+        read_loop(rt, ws, session)
+    finally:
+        session.close()
+
+
+def credentials(rt: Runtime) -> Credentials:
+    try:
+        return load_credentials(rt.spec.stream)
+    except ConfigError as exc:  # its message names variables and files, never values
+        raise ConnectionEnded(f"credentials: {exc}", fatal=True) from None
+
+
+def make_session(rt: Runtime, creds: Credentials) -> Session:
+    if rt.spec.stream.market == "spot":
+        from feedsup.workers.account_spot import SpotSession
+        return SpotSession(rt, creds)
+    from feedsup.workers.account_usdm import UsdmSession
+    return UsdmSession(rt, creds)
+
+
+# -- exchange replies --------------------------------------------------------------
+
+def classify_rejection(what: str, status: int, body: Any) -> tuple[str, bool]:
+    """An error reply (REST or WebSocket API) -> (reason, fatal)."""
+    code, msg = None, ""
+    if isinstance(body, dict):
+        err = body.get("error") if isinstance(body.get("error"), dict) else body
+        code, msg = err.get("code"), str(err.get("msg") or "")[:200]
+    detail = f"HTTP {status}" + (f", code {code}" if code is not None else "") + (f": {msg}" if msg else "")
+    if code in CREDENTIAL_CODES or (status == 401 and code is None):
+        why = CREDENTIAL_CODES.get(code, "unauthorized")
+        return f"{what}: credentials rejected, {why} ({detail})", True
+    return f"{what}: {detail}", False
+
+
+def ws_api_payload(params: dict[str, Any]) -> str:
+    """The WebSocket API signing payload: every param but ``signature``,
+    sorted by name, as ``key=value`` joined with ``&``."""
+    def text(v: Any) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return "&".join(f"{k}={text(v)}" for k, v in sorted(params.items()) if k != "signature")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SignedRest:
+    """Signed (``USER_DATA``) and API-key (``USER_STREAM``) REST calls."""
+
+    def __init__(self, base: str, creds: Credentials, timeout: float) -> None:
+        self.base = base
+        self.creds = creds
+        self.timeout = timeout
+
+    def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        query = {**(params or {}), "timestamp": now_ms(), "recvWindow": RECV_WINDOW_MS}
+        # rest.get encodes the params the same way, so the signed string is
+        # exactly the query string's prefix.
+        query["signature"] = self.creds.sign(urllib.parse.urlencode(query))
+        return self.call(method, path, query)
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        """The JSON body of a 2xx reply, else ConnectionEnded (classified)."""
+        what = f"{method} {path}"
+        try:
+            resp = rest.get(self.base, path, params, timeout or self.timeout,
+                            headers={"X-MBX-APIKEY": self.creds.api_key}, method=method)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise ConnectionEnded(f"{what} failed: {exc.__class__.__name__}: {exc}") from None
+        if 200 <= resp.status < 300:
+            return resp.body
+        raise ConnectionEnded(*classify_rejection(what, resp.status, resp.body))
+
+
+# -- publishing ------------------------------------------------------------------------
+
+def publish(rt: Runtime, topic: str, data: dict[str, Any], major: int, minor: int, final: bool,
+            recv_ns: int) -> None:
+    body = frames.encode_body(topic, rt.name, recv_ns, data)
+    rt.uplink.send(frames.encode_data(topic.encode(), major, minor, final, body))
+
+
+def publish_snapshot(rt: Runtime, data: dict[str, Any]) -> None:
+    recv_ns = time.time_ns()
+    data = {**data, "time": recv_ns // 1_000_000}
+    # Keyed by our wall clock: every (re)connect's snapshot is newer than the
+    # last one delivered, whatever the account did.
+    publish(rt, SNAPSHOT_TOPIC, data, recv_ns // 1_000_000, 0, False, recv_ns)
+    log.info("snapshot published: %d balances, %d open orders",
+             len(data.get("balances", ())), len(data.get("open_orders", ())))
+
+
+def read_loop(rt: Runtime, ws: websocket.WebSocket, session: Session) -> None:
+    counters = rt.counters
+    order = EventOrder()
+    ignored = 0
+    rt.extra_stats["ignored"] = 0   # the key exists before the ticker reads the dict
+    while True:
+        try:
+            opcode, payload = ws.recv_data(True)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+        if opcode == OP_PONG:
+            rt.pinger.on_pong(payload)
+            continue
+        if opcode == OP_CLOSE:
+            reason, code = close_reason(payload)
+            raise ConnectionEnded(rt.ending or reason, close_code=code)
+        if opcode != OP_TEXT and opcode != OP_BINARY:
+            continue
+        recv_ns = time.time_ns()
+        counters.msgs += 1
+        counters.bytes += len(payload)
+        try:
+            event = session.event_of(orjson.loads(payload))
+            out = session.handle(event) if event is not None else None
+        except (ValueError, MalformedEvent):
+            counters.malformed += 1
+            continue
+        if out is None:  # a request reply or an event type we do not publish
+            ignored += 1
+            rt.extra_stats["ignored"] = ignored
+            continue
+        topic, data, event_time = out
+        major, minor = order.key(topic, event_time)
+        publish(rt, topic, data, major, minor, False, recv_ns)
+        counters.last_event_ms = event_time
+        counters.last_recv_ms = recv_ns // 1_000_000

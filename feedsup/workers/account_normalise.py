@@ -1,0 +1,246 @@
+"""Binance account events and REST snapshots -> feedsup's normalised data.
+
+Pure functions, no I/O. Topics are ``account.<event>`` (spot
+``outboundAccountPosition``, ``balanceUpdate``, ``executionReport``; USD-M
+``ACCOUNT_UPDATE``, ``ORDER_TRADE_UPDATE``) and ``account.snapshot``.
+
+Field names are explicit snake_case; decimals stay the exchange's strings,
+times int milliseconds. Optional Binance fields (sent only for some orders)
+appear only when Binance sent them.
+
+Ordering keys. The parent drops a frame whose key is not newer than the
+topic's last one, so an account key must (1) never go backwards within one
+connection, or the connection's own events would be dropped, and (2) be the
+same for the same event on two overlapping connections (rotation), so the
+copy is dropped. Binance keeps ``E`` strictly ordered per event type on one
+connection but several events may share one ``E`` (a fill's NEW and TRADE
+reports): ``EventOrder`` makes the key ``(E, n)``, ``n`` counting events of
+that topic with that ``E``. It depends only on the event sequence, which every
+connection of one account sees alike, so copies get equal keys. Across a
+restart ``E`` moves on, so the first new event is always newer.
+
+Consumer rule (snapshot + events = exact state). After every (re)connect the
+worker subscribes first and fetches the snapshot second, and it publishes
+the snapshot before any event it received after subscribing. So: replace
+your state with ``account.snapshot``, then apply every later event in order.
+Events carry absolute values (balances, order status and cumulative fills,
+positions), so replaying one that the snapshot already contains is
+harmless. ``balanceUpdate`` is a *delta*: for balances use
+``outboundAccountPosition``, or apply a delta only when its ``clear_time``
+is after the snapshot's ``update_time``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from feedsup.ipc.topics import account_topic
+from feedsup.workers.normalise import MalformedEvent
+
+SNAPSHOT_TOPIC = account_topic("snapshot")
+
+# Events that end a connection rather than carry account data.
+SPOT_TERMINATED = "eventStreamTerminated"
+LISTEN_KEY_EXPIRED = "listenKeyExpired"
+
+_I64_MAX = (1 << 63) - 1
+
+# Binance letter -> our name, for every event. Required fields raise
+# MalformedEvent when missing; optional ones are copied when present.
+_EXECUTION_REPORT = {
+    "E": "event_time", "s": "symbol", "c": "client_order_id", "S": "side",
+    "o": "order_type", "f": "time_in_force", "q": "quantity", "p": "price",
+    "P": "stop_price", "F": "iceberg_quantity", "g": "order_list_id",
+    "C": "orig_client_order_id", "x": "execution_type", "X": "order_status",
+    "r": "reject_reason", "i": "order_id", "l": "last_executed_quantity",
+    "z": "cumulative_filled_quantity", "L": "last_executed_price",
+    "n": "commission", "N": "commission_asset", "T": "transaction_time",
+    "t": "trade_id", "w": "is_on_book", "m": "is_maker", "O": "order_creation_time",
+    "Z": "cumulative_quote_quantity", "Y": "last_quote_quantity",
+    "Q": "quote_order_quantity", "V": "self_trade_prevention_mode",
+}
+_EXECUTION_REPORT_OPTIONAL = {
+    "W": "working_time", "v": "prevented_match_id", "d": "trailing_delta",
+    "D": "trailing_time", "j": "strategy_id", "J": "strategy_type",
+    "A": "prevented_quantity", "B": "last_prevented_quantity", "u": "trade_group_id",
+    "U": "counter_order_id", "Cs": "counter_symbol", "pl": "prevented_execution_quantity",
+    "pL": "prevented_execution_price", "pY": "prevented_execution_quote_quantity",
+    "b": "match_type", "a": "allocation_id", "k": "working_floor", "uS": "used_sor",
+}
+_ORDER_TRADE_UPDATE = {
+    "s": "symbol", "c": "client_order_id", "S": "side", "o": "order_type",
+    "f": "time_in_force", "q": "quantity", "p": "price", "ap": "average_price",
+    "sp": "stop_price", "x": "execution_type", "X": "order_status", "i": "order_id",
+    "l": "last_filled_quantity", "z": "cumulative_filled_quantity",
+    "L": "last_filled_price", "T": "trade_time", "t": "trade_id",
+    "b": "bids_notional", "a": "asks_notional", "m": "is_maker", "R": "reduce_only",
+    "wt": "working_type", "ot": "original_order_type", "ps": "position_side",
+    "cp": "close_position", "rp": "realized_profit",
+}
+_ORDER_TRADE_UPDATE_OPTIONAL = {
+    "N": "commission_asset", "n": "commission", "AP": "activation_price",
+    "cr": "callback_rate", "pP": "price_protect", "si": "ignore_si", "ss": "ignore_ss",
+    "V": "self_trade_prevention_mode", "pm": "price_match", "gtd": "good_till_date",
+    "er": "expiry_reason",
+}
+_FUTURES_BALANCE = {"a": "asset", "wb": "wallet_balance", "cw": "cross_wallet_balance",
+                    "bc": "balance_change"}
+_FUTURES_POSITION = {"s": "symbol", "pa": "position_amount", "ep": "entry_price",
+                     "bep": "break_even_price", "cr": "accumulated_realized",
+                     "up": "unrealized_pnl", "mt": "margin_type", "iw": "isolated_wallet",
+                     "ps": "position_side"}
+_FUTURES_POSITION_OPTIONAL = {"ma": "margin_asset"}
+
+# REST snapshots.
+_SPOT_ORDER = {
+    "symbol": "symbol", "orderId": "order_id", "orderListId": "order_list_id",
+    "clientOrderId": "client_order_id", "price": "price", "origQty": "quantity",
+    "executedQty": "cumulative_filled_quantity", "cummulativeQuoteQty": "cumulative_quote_quantity",
+    "status": "order_status", "timeInForce": "time_in_force", "type": "order_type",
+    "side": "side", "stopPrice": "stop_price", "icebergQty": "iceberg_quantity",
+    "time": "order_creation_time", "updateTime": "update_time", "isWorking": "is_working",
+    "origQuoteOrderQty": "quote_order_quantity",
+}
+_SPOT_ORDER_OPTIONAL = {"workingTime": "working_time",
+                        "selfTradePreventionMode": "self_trade_prevention_mode"}
+_FUTURES_ORDER = {
+    "symbol": "symbol", "orderId": "order_id", "clientOrderId": "client_order_id",
+    "price": "price", "avgPrice": "average_price", "origQty": "quantity",
+    "executedQty": "cumulative_filled_quantity", "cumQuote": "cumulative_quote_quantity",
+    "status": "order_status", "timeInForce": "time_in_force", "type": "order_type",
+    "side": "side", "stopPrice": "stop_price", "reduceOnly": "reduce_only",
+    "closePosition": "close_position", "positionSide": "position_side",
+    "workingType": "working_type", "origType": "original_order_type",
+    "time": "order_creation_time", "updateTime": "update_time",
+}
+_FUTURES_ORDER_OPTIONAL = {"priceProtect": "price_protect", "priceMatch": "price_match",
+                           "selfTradePreventionMode": "self_trade_prevention_mode",
+                           "goodTillDate": "good_till_date", "activatePrice": "activation_price",
+                           "priceRate": "callback_rate"}
+_FUTURES_ASSET = {"asset": "asset", "walletBalance": "wallet_balance",
+                  "crossWalletBalance": "cross_wallet_balance"}
+_FUTURES_ASSET_OPTIONAL = {
+    "unrealizedProfit": "unrealized_profit", "marginBalance": "margin_balance",
+    "availableBalance": "available_balance", "maxWithdrawAmount": "max_withdraw_amount",
+    "updateTime": "update_time",
+}
+_FUTURES_SNAPSHOT_POSITION = {"symbol": "symbol", "positionSide": "position_side",
+                              "positionAmt": "position_amount"}
+_FUTURES_SNAPSHOT_POSITION_OPTIONAL = {
+    "entryPrice": "entry_price", "breakEvenPrice": "break_even_price",
+    "unrealizedProfit": "unrealized_pnl", "isolated": "isolated", "leverage": "leverage",
+    "isolatedWallet": "isolated_wallet", "updateTime": "update_time",
+}
+
+
+def _pick(raw: dict[str, Any], required: dict[str, str],
+          optional: dict[str, str] | None = None) -> dict[str, Any]:
+    data = {name: raw[key] for key, name in required.items()}
+    for key, name in (optional or {}).items():
+        if key in raw:
+            data[name] = raw[key]
+    return data
+
+
+def _event_time(event: dict[str, Any], what: str) -> int:
+    e = event["E"]
+    if type(e) is not int or not 0 <= e <= _I64_MAX:
+        raise MalformedEvent(f"{what}: event time 'E' is not an int64: {e!r}")
+    return e
+
+
+# -- events --------------------------------------------------------------------------
+
+def normalise_spot(event: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+    """A spot user-data event -> (topic, data, event time)."""
+    try:
+        kind = event["e"]
+        if kind == "executionReport":
+            data = _pick(event, _EXECUTION_REPORT, _EXECUTION_REPORT_OPTIONAL)
+        elif kind == "outboundAccountPosition":
+            data = {"event_time": event["E"], "last_update_time": event["u"],
+                    "balances": [{"asset": b["a"], "free": b["f"], "locked": b["l"]}
+                                 for b in event["B"]]}
+        elif kind == "balanceUpdate":
+            data = {"event_time": event["E"], "asset": event["a"], "delta": event["d"],
+                    "clear_time": event["T"]}
+        else:
+            raise MalformedEvent(f"spot account: unexpected event type {kind!r}")
+        return account_topic(kind), data, _event_time(event, kind)
+    except (KeyError, TypeError) as exc:
+        raise MalformedEvent(f"spot account: missing field or not an event ({exc})") from None
+
+
+def normalise_usdm(event: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+    """A USD-M user-data event -> (topic, data, event time)."""
+    try:
+        kind = event["e"]
+        if kind == "ORDER_TRADE_UPDATE":
+            data = {"event_time": event["E"], "transaction_time": event["T"],
+                    **_pick(event["o"], _ORDER_TRADE_UPDATE, _ORDER_TRADE_UPDATE_OPTIONAL)}
+        elif kind == "ACCOUNT_UPDATE":
+            a = event["a"]
+            data = {"event_time": event["E"], "transaction_time": event["T"],
+                    "reason": a["m"],
+                    "balances": [_pick(b, _FUTURES_BALANCE) for b in a["B"]],
+                    "positions": [_pick(p, _FUTURES_POSITION, _FUTURES_POSITION_OPTIONAL)
+                                  for p in a["P"]]}
+        else:
+            raise MalformedEvent(f"usdm account: unexpected event type {kind!r}")
+        return account_topic(kind), data, _event_time(event, kind)
+    except (KeyError, TypeError) as exc:
+        raise MalformedEvent(f"usdm account: missing field or not an event ({exc})") from None
+
+
+class EventOrder:
+    """Ordering keys ``(major, minor)`` for one connection's events (see the
+    module docstring). One instance per connection."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def key(self, topic: str, event_time: int) -> tuple[int, int]:
+        last = self._last.get(topic)
+        if last is None or event_time > last[0]:
+            key = (event_time, 1)
+        else:
+            # Same E, or (not seen from Binance) an older one: stay on the
+            # topic's last E so this connection's own events never look old.
+            key = (last[0], last[1] + 1)
+        self._last[topic] = key
+        return key
+
+
+# -- snapshots ------------------------------------------------------------------------
+
+def spot_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /api/v3/account`` + ``GET /api/v3/openOrders`` -> snapshot data.
+
+    ``update_time`` is Binance's account ``updateTime``: balance events with a
+    ``last_update_time`` after it are newer than the snapshot."""
+    try:
+        return {
+            "market": "spot",
+            "update_time": account["updateTime"],
+            "balances": [{"asset": b["asset"], "free": b["free"], "locked": b["locked"]}
+                         for b in account["balances"]],
+            "open_orders": [_pick(o, _SPOT_ORDER, _SPOT_ORDER_OPTIONAL) for o in open_orders],
+        }
+    except (KeyError, TypeError) as exc:
+        raise MalformedEvent(f"spot snapshot: unexpected REST reply ({exc})") from None
+
+
+def usdm_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /fapi/v2/account`` + ``GET /fapi/v1/openOrders`` -> snapshot data."""
+    try:
+        return {
+            "market": "usdm",
+            "update_time": account.get("updateTime"),
+            "balances": [_pick(a, _FUTURES_ASSET, _FUTURES_ASSET_OPTIONAL)
+                         for a in account["assets"]],
+            "positions": [_pick(p, _FUTURES_SNAPSHOT_POSITION, _FUTURES_SNAPSHOT_POSITION_OPTIONAL)
+                          for p in account["positions"]],
+            "open_orders": [_pick(o, _FUTURES_ORDER, _FUTURES_ORDER_OPTIONAL) for o in open_orders],
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise MalformedEvent(f"usdm snapshot: unexpected REST reply ({exc})") from None
