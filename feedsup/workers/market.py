@@ -2,10 +2,18 @@
 
 The reading loop is the hot path. It parses, normalises, encodes and pushes
 without touching a clock or a lock beyond one wall-clock stamp per message.
+
+A worker that resumes kline, aggTrade or trade topics first catches up
+(``catch_up``): it buffers live frames while a backfill thread fetches the
+missed events over REST, then sends the backfill, any gap notices and the
+buffer, in exchange order, and only then enters the hot loop. Only this
+reading thread sends on the uplink (ZeroMQ sockets are not thread-safe).
 """
 
 from __future__ import annotations
 
+import select
+import threading
 import time
 
 import msgpack
@@ -13,7 +21,8 @@ import orjson
 import websocket
 
 from feedsup.ipc import frames
-from feedsup.workers import rest
+from feedsup.ipc.topics import kline_topic, market_topic
+from feedsup.workers import backfill, rest, restlimit
 from feedsup.workers.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
 from feedsup.workers.streams import stream_url
@@ -30,7 +39,19 @@ def run(rt: Runtime) -> None:
     check_symbols(rt)
     ws = rt.connect(stream_url(stream, rt.spec.endpoint))
     rt.ready(url=stream_url(stream, rt.spec.endpoint))
-    read_loop(rt, ws, make_normaliser(stream))
+    normalise = make_normaliser(stream)
+    if stream.channel in backfill.CHANNELS:
+        rt.extra_stats.update(backfilled=0, gaps=0)
+    plans = backfill_plans(rt)
+    streaming = False
+    if plans:
+        job = BackfillJob(rt, plans)
+        job.start()
+        try:
+            streaming = catch_up(rt, ws, normalise, job)
+        finally:
+            job.stop.set()
+    read_loop(rt, ws, normalise, streaming)
 
 
 def check_symbols(rt: Runtime) -> None:
@@ -41,7 +62,7 @@ def check_symbols(rt: Runtime) -> None:
         raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
 
 
-def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise) -> None:
+def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool = False) -> None:
     counters = rt.counters
     uplink_send = rt.uplink.send
     recv = ws.recv_data
@@ -51,7 +72,7 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise) -> None:
     time_ns = time.time_ns
     name = rt.name
     topics: dict[str, bytes] = {}
-    first = True
+    first = not streaming
     while True:
         try:
             opcode, payload = recv(True)
@@ -97,3 +118,189 @@ def handle_other(rt: Runtime, payload: bytes) -> None:
         rt.notice("serverShutdown", event_time=event.get("E"))
         return
     rt.counters.malformed += 1
+
+
+# -- catching up after a (re)connect -------------------------------------------------
+
+BACKFILL_DEADLINE_S = 20.0   # REST may take this long, waits for weight included
+LIVE_WAIT_S = 1.0            # first live events tell backfill exactly where to stop
+LAG_RETRY_S = 0.25           # REST behind the live stream: ask again after this
+REST_TIMEOUT_S = 5.0         # one request
+MAX_BUFFERED = 200_000       # live frames held while backfilling; past it, give up
+POLL_S = 0.05                # how soon the reader notices the backfill is done
+
+
+def backfill_plans(rt: Runtime) -> list[backfill.Plan]:
+    """One plan per topic the parent has delivered before (no mark, no backfill)."""
+    stream = rt.spec.stream
+    if stream.channel not in backfill.CHANNELS:
+        return []
+    plans = []
+    for symbol in (s.upper() for s in stream.symbols):
+        if stream.channel == "kline":
+            pairs = [(kline_topic(symbol, i), i) for i in stream.intervals]
+        else:
+            pairs = [(market_topic(stream.channel, symbol), "")]
+        for topic, interval in pairs:
+            if topic in rt.spec.resume:
+                plans.append(backfill.Plan(stream.market, stream.channel, symbol, topic,
+                                           rt.spec.resume[topic], interval))
+    return plans
+
+
+class BackfillJob:
+    """The backfill thread: REST only, never the uplink. The reader notes the
+    first live event of each topic (``note_live``) and collects the result
+    once ``done`` is set."""
+
+    def __init__(self, rt: Runtime, plans: list[backfill.Plan],
+                 deadline_s: float = BACKFILL_DEADLINE_S) -> None:
+        spec = rt.spec
+        self.plans = {p.topic: p for p in plans}
+        self.first_live: dict[str, int] = {}
+        self.failures: dict[str, str] = {}
+        self.finished: set[str] = set()
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self._all_live = threading.Event()
+        self._deadline_s = deadline_s
+        budget = restlimit.SharedBudget.for_market(spec.rundir, spec.stream.market)
+        self.client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget,
+                                      REST_TIMEOUT_S, self.stop)
+        self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def note_live(self, topic: str, major: int) -> None:
+        """Reader thread: the first live event of ``topic`` has ordering key ``major``."""
+        self.first_live[topic] = major
+        plan = self.plans.get(topic)
+        if plan is not None:
+            plan.first_live = major
+        if all(t in self.first_live for t in self.plans):
+            self._all_live.set()
+
+    def _run(self) -> None:
+        deadline = time.time() + self._deadline_s
+        try:
+            self._all_live.wait(LIVE_WAIT_S)
+            for plan in self.plans.values():
+                try:
+                    self._fetch(plan, deadline)
+                    self.finished.add(plan.topic)
+                except rest.RestFailed as exc:
+                    self.failures[plan.topic] = f"backfill failed: {exc}"
+        finally:
+            self.done.set()
+
+    def _fetch(self, plan: backfill.Plan, deadline: float) -> None:
+        while (params := plan.request()) is not None:
+            rows = self.client.fetch(plan.path, params, deadline)
+            try:
+                step = plan.on_page(rows)
+            except (KeyError, TypeError, IndexError, AttributeError) as exc:
+                raise rest.RestFailed(f"malformed REST rows: {exc!r}") from None
+            if step is backfill.Step.LAGGING:
+                if time.time() + LAG_RETRY_S > deadline:
+                    raise rest.RestFailed("REST still behind the live stream at the deadline")
+                if self.stop.wait(LAG_RETRY_S):
+                    raise rest.RestFailed("stopped")
+
+
+def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob) -> bool:
+    """Buffer live frames until the backfill is done, then send backfill,
+    gaps and buffer in order. Returns whether STREAMING was announced."""
+    counters = rt.counters
+    buffered: list[bytes] = []
+    topics: dict[str, bytes] = {}
+    name = rt.name
+    streaming = False
+    abandoned = ""
+    while not job.done.is_set():
+        if len(buffered) >= MAX_BUFFERED:
+            abandoned = f"backfill abandoned: {len(buffered)} live frames waiting"
+            job.stop.set()
+            break
+        if not _readable(ws, POLL_S):
+            continue
+        try:
+            opcode, payload = ws.recv_data(True)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+        if opcode == OP_TEXT or opcode == OP_BINARY:
+            recv_ns = time.time_ns()
+            counters.msgs += 1
+            counters.bytes += len(payload)
+            try:
+                event = orjson.loads(payload)["data"]
+                topic, data, major, minor, final = normalise(event)
+            except (ValueError, KeyError, TypeError, MalformedEvent):
+                handle_other(rt, payload)
+                continue
+            tb = topics.get(topic)
+            if tb is None:
+                tb = topics[topic] = topic.encode()
+                job.note_live(topic, major)
+            body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
+            buffered.append(frames.encode_data(tb, major, minor, final, body))
+            counters.last_event_ms = event.get("E") or event.get("T") or 0
+            counters.last_recv_ms = recv_ns // 1_000_000
+            if not streaming:
+                streaming = True
+                rt.streaming()
+        elif opcode == OP_PONG:
+            rt.pinger.on_pong(payload)
+        elif opcode == OP_CLOSE:
+            reason, code = close_reason(payload)
+            raise ConnectionEnded(rt.ending or reason, close_code=code)
+    send_backfill(rt, job, abandoned)
+    for frame in buffered:
+        rt.uplink.send(frame)
+    return streaming
+
+
+def send_backfill(rt: Runtime, job: BackfillJob, abandoned: str = "") -> None:
+    """Every topic's recovered events and gap notices, in exchange order."""
+    stats = rt.extra_stats
+    for topic, plan in job.plans.items():
+        failure = job.failures.get(topic)
+        if failure is None and topic not in job.finished:
+            failure = abandoned or "backfill did not finish"
+        tb = topic.encode()
+        for entry in backfill.merge(plan, job.first_live.get(topic), failure):
+            if isinstance(entry, backfill.Gap):
+                rt.uplink.send(gap_frame(rt, topic, tb, entry))
+                stats["gaps"] = stats.get("gaps", 0) + 1
+                continue
+            body = frames.encode_body(topic, rt.name, time.time_ns(), entry.data, backfill=True)
+            rt.uplink.send(frames.encode_data(tb, entry.major, entry.minor, True, body))
+            stats["backfilled"] = stats.get("backfilled", 0) + 1
+
+
+def gap_frame(rt: Runtime, topic: str, tb: bytes, gap: backfill.Gap) -> bytes:
+    detail = {k: v for k, v in (("from_id", gap.from_id), ("to_id", gap.to_id)) if v is not None}
+    return frames.encode_gap(tb, frames.encode_gap_body(topic, rt.name, time.time_ns(), gap.from_ms,
+                                                        gap.to_ms, gap.reason, **detail))
+
+
+def _readable(ws: websocket.WebSocket, timeout: float) -> bool:
+    """Would ``recv_data`` find data (buffered, or on the socket) within ``timeout``?
+
+    The reader must notice a finished backfill on a quiet stream, yet a
+    socket timeout could cut a frame in half; so it waits in ``select``.
+    """
+    over = getattr(ws.frame_buffer.recv_strict, "__self__", None)
+    if over is not None and hasattr(over, "buffered") and over.buffered() > 0:
+        return True
+    sock = ws.sock
+    if sock is None:
+        return True               # recv_data reports the closed connection
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending() > 0:
+        return True               # TLS already decrypted bytes select cannot see
+    try:
+        ready, _, _ = select.select([sock], [], [], timeout)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)

@@ -6,12 +6,17 @@ urllib is enough and adds no dependency.
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from feedsup.workers import restlimit
 
 
 @dataclass(frozen=True)
@@ -72,3 +77,92 @@ def _probe_each(rest_url: str, symbols: tuple[str, ...], timeout: float) -> list
         if resp.status == 400:
             bad.append(symbol)
     return bad
+
+
+# -- budgeted calls with retries (backfill, snapshots) --------------------------
+
+class RestFailed(Exception):
+    """A REST call that could not succeed before its deadline, or never can."""
+
+
+def classify(status: int) -> str:
+    """``ok``, ``limited`` (429/418: the shared budget waits), ``retry``
+    (the exchange or network hiccuped) or ``fatal`` (the request is wrong)."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in (418, 429):
+        return "limited"
+    if status >= 500 or status == 408:
+        return "retry"
+    return "fatal"
+
+
+def request_weight(market: str, path: str, params: dict[str, Any]) -> int:
+    """Binance's request weight of one GET (rest-api.md, futures docs)."""
+    limit = int(params.get("limit", 500))
+    name = path.rsplit("/", 1)[-1]
+    if market == "spot":
+        if name == "depth":
+            return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+        return {"klines": 2, "aggTrades": 4, "trades": 25, "exchangeInfo": 20}.get(name, 2)
+    if name == "depth":
+        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+    if name == "klines":
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    return {"aggTrades": 20, "trades": 5, "exchangeInfo": 1}.get(name, 1)
+
+
+class RestClient:
+    """GETs under the shared weight budget, retried until a deadline.
+
+    Each request has its own timeout; the caller's deadline (wall-clock
+    seconds) bounds the whole call including waits for weight. ``stop``
+    interrupts waits so a worker that is told to end does not linger.
+    """
+
+    def __init__(self, base: str, market: str, budget: Any, timeout: float = 5.0,
+                 stop: threading.Event | None = None, retry_initial: float = 0.1,
+                 retry_max: float = 2.0) -> None:
+        self.base = base
+        self.market = market
+        self.budget = budget
+        self.timeout = timeout
+        self.stop = stop or threading.Event()
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.calls = 0
+        self.failures = 0
+
+    def fetch(self, path: str, params: dict[str, Any], deadline: float) -> Any:
+        """The JSON body of a 2xx answer, or raise ``RestFailed``."""
+        weight = request_weight(self.market, path, params)
+        delay = self.retry_initial
+        last = "no attempt"
+        while True:
+            try:
+                self.budget.acquire(weight, deadline, self.stop)
+            except restlimit.BudgetUnavailable as exc:
+                raise RestFailed(f"{exc} (last: {last})") from None
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise RestFailed(f"deadline passed (last: {last})")
+            self.calls += 1
+            try:
+                resp = get(self.base, path, params, timeout=min(self.timeout, remaining))
+            except (OSError, http.client.HTTPException) as exc:
+                outcome, last = "retry", f"{exc.__class__.__name__}: {exc}"
+            else:
+                self.budget.observe(resp.status, resp.headers)
+                outcome, last = classify(resp.status), f"HTTP {resp.status} {str(resp.body)[:120]}"
+                if outcome == "ok":
+                    return resp.body
+                if outcome == "fatal":
+                    raise RestFailed(f"{path} rejected: {last}")
+            self.failures += 1
+            if outcome == "limited":
+                continue            # the budget now holds everyone until Retry-After
+            if time.time() + delay > deadline:
+                raise RestFailed(f"deadline passed (last: {last})")
+            if self.stop.wait(delay):
+                raise RestFailed("stopped")
+            delay = min(delay * 2, self.retry_max)

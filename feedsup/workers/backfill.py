@@ -1,0 +1,271 @@
+"""REST backfill after a (re)connect, pure: what to fetch, paging, merging.
+
+A worker that resumes a topic knows the last exchange id the parent delivered
+(``spec.resume``): the agg id, the trade id, or for klines the open time of
+the last closed kline delivered (minus one when only an open kline was). It
+connects first, so every event from the subscription on arrives live; then
+it fetches over REST what came after the resume mark. The union of the two
+has no hole whatever the timing, and ``merge`` cuts the REST part at the
+first live event so each event goes out once.
+
+``Plan`` pages one topic: ``request()`` says what to GET next, ``on_page()``
+takes the rows. ``merge()`` checks continuity (ids are consecutive; each
+kline opens where the previous one closed) and turns every hole REST could
+not fill into a ``Gap``. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+PAGE = 1000
+
+# REST paths per (market, channel).
+_PATHS = {
+    ("spot", "kline"): "/api/v3/klines",
+    ("spot", "aggTrade"): "/api/v3/aggTrades",
+    ("spot", "trade"): "/api/v3/trades",
+    ("usdm", "kline"): "/fapi/v1/klines",
+    ("usdm", "aggTrade"): "/fapi/v1/aggTrades",
+    ("usdm", "trade"): "/fapi/v1/trades",
+}
+CHANNELS = frozenset(c for _, c in _PATHS)
+
+_FIXED_MS = {
+    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
+    "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000,
+    "6h": 21_600_000, "8h": 28_800_000, "12h": 43_200_000, "1d": 86_400_000,
+}
+
+
+class Item(NamedTuple):
+    """One recovered event: its ordering key and normalised data."""
+
+    major: int          # agg id, trade id or kline open time
+    minor: int          # kline close time (closed klines only), else 0
+    data: dict[str, Any]
+    end: int            # the id or close time it covers up to (kline: close time)
+    time: int | None    # exchange time of the event (ms), for gap notices
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Events that neither REST nor the live stream can give us."""
+
+    reason: str
+    from_id: int | None = None     # first id lost (trade/aggTrade)
+    to_id: int | None = None       # last id lost; None = up to the first live event
+    from_ms: int | None = None     # exchange time around the hole, when known
+    to_ms: int | None = None
+
+
+class Step(enum.Enum):
+    MORE = "more"          # request the next page now
+    LAGGING = "lagging"    # REST has not caught up with the live stream: ask again shortly
+    DONE = "done"
+
+
+# -- rows -> normalised data (the live normaliser's shape) --------------------
+
+def kline_data(symbol: str, interval: str, row: list[Any]) -> dict[str, Any]:
+    """A closed kline from a REST row. REST has no event time and no trade
+    ids; those fields are None rather than invented."""
+    return {
+        "symbol": symbol, "interval": interval, "open_time": row[0], "close_time": row[6],
+        "open": row[1], "high": row[2], "low": row[3], "close": row[4],
+        "volume": row[5], "quote_volume": row[7], "trades": row[8], "closed": True,
+        "event_time": None, "first_trade_id": None, "last_trade_id": None,
+        "taker_buy_volume": row[9], "taker_buy_quote_volume": row[10],
+    }
+
+
+def agg_data(symbol: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "symbol": symbol, "agg_id": row["a"], "price": row["p"], "qty": row["q"],
+        "first_trade_id": row["f"], "last_trade_id": row["l"], "time": row["T"],
+        "buyer_maker": row["m"], "event_time": None,
+    }
+
+
+def trade_data(symbol: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "symbol": symbol, "trade_id": row["id"], "price": row["price"], "qty": row["qty"],
+        "time": row["time"], "buyer_maker": row["isBuyerMaker"], "event_time": None,
+    }
+
+
+# -- intervals -------------------------------------------------------------------
+
+def interval_ms(interval: str) -> int | None:
+    """Fixed length of a kline interval; None for calendar ones (3d, 1w, 1M)."""
+    return _FIXED_MS.get(interval)
+
+
+def first_open_after(resume: int, interval: str) -> int | None:
+    """Open time of the first kline not yet delivered, from a resume mark.
+
+    The mark is either a closed kline's open time (on the interval grid) or
+    an open kline's open time minus one. None when the interval has no fixed
+    grid we can check against.
+    """
+    ms = interval_ms(interval)
+    if ms is None:
+        return None
+    if (resume + 1) % ms == 0:
+        return resume + 1
+    return (resume // ms + 1) * ms
+
+
+# -- one topic -------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """Backfill of one topic from ``resume`` (exclusive) to the live stream."""
+
+    market: str
+    channel: str           # kline | aggTrade | trade
+    symbol: str
+    topic: str
+    resume: int
+    interval: str = ""
+    items: list[Item] = field(default_factory=list)
+    first_live: int | None = None   # major of the first live event, once seen
+    latest: int | None = None       # kline: newest open time REST showed
+    step: Step = Step.MORE
+    pages: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.market, self.channel) not in _PATHS:
+            raise ValueError(f"no REST history for {self.market} {self.channel}")
+        self._next = self.resume + 1
+
+    @property
+    def path(self) -> str:
+        return _PATHS[self.market, self.channel]
+
+    def request(self) -> dict[str, Any] | None:
+        """Query parameters of the next GET, or None when done."""
+        if self.step is Step.DONE:
+            return None
+        if self.channel == "kline":
+            return {"symbol": self.symbol, "interval": self.interval, "startTime": self._next, "limit": PAGE}
+        if self.channel == "aggTrade":
+            return {"symbol": self.symbol, "fromId": self._next, "limit": PAGE}
+        # Recent trades only: Binance serves older ones solely to API keys
+        # (historicalTrades), so anything before this window is a gap.
+        return {"symbol": self.symbol, "limit": PAGE}
+
+    def on_page(self, rows: list[Any]) -> Step:
+        """Take one page of REST rows; return what to do next."""
+        self.pages += 1
+        before = len(self.items)
+        if self.channel == "kline":
+            self._klines(rows)
+        elif self.channel == "aggTrade":
+            for row in rows:
+                a = row["a"]
+                if a >= self._next:
+                    self.items.append(Item(a, 0, agg_data(self.symbol, row), a, row["T"]))
+                    self._next = a + 1
+        else:
+            for row in rows:
+                t = row["id"]
+                if t >= self._next:
+                    self.items.append(Item(t, 0, trade_data(self.symbol, row), t, row["time"]))
+                    self._next = t + 1
+            self.step = Step.DONE   # one page of recent trades is all there is
+            return self.step
+        self.step = self._after_page(len(rows), len(self.items) - before)
+        return self.step
+
+    def _klines(self, rows: list[Any]) -> None:
+        for row in rows:
+            t = row[0]
+            if self.latest is None or t > self.latest:
+                self.latest = t
+            # A kline is known closed only once a later one exists; the
+            # newest row is usually still open and comes live instead.
+            if t >= self._next:
+                self.items.append(Item(t, row[6], kline_data(self.symbol, self.interval, row), row[6], t))
+                self._next = row[6] + 1
+
+    def _after_page(self, got: int, new: int) -> Step:
+        if self.first_live is not None and self._covered(self.first_live):
+            return Step.DONE
+        if got >= PAGE and new > 0:
+            return Step.MORE
+        # REST is out of rows. Without a live event that is the present (the
+        # stream was subscribed before we asked); with one we have not
+        # reached, REST lags the stream: ask again shortly.
+        return Step.LAGGING if self.first_live is not None else Step.DONE
+
+    def _covered(self, live: int) -> bool:
+        return self._next >= live
+
+    def closed_items(self) -> list[Item]:
+        """Items safe to publish: every aggTrade/trade; klines that a later
+        kline proves closed."""
+        if self.channel != "kline":
+            return self.items
+        known = [x for x in (self.latest, self.first_live) if x is not None]
+        if not known:
+            return []
+        bound = max(known)
+        return [it for it in self.items if it.major < bound]
+
+
+# -- merging -----------------------------------------------------------------------
+
+def merge(plan: Plan, first_live: int | None, failure: str | None = None) -> list[Item | Gap]:
+    """What to publish before the live frames of ``plan.topic``, in exchange
+    order: the REST items older than the first live event, with a ``Gap``
+    where each hole is.
+
+    ``first_live`` is the major of the first buffered live event (None if
+    none came). ``failure`` says REST gave up early (deadline, ban): the
+    span from the last item to the live stream is then a gap too.
+    """
+    items = plan.closed_items()
+    if first_live is not None:
+        items = [it for it in items if it.major < first_live]
+    if plan.channel == "kline":
+        return _with_kline_gaps(plan, items, first_live, failure)
+    return _with_id_gaps(plan, items, first_live, failure)
+
+
+def _with_id_gaps(plan: Plan, items: list[Item], first_live: int | None,
+                  failure: str | None) -> list[Item | Gap]:
+    out: list[Item | Gap] = []
+    expected, before_ms = plan.resume + 1, None
+    why = "not served by REST" if plan.channel == "aggTrade" else "older than the recent-trades window"
+    for it in items:
+        if it.major > expected:
+            out.append(Gap(why, expected, it.major - 1, before_ms, it.time))
+        out.append(it)
+        expected, before_ms = it.major + 1, it.time
+    if first_live is not None and first_live > expected:
+        out.append(Gap(failure or why, expected, first_live - 1, before_ms, None))
+    elif first_live is None and failure is not None:
+        out.append(Gap(failure, expected, None, before_ms, None))
+    return out
+
+
+def _with_kline_gaps(plan: Plan, items: list[Item], first_live: int | None,
+                     failure: str | None) -> list[Item | Gap]:
+    out: list[Item | Gap] = []
+    why = "klines not served by REST"
+    expected = first_open_after(plan.resume, plan.interval)
+    for it in items:
+        if expected is not None and it.major > expected:
+            out.append(Gap(why, from_ms=expected, to_ms=it.major - 1))
+        out.append(it)
+        expected = it.end + 1
+    if first_live is not None and expected is None and failure is not None:
+        out.append(Gap(failure, from_ms=plan.resume + 1, to_ms=first_live - 1))
+    elif first_live is not None and expected is not None and first_live > expected:
+        out.append(Gap(failure or why, from_ms=expected, to_ms=first_live - 1))
+    elif first_live is None and failure is not None:
+        out.append(Gap(failure, from_ms=expected if expected is not None else plan.resume + 1))
+    return out

@@ -1,0 +1,179 @@
+"""One REST request-weight budget for the whole process tree.
+
+Binance counts request weight per IP per clock minute (6000 spot, 2400
+USD-M) and answers 429 + ``Retry-After`` past it, then 418 (a ban of minutes
+to days) to a client that keeps sending. Every worker of one parent shares
+the IP, so they share one budget: a small JSON state file in the parent's
+run directory, read and written under an exclusive ``fcntl`` lock.
+
+``BudgetState`` + ``reserve`` + ``observe`` are the pure decision core (no
+I/O; ``now`` is wall-clock seconds, because Binance's windows align to the
+clock minute). ``SharedBudget`` is the thin file-and-lock shell around them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping
+
+WINDOW_S = 60.0
+LIMITS = {"spot": 6000, "usdm": 2400}
+# Stay well below the exchange's limit: other programs may share the IP, and
+# the window boundary of Binance and ours can differ by clock skew.
+SAFE_FRACTION = 0.8
+# Retry-After is normally sent; when it is not, wait this long.
+DEFAULT_RETRY_AFTER = {429: 60.0, 418: 120.0}
+
+
+@dataclass
+class BudgetState:
+    window: int = -1            # clock minute the ``used`` figure belongs to
+    used: int = 0               # weight used in that minute (ours, or the exchange's if higher)
+    paused_until: float = 0.0   # nobody sends before this (429/418 Retry-After)
+    banned: bool = False        # the pause comes from a 418 (IP ban)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> "BudgetState":
+        try:
+            return cls(int(raw.get("window", -1)), int(raw.get("used", 0)),
+                       float(raw.get("paused_until", 0.0)), bool(raw.get("banned", False)))
+        except (TypeError, ValueError):
+            return cls()    # a corrupt file must not stop REST for good
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``wait`` = 0: the weight is reserved, send now. Otherwise wait that
+    long and ask again; ``why`` says what we are waiting for."""
+
+    wait: float
+    why: str = ""
+
+    @property
+    def granted(self) -> bool:
+        return self.wait <= 0.0
+
+
+def _roll(state: BudgetState, now: float) -> None:
+    window = int(now // WINDOW_S)
+    if window != state.window:
+        state.window, state.used = window, 0
+
+
+def reserve(state: BudgetState, weight: int, now: float, limit: int,
+            fraction: float = SAFE_FRACTION) -> Grant:
+    """Reserve ``weight`` in the current minute, or say how long to wait."""
+    if now < state.paused_until:
+        return Grant(state.paused_until - now, "banned (418)" if state.banned else "backing off (429)")
+    state.banned = False
+    _roll(state, now)
+    cap = int(limit * fraction)
+    if state.used + weight > cap and state.used > 0:
+        # A request heavier than the whole cap still goes out alone in an
+        # empty window; otherwise wait for the next minute.
+        return Grant((state.window + 1) * WINDOW_S - now, f"weight {state.used}+{weight} > {cap}/min")
+    state.used += weight
+    return Grant(0.0)
+
+
+def observe(state: BudgetState, now: float, status: int, used_weight: int | None,
+            retry_after: float | None) -> None:
+    """Fold one response into the state: the exchange's own count, and
+    429/418 pauses, which then hold for every worker sharing the state."""
+    _roll(state, now)
+    if used_weight is not None and used_weight > state.used:
+        state.used = used_weight       # other clients on the IP, or a clock skew
+    if status in (418, 429):
+        wait = retry_after if retry_after is not None else DEFAULT_RETRY_AFTER[status]
+        until = now + max(1.0, wait)
+        if until > state.paused_until:
+            state.paused_until = until
+            state.banned = status == 418
+        elif status == 418:
+            state.banned = True
+
+
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    """A numeric header, case-insensitively; None when absent or not a number."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            try:
+                return int(float(value))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class BudgetUnavailable(Exception):
+    """No weight can be had before the caller's deadline (banned, backing off)."""
+
+
+class SharedBudget:
+    """The budget of one market, shared through ``path`` (or kept in memory
+    when ``path`` is empty: a worker run outside a parent)."""
+
+    def __init__(self, path: str, limit: int, fraction: float = SAFE_FRACTION,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.path = path
+        self.limit = limit
+        self.fraction = fraction
+        self.clock = clock or time.time
+        self._memory = BudgetState()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_market(cls, rundir: str, market: str, fraction: float = SAFE_FRACTION) -> "SharedBudget":
+        path = os.path.join(rundir, f"restweight-{market}.json") if rundir else ""
+        return cls(path, LIMITS[market], fraction)
+
+    def acquire(self, weight: int, deadline: float, stop: threading.Event | None = None) -> None:
+        """Block until ``weight`` is reserved; raise ``BudgetUnavailable`` if
+        that cannot happen before ``deadline`` (wall seconds) or on ``stop``."""
+        stop = stop or threading.Event()
+        while True:
+            now = self.clock()
+            grant = self._update(lambda s: reserve(s, weight, now, self.limit, self.fraction))
+            if grant.granted:
+                return
+            if now + grant.wait > deadline:
+                raise BudgetUnavailable(f"REST weight unavailable for {math.ceil(grant.wait)} s: {grant.why}")
+            if stop.wait(grant.wait):
+                raise BudgetUnavailable("stopped")
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        now = self.clock()
+        used = header_int(headers, "X-MBX-USED-WEIGHT-1M")
+        retry = header_int(headers, "Retry-After")
+        self._update(lambda s: observe(s, now, status, used, None if retry is None else float(retry)))
+
+    def state(self) -> BudgetState:
+        return self._update(lambda s: BudgetState(**asdict(s)))
+
+    def _update(self, change: Callable[[BudgetState], object]):
+        with self._lock:   # threads of one process; flock covers the processes
+            if not self.path:
+                return change(self._memory)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                raw = os.read(fd, 4096)
+                try:
+                    loaded = json.loads(raw) if raw else {}
+                except ValueError:
+                    loaded = {}
+                state = BudgetState.from_dict(loaded if isinstance(loaded, dict) else {})
+                result = change(state)
+                data = json.dumps(asdict(state)).encode()
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+                return result
+            finally:
+                os.close(fd)   # closing releases the lock

@@ -1,0 +1,218 @@
+"""Backfill planning, paging and merging (pure, no I/O).
+
+REST is played by small fakes that answer like Binance: aggTrades from an
+id, klines from a start time (the newest kline still open), recent trades.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from feedsup.workers import backfill
+from feedsup.workers.backfill import PAGE, Gap, Item, Plan, Step, merge
+from feedsup.workers.rest import classify, request_weight
+
+M = 60_000
+T = 1_767_225_600_000   # a minute boundary
+
+
+def agg_row(a: int) -> dict:
+    return {"a": a, "p": "1.0", "q": "2.0", "f": a * 2, "l": a * 2 + 1, "T": 1000 + a, "m": False, "M": True}
+
+
+def aggs_from(first_existing: int, last_existing: int):
+    def answer(params: dict) -> list[dict]:
+        start = max(params["fromId"], first_existing)
+        return [agg_row(a) for a in range(start, min(last_existing, start + params["limit"] - 1) + 1)]
+    return answer
+
+
+def kline_row(t: int) -> list:
+    return [t, "1", "2", "0.5", "1.5", "10", t + M - 1, "15", 3, "4", "6", "0"]
+
+
+def klines_until(open_now: int):
+    """Binance: klines opening at or after startTime, the last one open."""
+    def answer(params: dict) -> list[list]:
+        start = -(-params["startTime"] // M) * M
+        return [kline_row(t) for t in range(start, open_now + 1, M)][: params["limit"]]
+    return answer
+
+
+def run(plan: Plan, answer, max_pages: int = 50) -> list[dict]:
+    asked = []
+    while (params := plan.request()) is not None and len(asked) < max_pages:
+        asked.append(params)
+        step = plan.on_page(answer(params))
+        if step is Step.LAGGING:
+            break
+    return asked
+
+
+def items(entries) -> list[Item]:
+    return [e for e in entries if isinstance(e, Item)]
+
+
+def gaps(entries) -> list[Gap]:
+    return [e for e in entries if isinstance(e, Gap)]
+
+
+# -- aggTrade ------------------------------------------------------------------
+
+def test_agg_pages_of_1000_until_the_first_live_id():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=100)
+    plan.first_live = 2601
+    asked = run(plan, aggs_from(1, 3000))
+    assert [p["fromId"] for p in asked] == [101, 1101, 2101]
+    assert all(p["limit"] == PAGE for p in asked)
+    out = merge(plan, 2601)
+    assert [it.major for it in items(out)] == list(range(101, 2601))
+    assert gaps(out) == []
+    first = items(out)[0].data
+    assert first == {"symbol": "BTCUSDT", "agg_id": 101, "price": "1.0", "qty": "2.0", "first_trade_id": 202,
+                     "last_trade_id": 203, "time": 1101, "buyer_maker": False, "event_time": None}
+
+
+def test_agg_resume_exactly_before_the_first_live_id_needs_nothing():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=500)
+    plan.first_live = 501
+    run(plan, aggs_from(1, 800))
+    assert merge(plan, 501) == []
+
+
+def test_agg_overlap_with_the_live_stream_is_cut_at_the_first_live_id():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    run(plan, aggs_from(1, 40))        # no live event known yet: REST to the present
+    assert plan.step is Step.DONE
+    out = merge(plan, first_live=31)    # live frames start at 31, REST went to 40
+    assert [it.major for it in items(out)] == list(range(11, 31))
+    assert gaps(out) == []
+
+
+def test_agg_empty_range_when_nothing_happened():
+    plan = Plan("usdm", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=40)
+    run(plan, aggs_from(1, 40))
+    assert plan.path == "/fapi/v1/aggTrades"
+    assert merge(plan, None) == []
+
+
+def test_agg_rest_lagging_behind_live_asks_again_then_reports_a_gap():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    plan.first_live = 60
+    run(plan, aggs_from(1, 40))
+    assert plan.step is Step.LAGGING
+    assert plan.request() == {"symbol": "BTCUSDT", "fromId": 41, "limit": PAGE}
+    out = merge(plan, 60, failure="backfill failed: deadline")
+    assert [it.major for it in items(out)][-1] == 40
+    assert gaps(out) == [Gap("backfill failed: deadline", 41, 59, 1040, None)]
+    assert out[-1] == gaps(out)[0]      # the gap sits where the hole is
+
+
+def test_agg_ids_rest_no_longer_serves_are_a_gap_in_place():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    run(plan, aggs_from(21, 30))       # history starts at 21
+    out = merge(plan, first_live=31)
+    assert out[0] == Gap("not served by REST", 11, 20, None, 1021)
+    assert [it.major for it in items(out)] == list(range(21, 31))
+
+
+def test_agg_rest_failure_with_no_live_event_leaves_an_open_ended_gap():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    assert merge(plan, None, failure="banned") == [Gap("banned", 11, None, None, None)]
+
+
+# -- kline ---------------------------------------------------------------------
+
+def test_kline_resume_after_a_closed_kline_fetches_the_closed_ones_only():
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 5 * M                   # the first live update is the open kline
+    asked = run(plan, klines_until(T + 5 * M))
+    assert asked[0] == {"symbol": "BTCUSDT", "interval": "1m", "startTime": T + 1, "limit": PAGE}
+    out = merge(plan, T + 5 * M)
+    assert [it.major for it in items(out)] == [T + M, T + 2 * M, T + 3 * M, T + 4 * M]
+    assert gaps(out) == []
+    it = items(out)[0]
+    assert (it.minor, it.data["closed"], it.data["close_time"]) == (T + 2 * M - 1, True, T + 2 * M - 1)
+    assert set(it.data) == {"symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
+                            "volume", "quote_volume", "trades", "closed", "event_time", "first_trade_id",
+                            "last_trade_id", "taker_buy_volume", "taker_buy_quote_volume"}
+
+
+def test_kline_resume_at_an_open_kline_refetches_that_kline_closed():
+    # The parent's mark for a topic whose newest frame was open kline T is T - 1.
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T - 1, interval="1m")
+    assert backfill.first_open_after(T - 1, "1m") == T
+    plan.first_live = T + 2 * M
+    run(plan, klines_until(T + 2 * M))
+    out = merge(plan, T + 2 * M)
+    assert [it.major for it in items(out)] == [T, T + M]
+    assert gaps(out) == []
+
+
+def test_kline_the_newest_rest_row_is_open_and_never_backfilled():
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    run(plan, klines_until(T + 3 * M))            # no live event yet
+    assert plan.step is Step.DONE
+    assert [it.major for it in items(merge(plan, None))] == [T + M, T + 2 * M]
+
+
+def test_kline_more_than_1000_pages_by_start_time():
+    plan = Plan("usdm", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    live = T + 2500 * M
+    plan.first_live = live
+    asked = run(plan, klines_until(live))
+    assert [p["startTime"] for p in asked] == [T + 1, T + 1001 * M, T + 2001 * M]
+    got = [it.major for it in items(merge(plan, live))]
+    assert got == list(range(T + M, live, M))
+
+
+def test_kline_missing_minutes_become_a_time_gap():
+    def answer(params: dict) -> list[list]:
+        return [kline_row(t) for t in (T + M, T + 4 * M, T + 5 * M) if t >= params["startTime"] - M + 1]
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    run(plan, answer)
+    out = merge(plan, first_live=T + 5 * M)
+    assert gaps(out) == [Gap("klines not served by REST", from_ms=T + 2 * M, to_ms=T + 4 * M - 1)]
+    assert [e.major if isinstance(e, Item) else "gap" for e in out] == [T + M, "gap", T + 4 * M]
+
+
+def test_kline_failure_gap_spans_to_the_first_live_kline():
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    out = merge(plan, T + 3 * M, failure="backfill failed: HTTP 503")
+    assert out == [Gap("backfill failed: HTTP 503", from_ms=T + M, to_ms=T + 3 * M - 1)]
+
+
+# -- trade ---------------------------------------------------------------------
+
+def test_trades_older_than_the_recent_window_are_a_gap():
+    rows = [{"id": i, "price": "1", "qty": "1", "quoteQty": "1", "time": i, "isBuyerMaker": True}
+            for i in range(500, 1500)]
+    plan = Plan("spot", "trade", "BTCUSDT", "trade.BTCUSDT", resume=100)
+    assert plan.request() == {"symbol": "BTCUSDT", "limit": PAGE}
+    assert plan.on_page(rows) is Step.DONE
+    out = merge(plan, first_live=1400)
+    assert out[0] == Gap("older than the recent-trades window", 101, 499, None, 500)
+    assert [it.major for it in items(out)] == list(range(500, 1400))
+    assert items(out)[0].data["trade_id"] == 500
+
+
+def test_no_history_plan_for_other_channels():
+    with pytest.raises(ValueError):
+        Plan("spot", "bookTicker", "BTCUSDT", "bookTicker.BTCUSDT", resume=1)
+
+
+# -- REST helpers --------------------------------------------------------------
+
+@pytest.mark.parametrize("status, outcome", [(200, "ok"), (429, "limited"), (418, "limited"), (503, "retry"),
+                                             (500, "retry"), (400, "fatal"), (404, "fatal")])
+def test_classify(status, outcome):
+    assert classify(status) == outcome
+
+
+def test_request_weights():
+    assert request_weight("spot", "/api/v3/klines", {"limit": 1000}) == 2
+    assert request_weight("spot", "/api/v3/aggTrades", {"limit": 1000}) == 4
+    assert request_weight("spot", "/api/v3/depth", {"limit": 5000}) == 250
+    assert request_weight("spot", "/api/v3/depth", {"limit": 1000}) == 50
+    assert request_weight("usdm", "/fapi/v1/klines", {"limit": 1000}) == 5
+    assert request_weight("usdm", "/fapi/v1/depth", {"limit": 1000}) == 20

@@ -1,0 +1,142 @@
+"""The shared REST weight budget: pure decisions with a fake clock, then the
+file-locked shell shared by several budgets (as by several workers)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from feedsup.workers import restlimit
+from feedsup.workers.restlimit import BudgetState, BudgetUnavailable, SharedBudget, observe, reserve
+
+T0 = 1_800_000_000.0   # a clock minute boundary (divisible by 60)
+
+
+def test_reserve_counts_weight_within_the_minute():
+    s = BudgetState()
+    assert reserve(s, 10, T0, limit=100).granted
+    assert reserve(s, 70, T0 + 1, limit=100).granted
+    assert s.used == 80
+
+
+def test_reserve_stops_at_the_safe_fraction_until_the_next_minute():
+    s = BudgetState()
+    assert reserve(s, 75, T0, limit=100, fraction=0.8).granted
+    grant = reserve(s, 10, T0 + 20, limit=100, fraction=0.8)
+    assert not grant.granted
+    assert grant.wait == pytest.approx(40.0)
+    assert "75+10" in grant.why
+    assert reserve(s, 10, T0 + 60, limit=100, fraction=0.8).granted   # new window
+    assert s.used == 10
+
+
+def test_a_request_heavier_than_the_cap_goes_alone_in_an_empty_window():
+    s = BudgetState()
+    assert reserve(s, 500, T0, limit=100).granted
+    assert not reserve(s, 1, T0 + 1, limit=100).granted
+
+
+def test_exchange_header_raises_our_count_but_never_lowers_it():
+    s = BudgetState()
+    reserve(s, 10, T0, limit=6000)
+    observe(s, T0 + 1, 200, used_weight=4700, retry_after=None)
+    assert s.used == 4700
+    assert not reserve(s, 200, T0 + 2, limit=6000).granted    # 4900 > 4800
+    observe(s, T0 + 3, 200, used_weight=5, retry_after=None)
+    assert s.used == 4700
+    observe(s, T0 + 61, 200, used_weight=7, retry_after=None)  # next minute
+    assert s.used == 7
+
+
+def test_429_retry_after_pauses_every_request_until_it_passes():
+    s = BudgetState()
+    observe(s, T0, 429, used_weight=None, retry_after=7)
+    grant = reserve(s, 1, T0 + 2, limit=6000)
+    assert grant.wait == pytest.approx(5.0) and "429" in grant.why
+    assert reserve(s, 1, T0 + 7, limit=6000).granted
+
+
+def test_429_without_retry_after_waits_the_default():
+    s = BudgetState()
+    observe(s, T0, 429, used_weight=None, retry_after=None)
+    assert reserve(s, 1, T0 + 59, limit=6000).wait == pytest.approx(1.0)
+
+
+def test_418_is_a_ban_and_a_shorter_retry_after_never_shortens_a_pause():
+    s = BudgetState()
+    observe(s, T0, 418, used_weight=None, retry_after=120)
+    observe(s, T0 + 1, 429, used_weight=None, retry_after=5)
+    grant = reserve(s, 1, T0 + 10, limit=6000)
+    assert grant.wait == pytest.approx(110.0) and "418" in grant.why
+    assert s.banned
+    assert reserve(s, 1, T0 + 120, limit=6000).granted
+    assert not s.banned
+
+
+def test_header_int_is_case_insensitive_and_tolerant():
+    assert restlimit.header_int({"x-mbx-used-weight-1m": "12"}, "X-MBX-USED-WEIGHT-1M") == 12
+    assert restlimit.header_int({"Retry-After": "soon"}, "retry-after") is None
+    assert restlimit.header_int({}, "Retry-After") is None
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_budgets_sharing_a_file_share_weight_and_pauses(tmp_path):
+    clock = FakeClock(T0)
+    path = str(tmp_path / "restweight-spot.json")
+    a = SharedBudget(path, 100, 0.8, clock)
+    b = SharedBudget(path, 100, 0.8, clock)
+    a.acquire(50, deadline=T0 + 1)
+    with pytest.raises(BudgetUnavailable, match="weight 50\\+40"):
+        b.acquire(40, deadline=T0 + 1)       # would have to wait 60 s
+    clock.t = T0 + 61
+    b.observe(429, {"Retry-After": "30"})
+    with pytest.raises(BudgetUnavailable, match="429"):
+        a.acquire(1, deadline=T0 + 70)       # b's 429 pauses a as well
+    assert a.state().paused_until == pytest.approx(T0 + 91)
+
+
+def test_a_429_seen_by_one_budget_pauses_the_other_until_retry_after(tmp_path):
+    clock = FakeClock(T0)
+    path = str(tmp_path / "w.json")
+    a = SharedBudget(path, 6000, 0.8, clock)
+    b = SharedBudget(path, 6000, 0.8, clock)
+    a.observe(429, {"Retry-After": "10", "X-MBX-USED-WEIGHT-1M": "6001"})
+    with pytest.raises(BudgetUnavailable, match="429"):
+        b.acquire(1, deadline=T0 + 5)
+    clock.t = T0 + 10
+    with pytest.raises(BudgetUnavailable, match="6001"):
+        b.acquire(1, deadline=T0 + 20)       # pause over, but the minute is spent
+    clock.t = T0 + 60
+    b.acquire(1, deadline=T0 + 61)
+
+
+def test_acquire_waits_for_the_window_and_stop_interrupts_it(tmp_path):
+    budget = SharedBudget(str(tmp_path / "w.json"), 10, 1.0, FakeClock(T0 + 30))
+    budget.acquire(10, deadline=T0 + 100)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BudgetUnavailable, match="stopped"):
+        budget.acquire(1, deadline=T0 + 100, stop=stop)
+
+
+def test_corrupt_state_file_starts_afresh(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text("[not a map")
+    budget = SharedBudget(str(path), 100, 1.0, FakeClock(T0))
+    budget.acquire(5, deadline=T0 + 1)
+    assert budget.state().used == 5
+
+
+def test_in_memory_budget_without_a_rundir():
+    budget = SharedBudget.for_market("", "usdm")
+    assert budget.path == "" and budget.limit == 2400
+    budget.acquire(10, deadline=1e12)
+    assert budget.state().used >= 10
