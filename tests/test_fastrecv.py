@@ -117,3 +117,14 @@ def _handshake(key: bytes) -> bytes:
     accept = base64.b64encode(hashlib.sha1(key.strip() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+def test_before_block_runs_only_when_the_socket_must_be_read():
+    calls = []
+    reader = OverReader(chunked_source(b"abcdefgh", [4]), chunk=4, before_block=lambda: calls.append(1))
+    assert reader.recv_strict(2) == b"ab"      # needs a socket read
+    assert len(calls) == 1
+    assert reader.recv_strict(2) == b"cd"      # served from the buffer
+    assert len(calls) == 1
+    assert reader.recv_strict(4) == b"efgh"    # buffer empty: read again
+    assert len(calls) == 2

@@ -4,7 +4,7 @@ import msgpack
 import pytest
 
 from feedsup.config import Stream
-from feedsup.ipc.frames import decode_data, encode_body, encode_data
+from feedsup.ipc.frames import DATA, encode_body, encode_data, iter_records
 from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
 
 # Payloads as Binance documents them (values from the docs' examples).
@@ -300,7 +300,8 @@ def test_output_fits_the_frame_envelope(channel, market, event, _key):
     # The worker packs exactly this; a normalised event must survive the trip.
     topic, data, major, minor, final = norm(channel, market)(event)
     frame = encode_data(topic.encode(), major, minor, final, encode_body(topic, "s", 1, data))
-    got_topic, got_major, got_minor, got_final, body = decode_data(frame)
+    [(kind, got_topic, got_major, got_minor, got_final, body)] = list(iter_records(frame))
+    assert kind == DATA
     assert (got_topic, got_major, got_minor, got_final) == (topic.encode(), major, minor, final)
     assert msgpack.unpackb(body)["data"] == data
 

@@ -16,9 +16,13 @@ import websocket
 
 
 class OverReader:
-    def __init__(self, recv: Callable[[int], bytes], chunk: int = 65536) -> None:
+    def __init__(self, recv: Callable[[int], bytes], chunk: int = 65536,
+                 before_block: Callable[[], None] | None = None) -> None:
         self._recv = recv
         self._chunk = chunk
+        # Called before every socket read: the worker flushes its batch of
+        # records there, so nothing already received waits on the network.
+        self.before_block = before_block or (lambda: None)
         self._buf = b""
         self._pos = 0
 
@@ -31,6 +35,7 @@ class OverReader:
         parts = [self._buf[pos:]]
         have = len(parts[0])
         while have < size:
+            self.before_block()
             piece = self._recv(max(self._chunk, size - have))
             if not piece:
                 raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
@@ -44,7 +49,8 @@ class OverReader:
         return len(self._buf) - self._pos
 
 
-def install(ws: websocket.WebSocket, chunk: int = 65536) -> OverReader:
-    reader = OverReader(ws._recv, chunk)
+def install(ws: websocket.WebSocket, chunk: int = 65536,
+            before_block: Callable[[], None] | None = None) -> OverReader:
+    reader = OverReader(ws._recv, chunk, before_block)
     ws.frame_buffer.recv_strict = reader.recv_strict
     return reader

@@ -131,7 +131,10 @@ class Runtime:
         self._stop.set()
         if self.ws is not None:
             self.ws.shutdown()
-        self.uplink.close()
+        orphaned = os.getppid() != self.spec.parent_pid
+        # With the parent alive, linger so our last frames and EXIT reach it;
+        # with it gone, nobody will read them and lingering only delays exit.
+        self.uplink.close(linger_ms=0 if orphaned else None)
         self.ctx.term()
         if stopped:
             return EXIT_STOPPED
@@ -154,7 +157,7 @@ class Runtime:
         except (OSError, websocket.WebSocketException) as exc:
             raise ConnectionEnded(f"connect failed: {exc.__class__.__name__}: {exc}") from None
         ws.settimeout(None)  # liveness is the pinger's job, not a socket timeout
-        fastrecv.install(ws)
+        fastrecv.install(ws, before_block=self.uplink.flush)
         self.ws = ws
         self.connected_at = time.monotonic()
         self.pinger.start(self.connected_at)

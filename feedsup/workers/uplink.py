@@ -5,6 +5,11 @@ thread each own a socket. Data, READY, STREAMING and EXIT go through the
 reader's socket, so the parent sees them in order; LIVE goes through the
 ticker's. A send that would block is counted as a drop and reported in the
 next liveness ping, so the socket-reading thread never waits on IPC.
+
+Records are batched until the reading thread is about to block on the
+network (``flush`` is the over-reader's ``before_block`` hook): batching only
+what has already arrived adds no latency, and a burst costs one ZeroMQ
+message instead of hundreds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from feedsup.ipc import frames
 SNDHWM = 200_000
 # On exit, give queued frames this long to reach the parent.
 LINGER_MS = 2000
+MAX_BATCH = 256
 
 
 class Uplink:
@@ -28,17 +34,35 @@ class Uplink:
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         self.sock.connect(endpoint)
         self.drops = 0
+        self._batch: list[bytes] = []
 
-    def send(self, frame: bytes) -> bool:
+    def send(self, record: bytes) -> None:
+        """Queue one data or gap record; ``flush`` sends the batch."""
+        batch = self._batch
+        batch.append(record)
+        if len(batch) >= MAX_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        message = batch[0] if len(batch) == 1 else b"".join(batch)
         try:
-            self.sock.send(frame, zmq.NOBLOCK, copy=True)
+            self.sock.send(message, zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            self.drops += len(batch)
+        batch.clear()
+
+    def control(self, kind: str, **fields: Any) -> bool:
+        self.flush()    # records queued before a control message go first
+        try:
+            self.sock.send(frames.encode_control(kind, **fields), zmq.NOBLOCK)
             return True
         except zmq.Again:
             self.drops += 1
             return False
 
-    def control(self, kind: str, **fields: Any) -> bool:
-        return self.send(frames.encode_control(kind, **fields))
-
-    def close(self) -> None:
-        self.sock.close()
+    def close(self, linger_ms: int | None = None) -> None:
+        self.flush()
+        self.sock.close(linger=linger_ms)
