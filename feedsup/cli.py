@@ -43,8 +43,17 @@ def run(path: str) -> None:
 @main.command()
 @click.option("-c", "--config", "path", default=DEFAULT_CONFIG, show_default=True, help="feedsup TOML file")
 def check(path: str) -> None:
-    """Validate a config file and exit (78 on any error)."""
+    """Validate a config file and the account credentials it names; exit 78 on any error."""
+    from feedsup.credentials import load_credentials
+
     config = _load(path)
+    for stream in config.streams:
+        if stream.channel == "account":
+            try:
+                load_credentials(stream)   # presence and file permissions; values never shown
+            except ConfigError as exc:
+                click.echo(f"feedsup: config error: {exc}", err=True)
+                sys.exit(EX_CONFIG)
     click.echo(f"{path}: ok ({len(config.streams)} streams)")
 
 
@@ -157,10 +166,8 @@ def restart(stream: str, control: str | None, path: str | None) -> None:
 
 
 def _add_sim() -> None:
-    try:
-        from feedsup.sim.cli import sim
-    except ImportError:  # the simulator module is optional at import time
-        return
+    from feedsup.sim.cli import sim
+
     main.add_command(sim, "sim")
 
 
