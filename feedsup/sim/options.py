@@ -46,7 +46,7 @@ class SimOptions:
     rest_weight_window: float = 60.0
     ban_after: int = 3                   # requests sent while told to back off -> 418
     ban_seconds: float = 120.0
-    max_queue: int = 500_000             # queued messages before a slow client is cut
+    max_queue: int = 100_000             # queued messages before a slow client is cut
     # Benchmarks: trade/aggTrade streams send synthetic events as fast as possible.
     blast: bool = False
     blast_count: int = 0                 # 0 = unbounded

@@ -220,3 +220,37 @@ def test_futures_rest_payloads(sim):
     assert info["futuresType"] == "U_MARGINED"
     btc = next(s for s in info["symbols"] if s["symbol"] == "BTCUSDT")
     assert (btc["contractType"], btc["pricePrecision"], btc["quantityPrecision"]) == ("PERPETUAL", 2, 3)
+
+
+def test_every_kline_interval_streams(sim, ws_factory):
+    from feedsup.sim.intervals import INTERVALS
+    names = [f"btcusdt@kline_{i}" for i in INTERVALS]
+    got = sample_streams(ws_factory, sim.ws_url + "/stream", names)
+    for interval, name in zip(INTERVALS, names):
+        for event in got[name]:
+            check(event, kline_schema(D), name)
+            assert event["k"]["i"] == interval and event["k"]["t"] <= event["E"]
+
+
+def test_all_market_and_partial_futures_streams(sim, ws_factory):
+    got = sample_streams(ws_factory, sim.ws_url + "/market/stream", ["!markPrice@arr@1s", "!ticker@arr"])
+    for arr in got["!markPrice@arr@1s"]:
+        for e in arr:
+            check(e, FUTURES_MARKET["btcusdt@markPrice"], "!markPrice@arr")
+    for arr in got["!ticker@arr"]:
+        assert {e["s"] for e in arr} == {"BTCUSDT", "ETHUSDT"}
+    partial = sample_streams(ws_factory, sim.ws_url + "/public/stream", ["btcusdt@depth5@100ms"])
+    for e in partial["btcusdt@depth5@100ms"]:
+        check(e, FUTURES_PUBLIC["btcusdt@depth"], "depth5")
+        assert len(e["b"]) == len(e["a"]) == 5
+
+
+def test_ticker_rest_payloads(sim):
+    for base, fut in ((sim.base_url + "/api/v3", False), (sim.base_url + "/fapi/v1", True)):
+        price = get(base + "/ticker/price", symbol="BTCUSDT").body
+        assert set(price) == ({"symbol", "price", "time"} if fut else {"symbol", "price"})
+        book = get(base + "/ticker/bookTicker").body
+        assert {b["symbol"] for b in book} == {"BTCUSDT", "ETHUSDT"}
+        assert all(set(b) >= {"symbol", "bidPrice", "bidQty", "askPrice", "askQty"} for b in book)
+        day = get(base + "/ticker/24hr").body
+        assert len(day) == 2 and all(isinstance(r["count"], int) and isinstance(r["lastPrice"], str) for r in day)
