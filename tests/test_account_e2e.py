@@ -204,3 +204,156 @@ def test_spot_state_is_exact_after_sigkill_and_an_outage_with_fills(spot_sim, ru
     wait_for(lambda: rebuild_spot(list(col.frames)) == sim_spot_truth(spot_sim), 5,
              "consumer state == simulator state")
     assert fs.stream("acct-spot")["pid"] != old
+
+
+# -- USD-M ------------------------------------------------------------------------------
+
+def _missing_futures_routes(monkeypatch) -> None:
+    """Stand-in for GET /fapi/v2/account and GET /fapi/v1/openOrders while the
+    simulator does not serve them yet (Binance's documented shapes, built from
+    the simulator's own futures account). Only added when missing."""
+    from feedsup.sim import userdata as ud
+
+    async def account(core, market, request, query):
+        await core.userdata.signed_params(core, request)
+        acct, now = core.userdata.futures_account, core.hub.advance()
+        return {"updateTime": 0,
+                "assets": [{"asset": a, "walletBalance": ud.d8(v[0]), "crossWalletBalance": ud.d8(v[0]),
+                            "unrealizedProfit": "0.00000000", "updateTime": now}
+                           for a, v in sorted(acct.balances.items())],
+                "positions": [{"symbol": s, "positionSide": "BOTH", "positionAmt": str(v[0]),
+                               "entryPrice": ud.d8(v[1]), "breakEvenPrice": ud.d8(v[1]),
+                               "unrealizedProfit": "0", "updateTime": now}
+                              for s, v in sorted(acct.positions.items())]}
+
+    async def open_orders(core, market, request, query):
+        await core.userdata.signed_params(core, request)
+        return [{**ud.futures_order_response(o), "time": o.created}
+                for o in core.userdata.futures_account.open_orders(None)]
+
+    for path, handler, weight in (("/fapi/v2/account", account, 5), ("/fapi/v1/openOrders", open_orders, 1)):
+        if ("GET", path) not in ud._USER_ROUTES:
+            monkeypatch.setitem(ud._USER_ROUTES, ("GET", path), (handler, weight))
+
+
+# One simulated hour per wall second; a listenKey lives one simulated hour.
+FAST = dict(speed=3600, listen_key_validity=3600.0, trade_rate=0.0005, book_rate=0.0005)
+
+
+@pytest.fixture
+def usdm_sim(monkeypatch):
+    _missing_futures_routes(monkeypatch)
+    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.25")
+    sim = make_sim(**FAST)
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def rebuild_usdm(frames: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
+    balances: dict[str, Decimal] = {}
+    positions: dict[str, tuple] = {}
+    orders: dict[int, tuple] = {}
+    for f in frames:
+        d, topic = f["data"], f["topic"]
+        if topic == "account.snapshot":
+            balances = {b["asset"]: dec(b["wallet_balance"]) for b in d["balances"]}
+            positions = {p["symbol"]: (dec(p["position_amount"]), dec(p["entry_price"])) for p in d["positions"]}
+            orders = {o["order_id"]: (o["order_status"], dec(o["cumulative_filled_quantity"]))
+                      for o in d["open_orders"]}
+        elif topic == "account.ACCOUNT_UPDATE":
+            balances.update({b["asset"]: dec(b["wallet_balance"]) for b in d["balances"]})
+            positions.update({p["symbol"]: (dec(p["position_amount"]), dec(p["entry_price"]))
+                              for p in d["positions"]})
+        elif topic == "account.ORDER_TRADE_UPDATE":
+            if d["order_status"] in OPEN:
+                orders[d["order_id"]] = (d["order_status"], dec(d["cumulative_filled_quantity"]))
+            else:
+                orders.pop(d["order_id"], None)
+    return balances, {s: p for s, p in positions.items() if p[0] != 0}, orders
+
+
+def sim_usdm_truth(sim: SimServer) -> tuple[dict, dict, dict]:
+    def read(core):
+        acct = core.userdata.futures_account
+        positions = {s: (v[0].normalize(), Decimal(v[1].quantize(Decimal("0.00000001"))).normalize())
+                     for s, v in acct.positions.items() if v[0] != 0}
+        return ({a: v[0].normalize() for a, v in acct.balances.items()}, positions,
+                {o.order_id: (o.status, o.filled.normalize()) for o in acct.open_orders(None)})
+    return sim.call(read)
+
+
+def sim_hours(sim: SimServer) -> float:
+    return sim.call(lambda core: core.hub.advance()) / 3_600_000
+
+
+def listen_keys(sim: SimServer) -> list[str]:
+    return sim.call(lambda core: list(core.userdata.futures.keys))
+
+
+def test_usdm_listen_key_is_kept_alive_for_simulated_hours(usdm_sim, run_feedsup, timing):
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    col.wait_count(1, 15, "account.snapshot")
+    pid = fs.wait_running("acct-usdm")["pid"]
+    keys, start = listen_keys(usdm_sim), sim_hours(usdm_sim)
+    t0 = time.monotonic()
+    wait_for(lambda: sim_hours(usdm_sim) >= start + 4, 15, "four simulated hours")
+    timing("usdm: four simulated hours (validity one hour) on one listenKey", time.monotonic() - t0)
+    row = fs.stream("acct-usdm")
+    assert (row["pid"], row["restarts"], row["state"]) == (pid, 0, "RUNNING")
+    assert listen_keys(usdm_sim) == keys, "the same key, never expired"
+    assert row["stats"]["keepalives"] >= 8
+    placed = order(usdm_sim, "usdm", "BUY", "0.01")
+    wait_order_event(col, "account.ORDER_TRADE_UPDATE", placed["orderId"], "FILLED")
+    wait_for(lambda: rebuild_usdm(list(col.frames)) == sim_usdm_truth(usdm_sim), 5, "state == simulator")
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("expired", "listenKeyExpired"),     # the exchange expires it and says so
+    ("vanished", "-1125"),               # it silently disappears; the keepalive finds out
+    ("deleted", "listenKey deleted"),    # another client deletes it; the stream closes
+])
+def test_usdm_lost_listen_key_is_recovered(usdm_sim, run_feedsup, timing, how, reason):
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    col.wait_count(1, 15, "account.snapshot")
+    old = fs.wait_running("acct-usdm")["pid"]
+    t0 = time.monotonic()
+    if how == "expired":
+        usdm_sim.inject("expire_listen_key")
+    elif how == "vanished":
+        usdm_sim.call(lambda core: core.userdata.futures.keys.clear())
+    else:
+        signed(usdm_sim, "DELETE", "/fapi/v1/listenKey")
+    order(usdm_sim, "usdm", "BUY", "0.02")      # fills while no key is valid
+    col.wait_count(2, 15, "account.snapshot")
+    timing(f"usdm listenKey {how} -> new key, resync snapshot", time.monotonic() - t0)
+    row = fs.wait_running("acct-usdm")
+    assert row["pid"] != old and row["restarts"] == 1
+    assert reason in row["last_reason"]
+    placed = order(usdm_sim, "usdm", "SELL", "0.01")
+    wait_order_event(col, "account.ORDER_TRADE_UPDATE", placed["orderId"], "FILLED")
+    wait_for(lambda: rebuild_usdm(list(col.frames)) == sim_usdm_truth(usdm_sim), 5, "state == simulator")
+
+
+def test_usdm_state_is_exact_after_sigkill_and_an_outage_with_fills(usdm_sim, run_feedsup, timing):
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    col.wait_count(1, 15, "account.snapshot")
+    old = fs.wait_running("acct-usdm")["pid"]
+    usdm_sim.inject("refuse", duration=30)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), 5, "the killed worker to go")
+    mid = mid_price(usdm_sim)
+    order(usdm_sim, "usdm", "BUY", "0.05")
+    resting = order(usdm_sim, "usdm", "BUY", "0.01", price=str((mid / 2).quantize(Decimal("0.01"))))
+    order(usdm_sim, "usdm", "SELL", "0.02")
+    t0 = time.monotonic()
+    usdm_sim.clear_faults()
+    col.wait_count(2, 15, "account.snapshot")
+    timing("usdm outage over -> resync snapshot", time.monotonic() - t0)
+    snap = frames_of(col, "account.snapshot")[-1]["data"]
+    assert [o["order_id"] for o in snap["open_orders"]] == [resting["orderId"]]
+    live = order(usdm_sim, "usdm", "SELL", "0.01")
+    wait_order_event(col, "account.ORDER_TRADE_UPDATE", live["orderId"], "FILLED")
+    wait_for(lambda: rebuild_usdm(list(col.frames)) == sim_usdm_truth(usdm_sim), 5, "state == simulator")
