@@ -157,18 +157,9 @@ class Connection:
         self._spawn(self.ws.close(code=code, message=reason.encode()))
 
     def drop(self) -> None:
-        """Abrupt drop: TCP RST, no close frame (SO_LINGER 0 then abort)."""
+        """Abrupt drop: TCP RST, no close frame."""
         self.closing = True
-        transport = self.transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-        transport.abort()
+        reset_transport(self.transport)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -186,6 +177,19 @@ class Connection:
                 "streams": list(self.streams), "client": self.peer, "age": round(now - self.opened, 3),
                 "combined": self.combined, "sent": self.sent, "received": self.received,
                 "queued": len(self.queue)}
+
+
+def reset_transport(transport: Any) -> None:
+    """Abort with SO_LINGER 0, so the peer sees a TCP RST rather than a FIN."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 def _peer_port(request: web.Request) -> int:

@@ -7,6 +7,7 @@ places; USD-M futures uses the symbol's own precision (mark prices use 8).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from .decimals import fmt_units
@@ -42,13 +43,13 @@ class Fmt:
 _fmt = fmt_units
 
 
-_FMT_CACHE: dict[int, Fmt] = {}
+_FMT_CACHE: "weakref.WeakKeyDictionary[SymbolMarket, Fmt]" = weakref.WeakKeyDictionary()
 
 
 def fmt_of(m: SymbolMarket) -> Fmt:
-    f = _FMT_CACHE.get(id(m))
+    f = _FMT_CACHE.get(m)
     if f is None:
-        f = _FMT_CACHE[id(m)] = Fmt(m)
+        f = _FMT_CACHE[m] = Fmt(m)
     return f
 
 

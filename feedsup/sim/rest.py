@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import orjson
+
 from . import payloads as pl
 from .exchange_info import futures_exchange_info, spot_exchange_info
 from .hub import Hub
@@ -91,7 +93,6 @@ def _wanted_symbols(q: Mapping[str, str]) -> list[str] | None:
     if q.get("symbols"):
         text = q["symbols"].strip()
         try:
-            import orjson
             names = orjson.loads(text)
         except ValueError:
             raise RestError(400, -1100, "Illegal characters found in parameter 'symbols'.") from None

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import rest
 from .clock import SimClock
-from .conn import Connection, Rules
+from .conn import Connection, Rules, reset_transport
 from .control import control_handler
 from .faults import Fault, FaultRegistry
 from .hub import Hub
@@ -115,7 +115,7 @@ class SimCore:
         refusing = self.faults.of_kind("refuse", now)
         if refusing:
             if refusing[0].params.get("mode") == "reset":
-                _reset(request)
+                reset_transport(request.transport)
             return _json({"code": -1, "msg": "Service unavailable."}, 503)
         if not self.attempts.attempt(request.remote or "?", now):
             return _json({"code": -1003, "msg": "Too many connection attempts."}, 429,
@@ -243,21 +243,6 @@ def _malformed(variant: str, size: int, sim_ms: int, conn: Connection) -> bytes:
                              "q": "1.00000000", "f": 1, "l": 1, "T": sim_ms, "m": True, "M": True})
         return full[: len(full) // 2]
     return orjson.dumps({"e": "simOversized", "E": sim_ms, "pad": "x" * max(0, size)})
-
-
-def _reset(request: web.Request) -> None:
-    import socket
-    import struct
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
 
 
 def _url_host(host: str) -> str:
