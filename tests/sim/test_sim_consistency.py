@@ -153,3 +153,15 @@ def test_book_ticker_agrees_with_depth_ids(sim, ws_factory):
     for m in msgs:
         if m["stream"] == "btcusdt@bookTicker":
             assert float(m["data"]["b"]) < float(m["data"]["a"])
+
+
+def test_market_does_not_depend_on_clients(make_sim, ws_factory):
+    busy, idle = make_sim(seed=5, speed=120.0), make_sim(seed=5, speed=120.0)
+    ws = ws_factory(busy.ws_url + "/stream?streams=btcusdt@depth@100ms/btcusdt@kline_1s/btcusdt@aggTrade")
+    collect(ws, lambda m: len(m) >= 50)
+
+    def first_aggs(sim):
+        return get(sim.base_url + "/api/v3/aggTrades", symbol="BTCUSDT", startTime=sim.options.start_ms, limit=40).body
+
+    wait_until(lambda: len(first_aggs(busy)) == 40 and len(first_aggs(idle)) == 40, what="40 trades on both")
+    assert first_aggs(busy) == first_aggs(idle)

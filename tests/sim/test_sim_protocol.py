@@ -8,7 +8,7 @@ import time
 import pytest
 import websocket
 from websocket import ABNF
-from simhelpers import collect, get, read_frames, read_until_close, request, wait_until
+from simhelpers import collect, get, read_frames, read_until_close, request
 
 QUIET = dict(trade_rate=2.0, book_rate=2.0)
 
