@@ -263,6 +263,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob) 
 def send_backfill(rt: Runtime, job: BackfillJob, abandoned: str = "") -> None:
     """Every topic's recovered events and gap notices, in exchange order."""
     stats = rt.extra_stats
+    stats["rest_errors"] = stats.get("rest_errors", 0) + job.client.failures
     for topic, plan in job.plans.items():
         failure = job.failures.get(topic)
         if failure is None and topic not in job.finished:
