@@ -122,7 +122,11 @@ class Connection:
         if self.closing or self.ws.closed:
             return
         if self.effects(now).stalled:
-            return  # a silent stall sends no pings and judges no pongs
+            # A silent stall sends no pings and judges no pongs; the ping
+            # cycle restarts when it ends, so pongs ignored meanwhile do not count.
+            self.pings.clear()
+            self.last_ping = now
+            return
         rules = self.rules
         if self.pings and now - min(self.pings.values()) > rules.pong_timeout:
             self.close_soon(1008, "Pong timeout")
