@@ -67,7 +67,7 @@ def sim(symbols: str, scenario: str | None, verbose: bool, **knobs: Any) -> None
     try:
         server.start()
     except OSError as exc:
-        raise click.ClickException(f"cannot bind {options.host}:{options.port}: {exc.strerror}") from None
+        raise click.ClickException(f"cannot serve on {options.host}:{options.port}: {exc}") from None
     try:
         sys.stdout.write(json.dumps(server.urls()) + "\n")
         sys.stdout.flush()

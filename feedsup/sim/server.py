@@ -305,6 +305,8 @@ class SimServer:
             loop.run_until_complete(self._startup())
         except BaseException as exc:  # report bind errors to start()
             self._error = exc
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
             self._ready.set()
             loop.close()
             return

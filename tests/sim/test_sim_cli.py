@@ -91,3 +91,15 @@ def collect_rows(urls):
     from simhelpers import wait_until
     return wait_until(lambda: [r for r in [get(urls["rest_url"] + "/api/v3/aggTrades", symbol="BTCUSDT",
                                                 startTime=1767225600000, limit=50).body] if len(r) >= 20], what="trades")[0]
+
+
+def test_cli_reports_a_busy_port():
+    import socket
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "feedsup.sim", "--port", str(port)], capture_output=True,
+                              text=True, env=env, timeout=20)
+    assert done.returncode == 1 and "address already in use" in done.stderr and done.stdout == ""
