@@ -357,3 +357,13 @@ def test_usdm_state_is_exact_after_sigkill_and_an_outage_with_fills(usdm_sim, ru
     live = order(usdm_sim, "usdm", "SELL", "0.01")
     wait_order_event(col, "account.ORDER_TRADE_UPDATE", live["orderId"], "FILLED")
     wait_for(lambda: rebuild_usdm(list(col.frames)) == sim_usdm_truth(usdm_sim), 5, "state == simulator")
+
+
+def test_usdm_listen_key_is_deleted_on_sigterm(usdm_sim, run_feedsup):
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    col.wait_count(1, 15, "account.snapshot")
+    fs.wait_running("acct-usdm")
+    assert len(listen_keys(usdm_sim)) == 1
+    fs.proc.send_signal(signal.SIGTERM)
+    assert fs.proc.wait(timeout=10) == 0
+    assert listen_keys(usdm_sim) == [], "the worker deleted its listenKey on the way out"

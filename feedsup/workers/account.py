@@ -125,6 +125,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def signed_query(params: dict[str, Any], creds: Credentials, timestamp_ms: int) -> dict[str, Any]:
+    """``params`` + recvWindow + timestamp + signature over their query string.
+
+    rest.get urlencodes the dict the same way, so the signed string is
+    exactly the query string before ``&signature=``."""
+    query = {**params, "recvWindow": RECV_WINDOW_MS, "timestamp": timestamp_ms}
+    query["signature"] = creds.sign(urllib.parse.urlencode(query))
+    return query
+
+
 class SignedRest:
     """Signed (``USER_DATA``) and API-key (``USER_STREAM``) REST calls."""
 
@@ -134,11 +144,7 @@ class SignedRest:
         self.timeout = timeout
 
     def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        query = {**(params or {}), "timestamp": now_ms(), "recvWindow": RECV_WINDOW_MS}
-        # rest.get encodes the params the same way, so the signed string is
-        # exactly the query string's prefix.
-        query["signature"] = self.creds.sign(urllib.parse.urlencode(query))
-        return self.call(method, path, query)
+        return self.call(method, path, signed_query(params or {}, self.creds, now_ms()))
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
