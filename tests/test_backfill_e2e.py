@@ -24,6 +24,7 @@ from harness import Collector, Feedsup, alive, wait_for, write_config
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 KLINES = {"name": "klines", "market": "spot", "channel": "kline", "symbols": SYMBOLS, "intervals": ["1m"]}
 AGGS = {"name": "aggs", "market": "spot", "channel": "aggTrade", "symbols": SYMBOLS}
+TRADES = {"name": "trades", "market": "spot", "channel": "trade", "symbols": ["BTCUSDT"]}
 SPEED = 60
 
 
@@ -42,11 +43,11 @@ def sim():
 def feedsup_run(tmp_path):
     started: list[tuple[Feedsup, Collector]] = []
 
-    def start(sim: SimServer) -> tuple[Feedsup, Collector]:
+    def start(sim: SimServer, streams: tuple[dict, ...] = (KLINES, AGGS)) -> tuple[Feedsup, Collector]:
         # Many quick restarts during a refused period must not end in FATAL.
-        path = write_config(tmp_path, sim, [KLINES, AGGS], restart={"intensity": 100})
+        path = write_config(tmp_path, sim, list(streams), restart={"intensity": 100})
         fs = Feedsup(path, tmp_path)
-        col = Collector(fs.pub, ("kline.", "aggTrade."))
+        col = Collector(fs.pub, ("kline.", "aggTrade.", "trade."))
         started.append((fs, col))
         return fs, col
 
@@ -139,8 +140,26 @@ def check_klines(sim: SimServer, col: Collector, symbol: str) -> dict[str, int]:
     return {"delivered": len(data), "backfilled": sum(1 for f in entries if f.get("backfill")), "lost": lost}
 
 
-def gap_frames(col: Collector) -> list[dict]:
-    return [f for f in list(col.frames) if f.get("gap")]
+def check_trades(col: Collector, topic: str) -> dict[str, int]:
+    """Recent trades fill what they can; older ones are an announced gap."""
+    entries = frames_of(col, topic)
+    data = [f["data"] for f in entries if not f.get("gap")]
+    expected = data[0]["trade_id"]
+    lost = 0
+    for f in entries:
+        if f.get("gap"):
+            assert f["gap"]["from_id"] == expected and f["gap"]["to_id"] >= expected
+            assert "recent-trades" in f["gap"]["reason"]
+            expected = f["gap"]["to_id"] + 1
+            lost += f["gap"]["to_id"] - f["gap"]["from_id"] + 1
+            continue
+        assert f["data"]["trade_id"] == expected, "trade ids once each, in order, holes announced"
+        expected += 1
+    return {"delivered": len(data), "backfilled": sum(1 for f in entries if f.get("backfill")), "lost": lost}
+
+
+def gap_frames(col: Collector, prefix: str = "") -> list[dict]:
+    return [f for f in list(col.frames) if f.get("gap") and f["topic"].startswith(prefix)]
 
 
 def new_pid(fs: Feedsup, name: str, old: int) -> int | None:
@@ -178,9 +197,10 @@ def sim_now(sim: SimServer) -> int:
 
 
 def test_sigkill_with_a_long_outage_loses_and_duplicates_nothing(sim, feedsup_run, timing):
-    fs, col = feedsup_run(sim)
+    fs, col = feedsup_run(sim, (KLINES, AGGS, TRADES))
     wait_started(fs, col)
-    pids = {name: fs.stream(name)["pid"] for name in ("klines", "aggs")}
+    col.wait_count(20, 15, "trade.BTCUSDT")
+    pids = {name: fs.stream(name)["pid"] for name in ("klines", "aggs", "trades")}
     t0, outage_from = time.monotonic(), sim_now(sim)
     # Kill both workers and refuse every reconnection for 4 s: 4 simulated minutes.
     sim.inject("refuse", duration=4)
@@ -190,7 +210,8 @@ def test_sigkill_with_a_long_outage_loses_and_duplicates_nothing(sim, feedsup_ru
         wait_for(lambda: new_pid(fs, name, old), 20, f"{name} replaced")
     wait_caught_up(sim, col, fs, sim_now(sim))
     timing("SIGKILL + 4 simulated minutes refused -> backfilled and live", time.monotonic() - t0)
-    assert not gap_frames(col), "REST could fill everything: no gap may be announced"
+    assert not gap_frames(col, "kline.") and not gap_frames(col, "aggTrade."), \
+        "REST could fill every kline and aggTrade: no gap may be announced"
     assert col.gaps == [], "no seq gap at the consumer"
     for symbol in SYMBOLS:
         k = check_klines(sim, col, symbol)
@@ -202,6 +223,12 @@ def test_sigkill_with_a_long_outage_loses_and_duplicates_nothing(sim, feedsup_ru
         assert all(outage_from - 60_000 <= f["data"]["open_time"] for f in backfilled)
     wait_for(lambda: fs.stream("aggs")["stats"].get("backfilled", 0) > 0, 5, "backfilled in liveness stats")
     assert fs.stream("aggs")["stats"]["gaps"] == 0
+    # ~2 trades per aggTrade over 4 simulated minutes: more than the 1000
+    # recent trades REST serves, so the rest is announced, never silent.
+    wait_for(lambda: sum(1 for f in frames_of(col, "trade.BTCUSDT") if f.get("backfill")) >= 900, 10,
+             "recent trades backfilled")
+    t = check_trades(col, "trade.BTCUSDT")
+    assert t["backfilled"] >= 900 and t["lost"] > 0, t
 
 
 def test_sigstopped_worker_and_rest_errors_during_backfill_are_retried(sim, feedsup_run, timing):

@@ -56,8 +56,9 @@ def run(rt: Runtime) -> None:
 
 def check_symbols(rt: Runtime) -> None:
     stream = rt.spec.stream
+    budget = restlimit.SharedBudget.for_market(rt.spec.rundir, stream.market)
     bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
-                               rt.conn.connect_timeout)
+                               rt.conn.connect_timeout, budget)
     if bad:
         raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
 

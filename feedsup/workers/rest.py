@@ -46,34 +46,53 @@ def _json(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")
 
 
-def invalid_symbols(market: str, rest_url: str, symbols: tuple[str, ...], timeout: float) -> list[str] | None:
+def invalid_symbols(market: str, rest_url: str, symbols: tuple[str, ...], timeout: float,
+                    budget: Any = None) -> list[str] | None:
     """Symbols the exchange does not list, or None when it could not be asked.
 
     Binance accepts a stream for an unknown symbol and then sends nothing, so
     without this check a typo would look like a stale feed and loop forever.
+    With a ``budget`` (restlimit.SharedBudget) the call is charged to the
+    shared weight, and skipped (None) while the IP is backing off or banned:
+    asking during a ban only lengthens it.
     """
     if not symbols:
         return []
+
+    def ask(path: str, params: dict[str, Any] | None) -> Response | None:
+        if budget is not None:
+            try:
+                budget.acquire(request_weight(market, path, params or {}), time.time())
+            except restlimit.BudgetUnavailable:
+                return None
+        resp = get(rest_url, path, params, timeout)
+        if budget is not None:
+            budget.observe(resp.status, resp.headers)
+        return resp
+
     try:
         if market == "spot":
-            resp = get(rest_url, "/api/v3/exchangeInfo",
-                       {"symbols": json.dumps(list(symbols), separators=(",", ":"))}, timeout)
-            if resp.status == 400 and isinstance(resp.body, dict) and resp.body.get("code") == -1121:
-                return _probe_each(rest_url, symbols, timeout)
+            resp = ask("/api/v3/exchangeInfo",
+                       {"symbols": json.dumps(list(symbols), separators=(",", ":"))})
+            if resp is not None and resp.status == 400 and isinstance(resp.body, dict) \
+                    and resp.body.get("code") == -1121:
+                return _probe_each(ask, symbols)
         else:
-            resp = get(rest_url, "/fapi/v1/exchangeInfo", None, timeout)
-        if resp.status != 200 or not isinstance(resp.body, dict):
+            resp = ask("/fapi/v1/exchangeInfo", None)
+        if resp is None or resp.status != 200 or not isinstance(resp.body, dict):
             return None
         listed = {s.get("symbol") for s in resp.body.get("symbols", [])}
         return [s for s in symbols if s not in listed]
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return None
 
 
-def _probe_each(rest_url: str, symbols: tuple[str, ...], timeout: float) -> list[str]:
+def _probe_each(ask, symbols: tuple[str, ...]) -> list[str] | None:
     bad = []
     for symbol in symbols:
-        resp = get(rest_url, "/api/v3/exchangeInfo", {"symbol": symbol}, timeout)
+        resp = ask("/api/v3/exchangeInfo", {"symbol": symbol})
+        if resp is None:
+            return None
         if resp.status == 400:
             bad.append(symbol)
     return bad
