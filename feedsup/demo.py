@@ -430,12 +430,14 @@ class Demo:
             verdict = "consecutive" if not holes else f"{missing} ids missing in {len(holes)} holes {holes[:3]}"
             say(f"{topic}: {len(ids)} trades, agg_id {min(ids, default='-')}..{max(ids, default='-')}, "
                 f"{verdict}, duplicates {dups}")
-            if dups:
-                self.problems.append(f"duplicates on {topic}")
+            if holes or dups:
+                self.problems.append(f"{topic} not exactly once")
         holes = kline_holes(klines)
         say(f"{KLINE_TOPIC}: {len(klines)} closed klines, "
             + ("consecutive" if not holes else f"{len(holes)} missing (open times {holes[:3]})")
             + f", duplicates {duplicates(klines)}")
+        if holes or duplicates(klines):
+            self.problems.append(f"{KLINE_TOPIC} not exactly once")
         say(f"backfilled frames: {backfilled}, gap notices: {notices}")
 
     # -- teardown ------------------------------------------------------------------
@@ -456,6 +458,7 @@ class Demo:
         if self.tap is not None:
             self.tap.close()
         self.children.stop_all()
+        _kill_helpers()
         names = ", ".join(name for name, _ in self.children.procs)
         left = sorted(pid for pid in self.seen_pids if _alive(pid))
         for pid in left:
@@ -482,6 +485,25 @@ FAULT_TEXT = {
     "kill": "SIGKILL the worker of stream 'price' (a crashed process)",
     "drop": "the simulator drops every connection (TCP reset, a network fault)",
 }
+
+
+def _kill_helpers() -> None:
+    """SIGKILL and reap our remaining children: a short-lived ``feedsup status``
+    that Ctrl-C caught half started (before Popen returned, nobody owns it)."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                os.waitpid(int(entry), 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
 
 def _alive(pid: int) -> bool:
