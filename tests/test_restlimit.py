@@ -1,13 +1,17 @@
-"""The shared REST weight budget: pure decisions with a fake clock, then the
-file-locked shell shared by several budgets (as by several workers)."""
+"""The shared REST weight budget: pure decisions with a fake clock, the
+file-locked shell shared by several budgets (as by several workers), and the
+REST client on loopback against the simulator's 429/418/5xx answers."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
+from feedsup.sim import SimOptions, SimServer
 from feedsup.workers import restlimit
+from feedsup.workers.rest import RestClient, RestFailed
 from feedsup.workers.restlimit import BudgetState, BudgetUnavailable, SharedBudget, observe, reserve
 
 T0 = 1_800_000_000.0   # a clock minute boundary (divisible by 60)
@@ -140,3 +144,57 @@ def test_in_memory_budget_without_a_rundir():
     assert budget.path == "" and budget.limit == 2400
     budget.acquire(10, deadline=1e12)
     assert budget.state().used >= 10
+
+
+# -- the REST client on loopback, against the simulator --------------------------------
+
+@pytest.fixture
+def sim():
+    server = SimServer(SimOptions(symbols=("BTCUSDT",)))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client(sim, path, **kw) -> RestClient:
+    return RestClient(sim.base_url, "spot", SharedBudget(str(path), 6000), timeout=2, **kw)
+
+
+def test_a_429_pauses_every_client_sharing_the_budget_then_both_succeed(sim, tmp_path):
+    path = tmp_path / "restweight-spot.json"
+    a, b = client(sim, path), client(sim, path)
+    sim.inject("rest_error", status=429, retry_after=1, count=1)
+    t0 = time.monotonic()
+    rows = a.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 10)
+    assert isinstance(rows, list) and a.failures == 1
+    assert time.monotonic() - t0 >= 0.9, "a waited out Retry-After"
+    assert SharedBudget(str(path), 6000).state().paused_until > 0
+    b.fetch("/api/v3/klines", {"symbol": "BTCUSDT", "interval": "1m", "limit": 5}, deadline=time.time() + 10)
+    assert b.failures == 0
+    assert SharedBudget(str(path), 6000).state().used >= 4 + 2
+
+
+def test_transient_errors_are_retried_and_a_deadline_ends_the_call(sim, tmp_path):
+    c = client(sim, tmp_path / "w.json", retry_initial=0.05)
+    sim.inject("rest_error", status=503, count=2)
+    c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 5)
+    assert c.failures == 2
+    sim.inject("rest_error", status=502, duration=30)
+    t0 = time.monotonic()
+    with pytest.raises(RestFailed, match="deadline.*HTTP 502"):
+        c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 0.5)
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_a_ban_longer_than_the_deadline_fails_at_once_and_bad_requests_are_fatal(sim, tmp_path):
+    c = client(sim, tmp_path / "w.json")
+    sim.inject("rest_error", status=418, retry_after=120, count=1)
+    t0 = time.monotonic()
+    with pytest.raises(RestFailed, match="banned"):
+        c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 10)
+    assert time.monotonic() - t0 < 1.0
+    ok = client(sim, tmp_path / "other.json")
+    with pytest.raises(RestFailed, match="rejected: HTTP 400"):
+        ok.fetch("/api/v3/aggTrades", {"symbol": "NOPEUSDT", "limit": 5}, deadline=time.time() + 5)
