@@ -198,3 +198,27 @@ def test_a_ban_longer_than_the_deadline_fails_at_once_and_bad_requests_are_fatal
     ok = client(sim, tmp_path / "other.json")
     with pytest.raises(RestFailed, match="rejected: HTTP 400"):
         ok.fetch("/api/v3/aggTrades", {"symbol": "NOPEUSDT", "limit": 5}, deadline=time.time() + 5)
+
+
+def _charge_many(path: str, times: int) -> None:
+    budget = SharedBudget(path, 10**9, 1.0, lambda: T0 + 1)
+    for _ in range(times):
+        budget.acquire(1, deadline=T0 + 2)
+
+
+def test_processes_sharing_the_file_never_lose_an_update(tmp_path):
+    import multiprocessing
+    path = str(tmp_path / "w.json")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_charge_many, args=(path, 200)) for _ in range(4)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert SharedBudget(path, 10**9, 1.0, lambda: T0 + 1).state().used == 800
