@@ -123,7 +123,12 @@ def handle_other(rt: Runtime, payload: bytes) -> None:
 
 # -- catching up after a (re)connect -------------------------------------------------
 
-BACKFILL_DEADLINE_S = 20.0   # REST may take this long, waits for weight included
+# REST may keep failing this long (retries and waits for weight included)
+# before the rest of a topic is announced as a gap ...
+PAGE_DEADLINE_S = 20.0
+# ... and a long outage may take this long to page through in all. Live
+# frames wait meanwhile: late but complete beats on time with a hole.
+BACKFILL_DEADLINE_S = 120.0
 LIVE_WAIT_S = 1.0            # first live events tell backfill exactly where to stop
 LAG_RETRY_S = 0.25           # REST behind the live stream: ask again after this
 REST_TIMEOUT_S = 5.0         # one request
@@ -196,17 +201,22 @@ class BackfillJob:
             self.done.set()
 
     def _fetch(self, plan: backfill.Plan, deadline: float) -> None:
+        lagging_until: float | None = None
         while (params := plan.request()) is not None:
-            rows = self.client.fetch(plan.path, params, deadline)
+            rows = self.client.fetch(plan.path, params, min(deadline, time.time() + PAGE_DEADLINE_S))
             try:
                 step = plan.on_page(rows)
             except (KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise rest.RestFailed(f"malformed REST rows: {exc!r}") from None
-            if step is backfill.Step.LAGGING:
-                if time.time() + LAG_RETRY_S > deadline:
-                    raise rest.RestFailed("REST still behind the live stream at the deadline")
-                if self.stop.wait(LAG_RETRY_S):
-                    raise rest.RestFailed("stopped")
+            if step is not backfill.Step.LAGGING:
+                lagging_until = None
+                continue
+            if lagging_until is None:
+                lagging_until = min(deadline, time.time() + PAGE_DEADLINE_S)
+            if time.time() + LAG_RETRY_S > lagging_until:
+                raise rest.RestFailed("REST still behind the live stream at the deadline")
+            if self.stop.wait(LAG_RETRY_S):
+                raise rest.RestFailed("stopped")
 
 
 def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob) -> bool:
