@@ -1,0 +1,78 @@
+"""Issue 4's chaos run, short version (the long one: bench/chaos.py)."""
+
+from __future__ import annotations
+
+from feedsup.chaos import CATALOGUE, ChaosOptions, ChaosRun
+
+
+def test_every_fault_kind_loses_and_duplicates_nothing(tmp_path, timing, capsys):
+    faults = len(CATALOGUE)
+    run = ChaosRun(ChaosOptions(sim_minutes=12, faults=faults, speed=120, seed=11), tmp_path)
+    report = run.run()
+    with capsys.disabled():
+        print("\n" + report.summary())
+    for rec in report.faults:
+        if rec.recovery is not None:
+            timing(f"chaos: {rec.kind} on {rec.stream} -> fresh live data", rec.recovery)
+    assert report.problems == []
+    assert {f.kind for f in report.faults} == set(CATALOGUE)
+    assert len(report.recovery_times()) == sum(1 for f in report.faults if f.kind in
+                                               ("drop", "close", "stall", "data_stall", "server_shutdown",
+                                                "lifetime", "sigkill", "sigstop"))
+    assert report.sim_minutes >= 12
+    for symbol in run.o.symbols:
+        assert report.klines[symbol] >= 10
+        assert report.trades[symbol] > 1000
+    assert report.backfilled > 0, "the outages must have been bridged by REST backfill"
+
+
+class _FakeTruth(ChaosRun):
+    """The verifier against a fixed REST truth, without processes."""
+
+    def __init__(self, tmp_path, trades, klines):
+        super().__init__(ChaosOptions(symbols=("BTCUSDT",)), tmp_path)
+        self._trades, self._klines = trades, klines
+
+    def _rest(self, path, **params):
+        if path.endswith("aggTrades"):
+            return [t for t in self._trades if t["a"] >= params["fromId"]][: params["limit"]]
+        return [k for k in self._klines if params["startTime"] <= k[0] <= params["endTime"]]
+
+
+TRUTH_TRADES = [{"a": i, "p": "1.0", "q": "2.0"} for i in range(1, 6)]
+TRUTH_KLINES = [[t, "1", "2", "0.5", "1.5", "10"] for t in (0, 60_000, 120_000)]
+
+
+def _trade(i, **extra):
+    return {"topic": "aggTrade.BTCUSDT", "data": {"agg_id": i, "price": "1.0", "qty": "2.0"}, **extra}
+
+
+def _kline(t, close="1.5"):
+    return {"topic": "kline.BTCUSDT.1m", "data": {"open_time": t, "open": "1", "high": "2", "low": "0.5",
+                                                   "close": close, "volume": "10", "closed": True}}
+
+
+def _verify(tmp_path, frames):
+    run = _FakeTruth(tmp_path, TRUTH_TRADES, TRUTH_KLINES)
+    run.verify(frames)
+    return run.report.problems
+
+
+def test_verifier_accepts_complete_data(tmp_path):
+    assert _verify(tmp_path, [_trade(i) for i in range(1, 6)] + [_kline(t) for t in (0, 60_000, 120_000)]) == []
+
+
+def test_verifier_flags_a_silent_hole_but_not_an_announced_one(tmp_path):
+    klines = [_kline(t) for t in (0, 60_000, 120_000)]
+    silent = [_trade(i) for i in (1, 2, 4, 5)] + klines
+    assert any("without a gap notice" in p for p in _verify(tmp_path, silent))
+    gap = {"topic": "aggTrade.BTCUSDT", "data": None, "gap": {"from_id": 3, "to_id": 3}}
+    assert _verify(tmp_path, silent + [gap]) == []
+
+
+def test_verifier_flags_duplicates_and_wrong_values(tmp_path):
+    klines = [_kline(t) for t in (0, 60_000, 120_000)]
+    dup = [_trade(i) for i in (1, 2, 2, 3, 4, 5)] + klines
+    assert any("duplicated" in p for p in _verify(tmp_path, dup))
+    wrong = [_trade(i) for i in range(1, 6)] + [_kline(0), _kline(60_000, close="9"), _kline(120_000)]
+    assert any("differ from REST" in p for p in _verify(tmp_path, wrong))
