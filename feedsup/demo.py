@@ -381,14 +381,14 @@ class Demo:
     # -- faults --------------------------------------------------------------------
 
     def inject(self, kind: str) -> None:
-        before = self.stream("price")
-        old_pid = before.get("pid")
-        restarts = before.get("restarts", 0)
+        # "kill" hits the price worker; "drop" every connection, so every stream.
+        before = {s["name"]: s for s in (self.status() or {"streams": []})["streams"]
+                  if kind == "drop" or s["name"] == "price"}
         banner(f"FAULT: {FAULT_TEXT[kind]}")
         t0 = time.monotonic()
         if kind == "kill":
-            os.kill(old_pid, signal.SIGKILL)
-            say(f"fault injected: SIGKILL worker 'price' pid {old_pid}")
+            os.kill(before["price"]["pid"], signal.SIGKILL)
+            say(f"fault injected: SIGKILL worker 'price' pid {before['price']['pid']}")
         else:
             body = json.dumps({"kind": "drop", "target": {}}).encode()
             req = urllib.request.Request(self.urls["control_url"] + "/faults", data=body, method="POST",
@@ -397,10 +397,11 @@ class Demo:
                 fault = json.loads(reply.read())
             say(f"fault injected: the simulator dropped {len(fault.get('applied_to') or [])} connections "
                 f"(POST {self.urls['control_url']}/faults {{\"kind\": \"drop\"}})")
-        row = wait_for(lambda: self._restarted("price", old_pid, restarts), 30, "the price worker to be replaced")
-        took = time.monotonic() - t0
-        say(f"restart: stream 'price' pid {old_pid} -> {row['pid']} in {took:.2f} s, restarts {row['restarts']}, "
-            f"reason: {row.get('last_reason')}")
+        for name, old in before.items():
+            row = wait_for(lambda: self._restarted(name, old["pid"], old["restarts"]), 30,
+                           f"the {name} worker to be replaced")
+            say(f"restart: stream '{name}' pid {old['pid']} -> {row['pid']} in {time.monotonic() - t0:.2f} s, "
+                f"restarts {row['restarts']}, reason: {row.get('last_reason')}")
         base = self.tap.total("aggTrade.")
         wait_for(lambda: self.tap.total("aggTrade.") > base, 20, "aggTrade frames after the restart")
         say(f"data resumed: aggTrade frames flowing again {time.monotonic() - t0:.2f} s after the fault")
@@ -438,7 +439,8 @@ class Demo:
             + f", duplicates {duplicates(klines)}")
         if holes or duplicates(klines):
             self.problems.append(f"{KLINE_TOPIC} not exactly once")
-        say(f"backfilled frames: {backfilled}, gap notices: {notices}")
+        say(f"backfilled frames: {backfilled} (missed while a worker was down, fetched over REST)")
+        say(f"gap notices: {notices} (bookTicker has no history to fetch: feedsup announces its gaps instead)")
 
     # -- teardown ------------------------------------------------------------------
 
