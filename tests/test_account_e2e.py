@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import pytest
 
 from feedsup.sim import SimOptions, SimServer
+from feedsup.ipc.client import ControlError, Subscriber
 from harness import Collector, Feedsup, alive, wait_for, write_config
 
 API_KEY = "e2e-account-key-4f1c"
@@ -48,6 +49,37 @@ def make_sim(**overrides: Any) -> SimServer:
     return SimServer(SimOptions(**options))
 
 
+class AccountCollector(Collector):
+    """Every account frame from the first snapshot on, as a consumer that
+    joins at any time gets them: ``catch_up`` (the parent's last snapshot,
+    then live with no hole). A plain SUB started with feedsup may connect
+    after a fast worker has already published its snapshot."""
+
+    def __init__(self, fs: Feedsup) -> None:
+        self.control = fs.control
+        super().__init__(fs.pub, ("account.",))
+
+    def _run(self, endpoint: str, topics: tuple[str, ...]) -> None:
+        self.sub = Subscriber(endpoint, topics)
+        try:
+            deadline = time.monotonic() + 15
+            while not self._stop.is_set():
+                try:
+                    self.frames += self.sub.catch_up(self.control, ("account.snapshot",), timeout=1)
+                    break
+                except ControlError:       # the parent is not serving yet
+                    if time.monotonic() > deadline:
+                        raise
+            self._ready.set()
+            while not self._stop.is_set():
+                frame = self.sub.recv(timeout=0.05)
+                if frame is not None:
+                    self.frames.append(frame)
+        finally:
+            self._ready.set()
+            self.sub.close()
+
+
 @pytest.fixture
 def run_feedsup(tmp_path, creds_env):
     started: list[Any] = []
@@ -55,7 +87,7 @@ def run_feedsup(tmp_path, creds_env):
     def start(sim: SimServer, streams: list[dict[str, Any]], **config: Any) -> tuple[Feedsup, Collector]:
         fs = Feedsup(write_config(tmp_path, sim, streams, **config), tmp_path)
         started.append(fs)
-        col = Collector(fs.pub, ("account.",))
+        col = AccountCollector(fs)
         started.append(col)
         return fs, col
 
