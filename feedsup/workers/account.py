@@ -33,7 +33,7 @@ import websocket
 from feedsup.config import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
-from feedsup.workers import rest
+from feedsup.workers import rest, restlimit
 from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder
 from feedsup.workers.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
@@ -135,13 +135,29 @@ def signed_query(params: dict[str, Any], creds: Credentials, timestamp_ms: int) 
     return query
 
 
-class SignedRest:
-    """Signed (``USER_DATA``) and API-key (``USER_STREAM``) REST calls."""
+# Binance's request weights of the calls we make (rest-api.md, futures docs);
+# they count against the IP's per-minute weight like every other request.
+WEIGHTS = {
+    "/api/v3/account": 20, "/api/v3/openOrders": 80,    # openOrders without a symbol
+    "/fapi/v2/account": 5, "/fapi/v1/openOrders": 40, "/fapi/v1/listenKey": 1,
+}
 
-    def __init__(self, base: str, creds: Credentials, timeout: float) -> None:
+
+class SignedRest:
+    """Signed (``USER_DATA``) and API-key (``USER_STREAM``) REST calls,
+    charged to the weight budget every worker of this parent shares."""
+
+    def __init__(self, base: str, creds: Credentials, timeout: float, budget: Any = None) -> None:
         self.base = base
         self.creds = creds
         self.timeout = timeout
+        self.budget = budget
+
+    @classmethod
+    def for_worker(cls, rt: Runtime, creds: Credentials) -> "SignedRest":
+        market = rt.spec.stream.market
+        return cls(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout,
+                   restlimit.SharedBudget.for_market(rt.spec.rundir, market))
 
     def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.call(method, path, signed_query(params or {}, self.creds, now_ms()))
@@ -150,11 +166,19 @@ class SignedRest:
              timeout: float | None = None) -> Any:
         """The JSON body of a 2xx reply, else ConnectionEnded (classified)."""
         what = f"{method} {path}"
+        timeout = timeout or self.timeout
+        if self.budget is not None:
+            try:   # while the IP is told to back off, asking again only lengthens it
+                self.budget.acquire(WEIGHTS.get(path, 1), time.time() + timeout)
+            except restlimit.BudgetUnavailable as exc:
+                raise ConnectionEnded(f"{what} not sent: {exc}") from None
         try:
-            resp = rest.get(self.base, path, params, timeout or self.timeout,
+            resp = rest.get(self.base, path, params, timeout,
                             headers={"X-MBX-APIKEY": self.creds.api_key}, method=method)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise ConnectionEnded(f"{what} failed: {exc.__class__.__name__}: {exc}") from None
+        if self.budget is not None:
+            self.budget.observe(resp.status, resp.headers)
         if 200 <= resp.status < 300:
             return resp.body
         raise ConnectionEnded(*classify_rejection(what, resp.status, resp.body))

@@ -52,7 +52,7 @@ class SpotSession:
     def __init__(self, rt: Runtime, creds: Credentials) -> None:
         self.rt = rt
         self.creds = creds
-        self.rest = SignedRest(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout)
+        self.rest = SignedRest.for_worker(rt, creds)
         self.subscription: int | None = None
 
     def open(self) -> websocket.WebSocket:

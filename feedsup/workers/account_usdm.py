@@ -56,7 +56,7 @@ def private_url(ws_url: str, listen_key: str) -> str:
 class UsdmSession:
     def __init__(self, rt: Runtime, creds: Credentials) -> None:
         self.rt = rt
-        self.rest = SignedRest(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout)
+        self.rest = SignedRest.for_worker(rt, creds)
         self.listen_key: str | None = None
         self.keepalives = 0
         self._stop = threading.Event()
