@@ -292,7 +292,8 @@ def rebuild_usdm(frames: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
         d, topic = f["data"], f["topic"]
         if topic == "account.snapshot":
             balances = {b["asset"]: dec(b["wallet_balance"]) for b in d["balances"]}
-            positions = {p["symbol"]: (dec(p["position_amount"]), dec(p["entry_price"])) for p in d["positions"]}
+            positions = {p["symbol"]: (dec(p["position_amount"]), dec(p["entry_price"]))
+                         for p in d["positions"]}
             orders = {o["order_id"]: (o["order_status"], dec(o["cumulative_filled_quantity"]))
                       for o in d["open_orders"]}
         elif topic == "account.ACCOUNT_UPDATE":

@@ -305,7 +305,8 @@ def test_subscribe_request_is_signed_over_its_sorted_params():
     req = subscribe_request(creds, 1_700_000_000_000)
     assert req["method"] == SUBSCRIBE
     params = req["params"]
-    assert (params["apiKey"], params["timestamp"], params["recvWindow"]) == ("my-key", 1_700_000_000_000, 5000)
+    assert (params["apiKey"], params["timestamp"], params["recvWindow"]) == \
+        ("my-key", 1_700_000_000_000, 5000)
     assert params["signature"] == creds.sign(
         "apiKey=my-key&recvWindow=5000&timestamp=1700000000000")
 

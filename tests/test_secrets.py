@@ -131,7 +131,8 @@ def test_no_secret_leaks_anywhere(sim, feedsup, tmp_path):
     for name in ("bad-spot", "bad-usdm"):
         wait_fatal(fs, name)
     tail = subprocess.Popen([sys.executable, "-m", "feedsup.cli", "tail", "--pub", fs.pub, "-n", "4",
-                             "account."], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "account."], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         def trade_until_tail_is_done() -> bool:
             # tail subscribes some time after it starts: trade until it has seen enough.
