@@ -82,19 +82,19 @@ def test_metrics_match_status(metered):
     fs, port = metered
     wait_for(lambda: value(scrape(port), "feedsup_messages_total", stream="price") > 20, 10, "messages counted")
 
-    # Scrape, then ask: the status is the newer of the two, by at most one
-    # metrics period (1 s) plus one liveness interval of messages.
+    # Scrape, then ask the CLI: /metrics trails the parent's status by up to
+    # one metrics period (1 s), the CLI's answer comes a moment later.
     metrics, status = scrape(port), status_json(fs)
     row = price_row(status)
     for state in STATES:
         assert value(metrics, "feedsup_stream_state", stream="price", state=state) == (state == row["state"])
     msgs = value(metrics, "feedsup_messages_total", stream="price")
-    assert 0 < msgs <= row["stats"]["msgs"] <= msgs + 2 * RATE
+    assert 0 < msgs <= row["stats"]["msgs"] <= msgs + 5 * RATE   # roughly: within 5 s of traffic
     assert value(metrics, "feedsup_connect_budget_remaining") == row["budget_remaining"]
     assert value(metrics, "feedsup_last_message_age_seconds", stream="price") < 2
     assert row["last_msg_age"] < 2
     assert value(metrics, "feedsup_exchange_lag_ms_count", stream="price") > 0
-    assert abs(value(metrics, "feedsup_uptime_seconds") - status["uptime"]) < 2
+    assert 0 <= status["uptime"] - value(metrics, "feedsup_uptime_seconds") < 5
     assert restarts_total(metrics, "price") == row["restarts"] == 0
     assert value(metrics, "feedsup_published_total") <= status["published"]
 
