@@ -216,3 +216,36 @@ def test_request_weights():
     assert request_weight("spot", "/api/v3/depth", {"limit": 1000}) == 50
     assert request_weight("usdm", "/fapi/v1/klines", {"limit": 1000}) == 5
     assert request_weight("usdm", "/fapi/v1/depth", {"limit": 1000}) == 20
+
+
+# -- holes inside one live stream ------------------------------------------------------
+
+def test_continuity_ids_consecutive_and_repeats_ignored():
+    c = backfill.Continuity("aggTrade")
+    assert [c.check("a", i, True, {}) for i in (5, 6, 7)] == [None, None, None]
+    assert c.check("a", 7, True, {}) is None           # a repeat is the parent's business
+    assert c.check("a", 10, True, {}) == 7              # 8 and 9 are missing: resume after 7
+    assert c.check("a", 11, True, {}) is None
+    assert c.check("b", 100, True, {}) is None          # topics are independent
+
+
+def kl(t: int, closed: bool) -> tuple:
+    return t, closed, {"close_time": t + M - 1}
+
+
+def test_continuity_klines_every_earlier_kline_seen_closed():
+    c = backfill.Continuity("kline")
+    for t, closed, data in (kl(T, False), kl(T, False), kl(T, True), kl(T + M, False), kl(T + M, True)):
+        assert c.check("k", t, closed, data) is None
+    # T + 2M never closed on this connection; an update of T + 3M shows it.
+    assert c.check("k", *kl(T + 3 * M, False)) == T + 2 * M - 1
+    plan = Plan("spot", "kline", "BTCUSDT", "k", T + 2 * M - 1, "1m")
+    assert plan.request()["startTime"] == T + 2 * M
+    assert c.check("k", *kl(T + 3 * M, False)) is None  # the hole is reported once
+    assert c.check("k", *kl(T + 3 * M, True)) is None
+
+
+def test_continuity_first_kline_frame_closed_and_missing_close_at_start():
+    c = backfill.Continuity("kline")
+    assert c.check("k", *kl(T, False)) is None          # first frame: backfill covered what came before
+    assert c.check("k", *kl(T + M, False)) == T - 1      # T's close never came

@@ -277,3 +277,114 @@ def test_a_rest_ban_during_backfill_is_announced_as_a_gap(sim, feedsup_run, timi
         a = check_aggs(sim, col, symbol)          # every missing id is inside an announced gap
         assert a["backfilled"] == 0
     wait_for(lambda: fs.stream("aggs")["stats"].get("gaps", 0) >= len(SYMBOLS), 5, "gaps in liveness stats")
+
+
+def test_a_hole_inside_a_live_stream_is_backfilled_without_a_restart(sim, feedsup_run, timing):
+    fs, col = feedsup_run(sim)
+    wait_started(fs, col)
+    pids = {name: fs.stream(name)["pid"] for name in ("klines", "aggs")}
+    # The server silently skips BTCUSDT's events for 1.5 s (90 simulated
+    # seconds) while the connection stays up and other symbols flow: no
+    # restart, so only the worker's own continuity check can notice.
+    t0 = time.monotonic()
+    sim.inject("data_stall", target={"stream": "btcusdt@aggTrade"}, duration=1.5)
+    sim.inject("data_stall", target={"stream": "btcusdt@kline_1m"}, duration=1.5)
+    wait_for(lambda: fs.stream("aggs")["stats"].get("holes", 0) >= 1, 10, "the aggTrade hole noticed")
+    wait_for(lambda: fs.stream("klines")["stats"].get("holes", 0) >= 1, 10, "the kline hole noticed")
+    wait_caught_up(sim, col, fs, sim_now(sim))
+    timing("hole inside a live stream -> backfilled in place", time.monotonic() - t0)
+    assert {name: fs.stream(name)["pid"] for name in ("klines", "aggs")} == pids, "no restart"
+    assert not gap_frames(col)
+    a, k = check_aggs(sim, col, "BTCUSDT"), check_klines(sim, col, "BTCUSDT")
+    assert a["backfilled"] >= 100 and a["lost"] == 0, a
+    assert k["backfilled"] >= 1 and k["lost"] == 0, k
+    check_aggs(sim, col, "ETHUSDT")
+
+
+# -- chaos: random faults from the whole catalogue --------------------------------------
+
+# The CI run is short; a long one (issue 4 asks for >= 60 simulated minutes
+# and >= 30 faults): FEEDSUP_CHAOS_FAULTS=80 python3 -m pytest -s -k chaos ...
+CHAOS_FAULTS = int(os.environ.get("FEEDSUP_CHAOS_FAULTS", "20"))
+CHAOS_EVERY_S = float(os.environ.get("FEEDSUP_CHAOS_EVERY_S", "0.5"))
+
+
+def random_fault(rng, sim: SimServer, fs: Feedsup) -> str:
+    """Inject one fault; return what it was."""
+    kind = rng.choice(["drop", "close", "malformed", "server_shutdown", "lifetime", "stall", "data_stall",
+                       "latency", "refuse", "rest_error", "sigkill", "sigstop"])
+    if kind in ("sigkill", "sigstop"):
+        name = rng.choice(["klines", "aggs"])
+        pid = fs.stream(name).get("pid")
+        if pid:
+            os.kill(pid, signal.SIGKILL if kind == "sigkill" else signal.SIGSTOP)
+        return f"{kind} {name} pid={pid}"
+    params: dict[str, Any] = {}
+    if kind == "stall":
+        params = {"duration": rng.uniform(1.5, 3)}
+    elif kind == "data_stall":
+        params = {"duration": rng.uniform(1, 4)}
+    elif kind == "latency":
+        params = {"duration": 2, "ms": rng.randint(100, 800)}
+    elif kind == "refuse":
+        params = {"duration": rng.uniform(0.5, 2)}
+    elif kind == "malformed":
+        params = {"variant": rng.choice(["invalid_json", "unknown_event", "truncated", "oversized"]),
+                  "count": 2, "size": 300_000}
+    elif kind == "rest_error":
+        status = rng.choice([429, 418, 500, 503, 504])
+        params = {"status": status, "count": rng.randint(1, 3)}
+        if status in (418, 429):
+            params["retry_after"] = rng.choice([1, 2])
+    elif kind == "close":
+        params = {"code": rng.choice([1000, 1001, 1011, 1008])}
+    sim.inject(kind, **params)
+    return f"{kind} {params}" if params else kind
+
+
+def test_chaos_every_kline_and_aggtrade_once_or_announced(sim, feedsup_run, timing):
+    import random
+    from statistics import median
+    rng = random.Random(int(os.environ.get("FEEDSUP_CHAOS_SEED", "4")))
+    fs, col = feedsup_run(sim)
+    wait_started(fs, col)
+    sim_start, t_start = sim_now(sim), time.monotonic()
+    injected: list[str] = []
+    recoveries: list[float] = []
+    stopped: list[int] = []
+    try:
+        for _ in range(CHAOS_FAULTS):
+            before = {s: col.count(f"aggTrade.{s}") for s in SYMBOLS}
+            t0 = time.monotonic()
+            what = random_fault(rng, sim, fs)
+            injected.append(what)
+            if what.startswith("sigstop"):
+                stopped.append(int(what.rsplit("=", 1)[1]))
+            time.sleep(CHAOS_EVERY_S)  # the pace of the fault schedule, not a synchronisation
+            # Recovery: aggTrades flowing again on every symbol after this fault.
+            wait_for(lambda: all(col.count(f"aggTrade.{s}") > before[s] for s in SYMBOLS), 30,
+                     f"data after {what}")
+            recoveries.append(time.monotonic() - t0)
+    finally:
+        sim.clear_faults()
+        for pid in stopped:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    wait_caught_up(sim, col, fs, sim_now(sim))
+    sim_minutes = (sim_now(sim) - sim_start) / 60_000
+    counts = {s: (check_klines(sim, col, s), check_aggs(sim, col, s)) for s in SYMBOLS}
+    print(f"\nchaos: {len(injected)} faults over {sim_minutes:.0f} simulated minutes "
+          f"({time.monotonic() - t_start:.1f} s)")
+    for what in injected:
+        print("  fault:", what)
+    print(f"  recovery p50 {median(recoveries):.2f} s, max {max(recoveries):.2f} s")
+    for s, (k, a) in counts.items():
+        print(f"  {s}: klines {k}, aggTrades {a}")
+    for name in ("klines", "aggs"):
+        stats = fs.stream(name)["stats"]
+        print(f"  {name} worker now: restarts {fs.stream(name)['restarts']}, "
+              f"holes {stats.get('holes')}, gaps {stats.get('gaps')}, rest_errors {stats.get('rest_errors')}")
+    timing(f"chaos: {len(injected)} faults, recovery max", max(recoveries))
+    assert col.gaps == [], "no seq gap at the consumer"
+    for s, (k, a) in counts.items():
+        assert k["lost"] == 0 and a["lost"] == 0, f"{s}: REST could have filled every hole"

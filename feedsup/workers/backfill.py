@@ -269,3 +269,51 @@ def _with_kline_gaps(plan: Plan, items: list[Item], first_live: int | None,
     elif first_live is None and failure is not None:
         out.append(Gap(failure, from_ms=expected if expected is not None else plan.resume + 1))
     return out
+
+
+# -- holes inside one live stream -------------------------------------------------------
+
+class Continuity:
+    """Notices events missing *within* one connection (pure).
+
+    Binance sends each stream in order over TCP, but a server that silently
+    drops messages for a while (a data stall) would otherwise leave a hole
+    nobody sees. ``check`` is called for every live frame in arrival order
+    and returns the resume mark to backfill from when events before this one
+    are missing, else None. The first frame of a topic is never a hole: the
+    reconnect backfill covers what came before it.
+
+    aggTrade/trade: ids are consecutive. kline: every kline that opened
+    before the one in hand must have been seen closed.
+    """
+
+    def __init__(self, channel: str) -> None:
+        if channel not in CHANNELS:
+            raise ValueError(f"no continuity rule for {channel}")
+        self._kline = channel == "kline"
+        # id of the last event (kline: close time of the last closed kline)
+        self.last: dict[str, int] = {}
+
+    def check(self, topic: str, major: int, final: bool, data: dict[str, Any]) -> int | None:
+        last = self.last.get(topic)
+        if self._kline:
+            return self._kline_check(topic, last, major, final, data)
+        if last is None or major == last + 1:
+            self.last[topic] = major
+            return None
+        if major <= last:
+            return None            # a repeat: the parent drops it
+        self.last[topic] = major
+        return last
+
+    def _kline_check(self, topic: str, last: int | None, major: int, final: bool,
+                     data: dict[str, Any]) -> int | None:
+        if last is None:
+            self.last[topic] = data["close_time"] if final else major - 1
+            return None
+        hole = last if major > last + 1 else None
+        if final:
+            self.last[topic] = max(last, data["close_time"])
+        elif hole is not None:
+            self.last[topic] = major - 1
+        return hole

@@ -15,6 +15,8 @@ from __future__ import annotations
 import select
 import threading
 import time
+from collections import deque
+from typing import Callable, NamedTuple
 
 import msgpack
 import orjson
@@ -34,24 +36,41 @@ OP_PONG = websocket.ABNF.OPCODE_PONG
 
 
 def run(rt: Runtime) -> None:
-    """Connect, stream until the connection ends, then raise ConnectionEnded."""
+    """Connect, stream until the connection ends, then raise ConnectionEnded.
+
+    Streams with REST history alternate between catching up (backfill after
+    the reconnect, or after a hole inside the stream) and the hot loop.
+    """
     stream = rt.spec.stream
     check_symbols(rt)
     ws = rt.connect(stream_url(stream, rt.spec.endpoint))
     rt.ready(url=stream_url(stream, rt.spec.endpoint))
     normalise = make_normaliser(stream)
-    if stream.channel in backfill.CHANNELS:
-        rt.extra_stats.update(backfilled=0, gaps=0)
+    if stream.channel not in backfill.CHANNELS:
+        read_loop(rt, ws, normalise)
+        return
+    rt.extra_stats.update(backfilled=0, gaps=0, holes=0)
+    check = backfill.Continuity(stream.channel).check
     plans = backfill_plans(rt)
+    pending: deque[Entry] = deque()
     streaming = False
-    if plans:
-        job = BackfillJob(rt, plans)
-        job.start()
-        try:
-            streaming = catch_up(rt, ws, normalise, job)
-        finally:
-            job.stop.set()
-    read_loop(rt, ws, normalise, streaming)
+    while True:
+        if plans:
+            job = BackfillJob(rt, plans)
+            job.start()
+            try:
+                streaming = catch_up(rt, ws, normalise, job, check, pending, streaming)
+            finally:
+                job.stop.set()
+        hole = send_pending(rt, pending)
+        if hole is None:
+            hole = read_loop(rt, ws, normalise, streaming, check)
+            assert hole is not None
+            streaming = True
+            pending.append(hole)
+        rt.extra_stats["holes"] += 1
+        plans = [hole_plan(rt, hole)]
+        pending[0] = hole._replace(resume=None)
 
 
 def check_symbols(rt: Runtime) -> None:
@@ -63,7 +82,19 @@ def check_symbols(rt: Runtime) -> None:
         raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
 
 
-def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool = False) -> None:
+class Entry(NamedTuple):
+    """A live frame held back while catching up."""
+
+    topic: str
+    major: int
+    resume: int | None     # not None: events before this one are missing (a hole)
+    frame: bytes
+
+
+def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool = False,
+              check: Callable[[str, int, bool, dict], int | None] | None = None) -> Entry | None:
+    """The hot loop. Returns only when ``check`` finds a hole, with the
+    frame that revealed it (not sent); otherwise raises ConnectionEnded."""
     counters = rt.counters
     uplink_send = rt.uplink.send
     recv = ws.recv_data
@@ -94,6 +125,8 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
             if tb is None:
                 tb = topics[topic] = topic.encode()
             body = packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
+            if check is not None and (resume := check(topic, major, final, data)) is not None:
+                return Entry(topic, major, resume, encode_data(tb, major, minor, final, body))
             uplink_send(encode_data(tb, major, minor, final, body))
             counters.last_event_ms = event.get("E") or event.get("T") or 0
             counters.last_recv_ms = recv_ns // 1_000_000
@@ -219,18 +252,22 @@ class BackfillJob:
                 raise rest.RestFailed("stopped")
 
 
-def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob) -> bool:
-    """Buffer live frames until the backfill is done, then send backfill,
-    gaps and buffer in order. Returns whether STREAMING was announced."""
+def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
+             check: Callable[[str, int, bool, dict], int | None], pending: deque[Entry],
+             streaming: bool) -> bool:
+    """Hold live frames in ``pending`` until the backfill is done, then send
+    the backfill and gap notices. ``pending`` is sent by the caller (it may
+    hold further holes). Returns whether STREAMING was announced."""
     counters = rt.counters
-    buffered: list[bytes] = []
     topics: dict[str, bytes] = {}
     name = rt.name
-    streaming = False
     abandoned = ""
+    for entry in pending:
+        if entry.topic not in job.first_live:
+            job.note_live(entry.topic, entry.major)
     while not job.done.is_set():
-        if len(buffered) >= MAX_BUFFERED:
-            abandoned = f"backfill abandoned: {len(buffered)} live frames waiting"
+        if len(pending) >= MAX_BUFFERED:
+            abandoned = f"backfill abandoned: {len(pending)} live frames waiting"
             job.stop.set()
             break
         if not _readable(ws, POLL_S):
@@ -252,9 +289,11 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob) 
             tb = topics.get(topic)
             if tb is None:
                 tb = topics[topic] = topic.encode()
+            if topic not in job.first_live:
                 job.note_live(topic, major)
             body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
-            buffered.append(frames.encode_data(tb, major, minor, final, body))
+            resume = check(topic, major, final, data)
+            pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
             counters.last_event_ms = event.get("E") or event.get("T") or 0
             counters.last_recv_ms = recv_ns // 1_000_000
             if not streaming:
@@ -266,9 +305,28 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob) 
             reason, code = close_reason(payload)
             raise ConnectionEnded(rt.ending or reason, close_code=code)
     send_backfill(rt, job, abandoned)
-    for frame in buffered:
-        rt.uplink.send(frame)
     return streaming
+
+
+def send_pending(rt: Runtime, pending: deque[Entry]) -> Entry | None:
+    """Send held frames up to the next hole; return that hole (left first
+    in ``pending``), or None when all were sent."""
+    send = rt.uplink.send
+    while pending:
+        entry = pending.popleft()
+        if entry.resume is not None:
+            pending.appendleft(entry)
+            return entry
+        send(entry.frame)
+    return None
+
+
+def hole_plan(rt: Runtime, hole: Entry) -> backfill.Plan:
+    """Backfill of the events a live stream skipped, up to the frame that showed it."""
+    stream = rt.spec.stream
+    symbol, _, interval = hole.topic.split(".", 1)[1].partition(".")
+    assert hole.resume is not None
+    return backfill.Plan(stream.market, stream.channel, symbol, hole.topic, hole.resume, interval)
 
 
 def send_backfill(rt: Runtime, job: BackfillJob, abandoned: str = "") -> None:
