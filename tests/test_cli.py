@@ -161,8 +161,10 @@ BAD = {
     "unknown key": (GOOD.replace("[feedsup]", "[feedsup]\npubb = 1"), "feedsup.pubb", "unknown key"),
     "bad interval": (GOOD + STREAM.format(name="k", channel="kline") + 'intervals = ["7m"]\n',
                      'stream "k".intervals[0]', 'unknown value "7m"'),
-    "duplicate name": (GOOD + STREAM.format(name="price", channel="trade"), "stream[1].name", 'duplicate stream name "price"'),
-    "bad symbol": (GOOD.replace('["BTCUSDT"]', '["btc-usdt"]'), 'stream "price".symbols[0]', 'invalid symbol "btc-usdt"'),
+    "duplicate name": (GOOD + STREAM.format(name="price", channel="trade"),
+                       "stream[1].name", 'duplicate stream name "price"'),
+    "bad symbol": (GOOD.replace('["BTCUSDT"]', '["btc-usdt"]'),
+                   'stream "price".symbols[0]', 'invalid symbol "btc-usdt"'),
 }
 
 
