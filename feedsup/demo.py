@@ -168,6 +168,8 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        # preexec_fn is only safe before any thread exists: the demo starts
+        # these children before its ZeroMQ sockets and the Tap thread.
         proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, preexec_fn=_die_with_parent,
                                 stdin=subprocess.DEVNULL, **kwargs)
         self.procs.append((name, proc))
@@ -231,7 +233,6 @@ class Tap:
         self.closed_klines: list[int] = []
         self.backfilled = 0
         self.gap_notices = 0
-        self.last_recv = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-tap", daemon=True)
         self._thread.start()
@@ -248,7 +249,6 @@ class Tap:
     def _keep(self, frame: dict[str, Any]) -> None:
         topic, data = frame["topic"], frame.get("data")
         with self.lock:
-            self.last_recv = time.monotonic()
             self.count[topic] = self.count.get(topic, 0) + 1
             self.last[topic] = frame
             self.backfilled += bool(frame.get("backfill"))
