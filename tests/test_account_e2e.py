@@ -311,7 +311,8 @@ def rebuild_usdm(frames: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
 def sim_usdm_truth(sim: SimServer) -> tuple[dict, dict, dict]:
     def read(core):
         acct = core.userdata.futures_account
-        positions = {s: (v[0].normalize(), Decimal(v[1].quantize(Decimal("0.00000001"))).normalize())
+        from feedsup.sim.userdata import d8     # the simulator's own 8-decimal rendering
+        positions = {s: (v[0].normalize(), Decimal(d8(v[1])).normalize())
                      for s, v in acct.positions.items() if v[0] != 0}
         return ({a: v[0].normalize() for a, v in acct.balances.items()}, positions,
                 {o.order_id: (o.status, o.filled.normalize()) for o in acct.open_orders(None)})
@@ -400,3 +401,40 @@ def test_usdm_listen_key_is_deleted_on_sigterm(usdm_sim, run_feedsup):
     fs.proc.send_signal(signal.SIGTERM)
     assert fs.proc.wait(timeout=10) == 0
     assert listen_keys(usdm_sim) == [], "the worker deleted its listenKey on the way out"
+
+
+@pytest.mark.parametrize("market", ["spot", "usdm"])
+def test_rotation_hands_over_without_losing_or_repeating_events(market, monkeypatch, run_feedsup, timing):
+    """make-before-break at max_age: the successor subscribes and publishes its
+    snapshot while the old worker still streams; events in the overlap reach
+    the consumer once, and the state stays exact."""
+    _missing_futures_routes(monkeypatch)
+    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.25")
+    sim = make_sim()
+    sim.start()
+    try:
+        fs, col = run_feedsup(sim, [{**account_stream(market), "max_age": 1.5}])
+        col.wait_count(1, 15, "account.snapshot")
+        first = fs.wait_running(f"acct-{market}")["pid"]
+        placed = []
+        t0 = time.monotonic()
+
+        def trade_until_rotated() -> bool:
+            placed.append(order(sim, market, "BUY", "0.001")["orderId"])
+            row = fs.stream(f"acct-{market}")
+            return row["rotations"] >= 2 and row["state"] == "RUNNING"
+        wait_for(trade_until_rotated, 20, "two rotations while trading", poll=0.05)
+        timing(f"{market}: two max_age rotations while trading", time.monotonic() - t0)
+        row = fs.stream(f"acct-{market}")
+        assert row["pid"] != first and row["restarts"] == 0, row["last_reason"]
+        topic = "account.executionReport" if market == "spot" else "account.ORDER_TRADE_UPDATE"
+        wait_order_event(col, topic, placed[-1], "FILLED")
+        live = [(f["data"]["order_id"], f["data"]["execution_type"]) for f in frames_of(col, topic)
+                if not f.get("backfill")]
+        assert sorted(live) == sorted(set(live)), "no live event twice (replays may repeat)"
+        fills = {f["data"]["order_id"] for f in frames_of(col, topic) if f["data"]["execution_type"] == "TRADE"}
+        assert fills == set(placed), "every fill reaches the consumer"
+        truth, rebuild = (sim_spot_truth, rebuild_spot) if market == "spot" else (sim_usdm_truth, rebuild_usdm)
+        wait_for(lambda: rebuild(list(col.frames)) == truth(sim), 5, "state == simulator")
+    finally:
+        sim.stop()

@@ -14,7 +14,7 @@ from feedsup.credentials import Credentials
 from feedsup.supervisor.sequencer import Sequencer, is_newer
 from feedsup.workers.account import classify_rejection, signed_query, ws_api_payload
 from feedsup.workers.account_normalise import (
-    EventOrder, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
+    REPLAY_MINOR, EventOrder, is_replay, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
 )
 from feedsup.workers.account_spot import SUBSCRIBE, subscribe_request, subscription_id
 from feedsup.workers.account_usdm import KEEPALIVE_INTERVAL, keepalive_interval, private_url
@@ -232,6 +232,17 @@ def test_keys_share_e_without_colliding_and_follow_new_event_times():
     assert order.key("account.executionReport", 99) == (101, 2)    # never backwards
 
 
+def test_replay_keys_pass_what_the_other_connection_delivered_and_live_keys_continue():
+    order = EventOrder()
+    r = REPLAY_MINOR
+    keys = order.replay([("account.a", 100), ("account.b", 90), ("account.a", 105), ("account.a", 105)])
+    assert keys == [(105, r + 1), (90, r + 1), (105, r + 2), (105, r + 3)]
+    assert all(is_replay(m) for _, m in keys) and not is_replay(1)
+    assert order.key("account.a", 105) == (105, r + 4)   # rest of the run: still above the replays
+    assert order.key("account.a", 106) == (106, 1)       # a new E: keyed like any connection would
+    assert order.key("account.b", 91) == (91, 1)
+
+
 def _frames(events: list[tuple[str, int]]) -> list[tuple[str, int, int, int]]:
     """(topic, E) per event -> (topic, event index, major, minor) as one connection keys them."""
     order = EventOrder()
@@ -265,8 +276,8 @@ def test_overlapping_connections_deliver_each_event_once_through_the_sequencer()
                 merged.append(new[b])
                 b += 1
         seq = Sequencer()
-        delivered = [i for t, i, M, m in merged if seq.admit(t.encode(), M, m, False)]
-        assert sorted(delivered) == list(range(len(events))), "each event exactly once"
+        delivered = [(i, m) for t, i, M, m in merged if seq.admit(t.encode(), M, m, False)]
+        assert sorted(i for i, _ in delivered) == list(range(len(events))), "each event exactly once"
 
 
 def test_keys_of_one_connection_are_always_newer():
@@ -355,3 +366,73 @@ def test_listen_key_helpers():
     assert keepalive_interval({"FEEDSUP_LISTEN_KEY_KEEPALIVE": "-3"}) == KEEPALIVE_INTERVAL
     assert private_url("wss://fstream.binance.com/", "a/b+c") == \
         "wss://fstream.binance.com/private/ws?listenKey=a%2Fb%2Bc"
+
+
+def test_snapshot_plus_replays_rebuild_exact_state_through_a_rotation():
+    """Model of a make-before-break handover through the parent's sequencer.
+
+    Events set an item to a value (absolute, like Binance's). The old
+    connection delivers events[:stop]. The successor subscribes at ``sub``,
+    reads the REST snapshot after ``snap`` events, has received events up to
+    ``drained`` when it publishes the snapshot, replays events[sub:drained],
+    then streams live. The parent sees both streams interleaved at random
+    (each in its own order). The old one's frames of events before ``sub``
+    reached the parent before the snapshot (the successor spent a connect
+    and a REST round trip in between); of events after ``drained`` after it
+    (they had not happened when the snapshot went out). The consumer replaces
+    its state with the snapshot and applies every admitted event in order: it
+    must end exact, and only replays may repeat an event."""
+    rng = random.Random(11)
+    for _ in range(300):
+        n = rng.randrange(5, 60)
+        events, e = [], 1_000
+        for _ in range(n):
+            e += rng.choice((0, 1, 3))
+            events.append((rng.choice(("account.a", "account.b")), e, rng.randrange(4), rng.random()))
+        # Subscribing and draining happen between two event times: Binance
+        # pushes the events of one matching step (one E) together.
+        cuts = [0] + [i for i in range(1, n) if events[i][1] != events[i - 1][1]] + [n]
+        sub = rng.choice(cuts[:-1])
+        snap = rng.randrange(sub, n + 1)
+        drained = rng.choice([c for c in cuts if c >= snap])
+        stop = rng.randrange(sub, n + 1)
+        truth = {}
+        for _, _, item, value in events[:snap]:
+            truth[item] = value
+        snapshot = dict(truth)
+        old_keys = EventOrder()
+        old = [("event", i, False, *old_keys.key(events[i][0], events[i][1])) for i in range(stop)]
+        order = EventOrder()
+        replay_keys = order.replay([(t, e) for t, e, _, _ in events[sub:drained]])
+        # The snapshot and its replays travel as one uplink message, which the
+        # parent handles in one go.
+        handover = [("snapshot", -1, False, 0, 0)]
+        handover += [("event", sub + k, True, *key) for k, key in enumerate(replay_keys)]
+        new = [handover] + [[("event", i, False, *order.key(events[i][0], events[i][1]))]
+                            for i in range(drained, n)]
+        merged, a, b = old[:sub], sub, 0
+        while a < len(old) or b < len(new):
+            old_may = a < len(old) and (b > 0 or old[a][1] < drained)
+            if b >= len(new) or (old_may and rng.random() < 0.5):
+                merged.append(old[a])
+                a += 1
+            else:
+                merged += new[b]
+                b += 1
+        seq = Sequencer()
+        state: dict = {}
+        live_seen: list[int] = []
+        for kind, i, _, major, minor in merged:
+            if kind == "snapshot":
+                state = dict(snapshot)
+                continue
+            topic, _, item, value = events[i]
+            if seq.admit(topic.encode(), major, minor, False):
+                state[item] = value
+                if not is_replay(minor):
+                    live_seen.append(i)
+        final = dict(snapshot)
+        for _, _, item, value in events[snap:]:
+            final[item] = value
+        assert state == final
+        assert len(live_seen) == len(set(live_seen)), "no live event twice"

@@ -7,10 +7,16 @@ One run = one connection, as for every worker:
 2. open the user-data subscription (spot: WebSocket API
    ``userDataStream.subscribe.signature``, ``account_spot``; USD-M: a
    listenKey and the ``/private`` route, ``account_usdm``), then READY;
-3. fetch balances and open orders over signed REST and publish them as one
-   ``account.snapshot`` frame. Events arriving meanwhile wait in the socket
-   and are published after it, so none falls between snapshot and stream;
+3. fetch balances and open orders over signed REST; read every event that
+   arrived meanwhile (they waited in the socket); publish the snapshot as
+   one ``account.snapshot`` frame, then those events as replays
+   (``backfill: true``), so none falls between snapshot and stream;
 4. publish events until the connection ends, then report why.
+
+Replays may repeat events delivered just before the snapshot (by this
+worker's predecessor, during a make-before-break rotation). Account events
+carry absolute values, so applying one again is harmless; what matters is
+that every event not in the snapshot reaches the consumer after it.
 
 Credentials rejected by the exchange are FATAL (a retry cannot fix them);
 everything else, including timestamp/recvWindow errors (-1021), is
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import select
 import time
 import urllib.parse
 from typing import Any, Protocol
@@ -34,7 +41,7 @@ from feedsup.config import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
 from feedsup.workers import rest, restlimit
-from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder
+from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder, is_replay
 from feedsup.workers.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
 
@@ -73,12 +80,28 @@ class Session(Protocol):
 def run(rt: Runtime) -> None:
     creds = credentials(rt)
     session = make_session(rt, creds)
+    rt.extra_stats["ignored"] = 0   # keys exist before the ticker reads the dict
     try:
         ws = session.open()
         rt.ready(market=rt.spec.stream.market)
-        publish_snapshot(rt, session.snapshot())
+        snapshot = session.snapshot()
+        order = EventOrder()
+        replays = drain(rt, ws, session)
+        # Snapshot and replays leave as one uplink batch (flushed by STREAMING
+        # below), which the parent handles in one go: no frame of a rotation's
+        # old worker can fall between them.
+        rt.uplink.flush()
+        publish_snapshot(rt, snapshot)
+        for (topic, data, _, recv_ns), (major, minor) in zip(
+                replays, order.replay([(r[0], r[2]) for r in replays])):
+            publish(rt, topic, data, major, minor, False, recv_ns, replay=True)
         rt.streaming()  # the snapshot is out: a rotation may hand over now
-        read_loop(rt, ws, session)
+        while True:
+            out = receive(rt, ws, session)
+            if out is not None:
+                topic, data, event_time, recv_ns = out
+                major, minor = order.key(topic, event_time)
+                publish(rt, topic, data, major, minor, False, recv_ns, replay=is_replay(minor))
     finally:
         session.close()
 
@@ -187,8 +210,8 @@ class SignedRest:
 # -- publishing ------------------------------------------------------------------------
 
 def publish(rt: Runtime, topic: str, data: dict[str, Any], major: int, minor: int, final: bool,
-            recv_ns: int) -> None:
-    body = frames.encode_body(topic, rt.name, recv_ns, data)
+            recv_ns: int, replay: bool = False) -> None:
+    body = frames.encode_body(topic, rt.name, recv_ns, data, backfill=replay)
     rt.uplink.send(frames.encode_data(topic.encode(), major, minor, final, body))
 
 
@@ -202,39 +225,65 @@ def publish_snapshot(rt: Runtime, data: dict[str, Any]) -> None:
              len(data.get("balances", ())), len(data.get("open_orders", ())))
 
 
-def read_loop(rt: Runtime, ws: websocket.WebSocket, session: Session) -> None:
+Received = tuple[str, dict[str, Any], int, int]   # topic, data, event time, recv_ns
+
+
+def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received | None:
+    """Read one frame: an event to publish, or None (pong, reply, ignored or
+    malformed message). Raises ConnectionEnded when the connection ends."""
+    try:
+        opcode, payload = ws.recv_data(True)
+    except (OSError, websocket.WebSocketException) as exc:
+        raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+    if opcode == OP_PONG:
+        rt.pinger.on_pong(payload)
+        return None
+    if opcode == OP_CLOSE:
+        reason, code = close_reason(payload)
+        raise ConnectionEnded(rt.ending or reason, close_code=code)
+    if opcode != OP_TEXT and opcode != OP_BINARY:
+        return None
+    recv_ns = time.time_ns()
     counters = rt.counters
-    order = EventOrder()
-    ignored = 0
-    rt.extra_stats["ignored"] = 0   # the key exists before the ticker reads the dict
-    while True:
-        try:
-            opcode, payload = ws.recv_data(True)
-        except (OSError, websocket.WebSocketException) as exc:
-            raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
-        if opcode == OP_PONG:
-            rt.pinger.on_pong(payload)
-            continue
-        if opcode == OP_CLOSE:
-            reason, code = close_reason(payload)
-            raise ConnectionEnded(rt.ending or reason, close_code=code)
-        if opcode != OP_TEXT and opcode != OP_BINARY:
-            continue
-        recv_ns = time.time_ns()
-        counters.msgs += 1
-        counters.bytes += len(payload)
-        try:
-            event = session.event_of(orjson.loads(payload))
-            out = session.handle(event) if event is not None else None
-        except (ValueError, MalformedEvent):
-            counters.malformed += 1
-            continue
-        if out is None:  # a request reply or an event type we do not publish
-            ignored += 1
-            rt.extra_stats["ignored"] = ignored
-            continue
-        topic, data, event_time = out
-        major, minor = order.key(topic, event_time)
-        publish(rt, topic, data, major, minor, False, recv_ns)
-        counters.last_event_ms = event_time
-        counters.last_recv_ms = recv_ns // 1_000_000
+    counters.msgs += 1
+    counters.bytes += len(payload)
+    try:
+        event = session.event_of(orjson.loads(payload))
+        out = session.handle(event) if event is not None else None
+    except (ValueError, MalformedEvent):
+        counters.malformed += 1
+        return None
+    if out is None:  # a request reply or an event type we do not publish
+        rt.extra_stats["ignored"] = rt.extra_stats.get("ignored", 0) + 1
+        return None
+    topic, data, event_time = out
+    counters.last_event_ms = event_time
+    counters.last_recv_ms = recv_ns // 1_000_000
+    return topic, data, event_time, recv_ns
+
+
+def drain(rt: Runtime, ws: websocket.WebSocket, session: Session) -> list[Received]:
+    """Every event already received (buffered or in the kernel), without
+    waiting for more."""
+    events = []
+    while readable_now(ws):
+        out = receive(rt, ws, session)
+        if out is not None:
+            events.append(out)
+    return events
+
+
+def readable_now(ws: websocket.WebSocket) -> bool:
+    reader = getattr(ws.frame_buffer.recv_strict, "__self__", None)   # fastrecv's over-reader
+    if reader is not None and getattr(reader, "buffered", lambda: 0)():
+        return True
+    sock = ws.sock
+    if sock is None:
+        return False
+    if hasattr(sock, "pending") and sock.pending():   # TLS: decrypted, not yet read
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)

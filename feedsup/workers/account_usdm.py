@@ -8,11 +8,18 @@
   key's 60 min validity. ``-1125`` (key gone) or ``listenKeyExpired`` ends the
   connection as retryable: the parent restarts the worker, which creates a
   new key and resyncs. The worker never reconnects by itself;
-- on SIGTERM the key is deleted (``DELETE``), closing the stream at Binance.
+- on SIGTERM the key is deleted (``DELETE``), closing the stream at Binance,
+  unless another worker of this parent still uses it. Binance gives every
+  client of one account the same key, so in a make-before-break rotation the
+  successor shares the retiring worker's key: a DELETE would cut the
+  successor off. Workers record their use of a key as lease files in the
+  parent's run directory; the last one out deletes the key.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import threading
@@ -49,6 +56,64 @@ def keepalive_interval(environ: Mapping[str, str] = os.environ) -> float:
     return value if value > 0 else KEEPALIVE_INTERVAL
 
 
+class KeyLeases:
+    """Which live workers of this parent use one listenKey (files named by
+    pid in ``<rundir>/listenkeys/<hash of the key>``, under an flock)."""
+
+    def __init__(self, rundir: str, listen_key: str, pid: int | None = None) -> None:
+        digest = hashlib.sha256(listen_key.encode()).hexdigest()[:24]
+        self.dir = os.path.join(rundir, "listenkeys", digest) if rundir else ""
+        self.pid = pid or os.getpid()
+
+    def take(self) -> None:
+        if self.dir:
+            with self._locked():
+                open(os.path.join(self.dir, str(self.pid)), "w").close()
+
+    def release(self) -> bool:
+        """Drop our lease; True if nobody else alive holds one (delete the key)."""
+        if not self.dir:
+            return True
+        with self._locked():
+            try:
+                os.unlink(os.path.join(self.dir, str(self.pid)))
+            except FileNotFoundError:
+                pass
+            others = [int(n) for n in os.listdir(self.dir) if n.isdigit()]
+            return not any(_alive(pid) for pid in others)
+
+    def _locked(self):
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        return _FileLock(os.path.join(self.dir, ".lock"))
+
+
+class _FileLock:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)   # closing releases the lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A SIGKILLed worker is a zombie until the parent reaps it: not a user.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def private_url(ws_url: str, listen_key: str) -> str:
     return f"{ws_url.rstrip('/')}/private/ws?listenKey={quote(listen_key, safe='')}"
 
@@ -58,6 +123,7 @@ class UsdmSession:
         self.rt = rt
         self.rest = SignedRest.for_worker(rt, creds)
         self.listen_key: str | None = None
+        self.leases: KeyLeases | None = None
         self.keepalives = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +134,8 @@ class UsdmSession:
         if not isinstance(key, str) or not key:
             raise ConnectionEnded(f"POST {LISTEN_KEY_PATH}: no listenKey in the reply")
         self.listen_key = key
+        self.leases = KeyLeases(self.rt.spec.rundir, key)
+        self.leases.take()
         try:
             ws = self.rt.connect(private_url(self.rt.spec.endpoint.ws_url, key))
         except ConnectionEnded as exc:
@@ -106,12 +174,19 @@ class UsdmSession:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(DELETE_TIMEOUT)
-        if self.listen_key is not None and self.rt.ending == "terminated":
-            try:
-                self.rest.call("DELETE", LISTEN_KEY_PATH, timeout=DELETE_TIMEOUT)
-                log.info("listenKey deleted")
-            except ConnectionEnded as exc:
-                log.warning("listenKey delete failed: %s", exc.reason)
+        if self.leases is None:
+            return                           # no key was created
+        last_user = self.leases.release()
+        if self.rt.ending != "terminated":
+            return                           # a restart follows: the next worker reuses the key
+        if not last_user:
+            log.info("listenKey kept: another worker of this parent uses it (rotation)")
+            return
+        try:
+            self.rest.call("DELETE", LISTEN_KEY_PATH, timeout=DELETE_TIMEOUT)
+            log.info("listenKey deleted")
+        except ConnectionEnded as exc:
+            log.warning("listenKey delete failed: %s", exc.reason)
 
     # -- keepalive thread --------------------------------------------------------------
 
