@@ -436,3 +436,22 @@ def test_snapshot_plus_replays_rebuild_exact_state_through_a_rotation():
             final[item] = value
         assert state == final
         assert len(live_seen) == len(set(live_seen)), "no live event twice"
+
+
+def test_listen_key_leases_let_only_the_last_user_delete(tmp_path):
+    import subprocess
+    import sys
+    from feedsup.workers.account_usdm import KeyLeases
+
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        retiring, successor = KeyLeases(str(tmp_path), "key-1"), KeyLeases(str(tmp_path), "key-1", other.pid)
+        retiring.take()
+        successor.take()
+        assert KeyLeases(str(tmp_path), "key-2").release(), "another key's users do not count"
+        assert not retiring.release(), "the successor still uses the key: keep it"
+    finally:
+        other.communicate(b"")
+    assert KeyLeases(str(tmp_path), "key-1").release(), "a dead worker's lease does not count"
+    assert KeyLeases("", "key-1").release(), "outside a parent: always the last user"
+    assert "key-1" not in " ".join(p.name for p in tmp_path.rglob("*")), "the key is not written to disk"
