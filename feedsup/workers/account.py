@@ -84,17 +84,8 @@ def run(rt: Runtime) -> None:
     try:
         ws = session.open()
         rt.ready(market=rt.spec.stream.market)
-        snapshot = session.snapshot()
         order = EventOrder()
-        replays = drain(rt, ws, session)
-        # Snapshot and replays leave as one uplink batch (flushed by STREAMING
-        # below), which the parent handles in one go: no frame of a rotation's
-        # old worker can fall between them.
-        rt.uplink.flush()
-        publish_snapshot(rt, snapshot)
-        for (topic, data, _, recv_ns), (major, minor) in zip(
-                replays, order.replay([(r[0], r[2]) for r in replays])):
-            publish(rt, topic, data, major, minor, False, recv_ns, replay=True)
+        resync(rt, ws, session, order)
         rt.streaming()  # the snapshot is out: a rotation may hand over now
         while True:
             out = receive(rt, ws, session)
@@ -104,6 +95,20 @@ def run(rt: Runtime) -> None:
                 publish(rt, topic, data, major, minor, False, recv_ns, replay=is_replay(minor))
     finally:
         session.close()
+
+
+def resync(rt: Runtime, ws: websocket.WebSocket, session: Session, order: EventOrder) -> None:
+    """Snapshot over REST, then what arrived meanwhile, as replays."""
+    snapshot = session.snapshot()
+    replays = drain(rt, ws, session)
+    # Snapshot and replays leave as one uplink batch (flushed by the next
+    # control message), which the parent handles in one go: no frame of a
+    # rotation's old worker can fall between them.
+    rt.uplink.flush()
+    publish_snapshot(rt, snapshot)
+    keys = order.replay([(topic, event_time) for topic, _, event_time, _ in replays])
+    for (topic, data, _, recv_ns), (major, minor) in zip(replays, keys):
+        publish(rt, topic, data, major, minor, False, recv_ns, replay=True)
 
 
 def credentials(rt: Runtime) -> Credentials:
