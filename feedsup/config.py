@@ -113,6 +113,9 @@ class Config:
     log_format: str = "logfmt"       # logfmt | json
     metrics_port: int = 0            # 0 = no Prometheus endpoint
     pub_hwm: int = 100_000
+    # Where the parent keeps watermarks and connection attempts across its own
+    # restarts; empty = nothing kept (a new parent starts from live data).
+    state_file: str = ""
     spot: Endpoint = SPOT_DEFAULT
     usdm: Endpoint = USDM_DEFAULT
     connection: Connection = field(default_factory=Connection)
@@ -177,7 +180,7 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_IPC_PATH = 107
 
 _TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
-_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm")
+_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels",
@@ -427,6 +430,17 @@ def _path_beside(config_path: str) -> Converter[str]:
     return convert
 
 
+def _state_path(config_path: str) -> Converter[str]:
+    beside = _path_beside(config_path)
+
+    def convert(value: object, at: _At) -> str:
+        path = beside(value, at)
+        if not os.path.isdir(os.path.dirname(path)):
+            at.fail(f"folder {os.path.dirname(path)} does not exist")
+        return path
+    return convert
+
+
 # --- sections ---------------------------------------------------------------
 
 def load_config(path: str) -> Config:
@@ -434,7 +448,7 @@ def load_config(path: str) -> Config:
     raw = _read_toml(path)
     top = _Table(raw, _At(path, ""), _TOP_KEYS)
     section = top.at.dot
-    feedsup = _load_feedsup(top.raw.get("feedsup", {}), section("feedsup"))
+    feedsup = _load_feedsup(top.raw.get("feedsup", {}), section("feedsup"), path)
     spot, usdm = _load_binance(top.raw.get("binance", {}), section("binance"))
     connection = _load_global_connection(top.raw.get("connection", {}), section("connection"))
     restart = _load_restart(top.raw.get("restart", {}), section("restart"))
@@ -471,7 +485,7 @@ def _read_toml(path: str) -> dict[str, object]:
         _At(path, location).fail(f"TOML syntax error: {detail}")
 
 
-def _load_feedsup(raw: object, at: _At) -> dict[str, object]:
+def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
     table = _Table(raw, at, _FEEDSUP_KEYS)
     default = Config(path="")
     values = {
@@ -481,6 +495,7 @@ def _load_feedsup(raw: object, at: _At) -> dict[str, object]:
         "metrics_port": table.get("metrics_port", _int_range(0, 65535), default.metrics_port),
         # 0 would mean "unlimited" to ZeroMQ: unbounded memory, never on purpose.
         "pub_hwm": table.get("pub_hwm", _positive_int, default.pub_hwm),
+        "state_file": table.get("state_file", _state_path(config_path), default.state_file),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")

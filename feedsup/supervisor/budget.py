@@ -46,3 +46,15 @@ class ConnectBudget:
         if len(self._taken) < self.capacity:
             return now
         return self._taken[0] + self.window
+
+    def taken(self, now: float) -> list[float]:
+        """The takes that still count at ``now``."""
+        self._expire(now)
+        return list(self._taken)
+
+    def restore(self, times: list[float], now: float) -> None:
+        """Count takes made before (by a previous parent); ``times`` must not
+        be in the future."""
+        merged = sorted([t for t in times if t <= now] + list(self._taken))
+        self._taken = deque(merged)
+        self._expire(now)

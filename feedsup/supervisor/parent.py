@@ -26,7 +26,7 @@ from feedsup import logs
 from feedsup.config import Config
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
-from feedsup.supervisor import control, policy as pol
+from feedsup.supervisor import control, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
@@ -40,6 +40,7 @@ DRAIN_BATCH = 2000
 # Longest the loop sleeps: bounds how late a child's exit is noticed.
 MAX_POLL_S = 0.1
 METRICS_PERIOD_S = 1.0
+STATE_PERIOD_S = 1.0
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
 # Channels whose history Binance does not serve: when their source is lost
@@ -67,6 +68,7 @@ class Parent:
         self.last_values: dict[bytes, bytes] = {}    # topic -> last payload published
         self.open_gaps: dict[bytes, dict[str, Any]] = {}
         self.pub: zmq.Socket | None = None
+        self._state_due = 0.0
 
     # -- public surface used by control commands ------------------------------
 
@@ -127,6 +129,7 @@ class Parent:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
+        self._restore_state()
         logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
                    streams=len(self.config.streams))
         code = None
@@ -143,6 +146,7 @@ class Parent:
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
+            self._save_state()
             for sock in sockets:
                 sock.close(linger=0)
             ctx.term()
@@ -322,6 +326,9 @@ class Parent:
             actions += self.policy.request_stop(now)
         actions += self._reap(now)
         actions += self.policy.tick(now)
+        if self.config.state_file and now >= self._state_due:
+            self._state_due = now + STATE_PERIOD_S
+            self._save_state()
         if self.metrics is not None and now >= self._metrics_due:
             self._metrics_due = now + METRICS_PERIOD_S
             self.metrics.update(self.status())
@@ -369,6 +376,32 @@ class Parent:
                 logs.event(log, "exit", code=action.code, reason=action.reason)
                 code = action.code
         return code
+
+    def _restore_state(self) -> None:
+        if not self.config.state_file:
+            return
+        try:
+            state = saved.load(self.config.state_file)
+        except saved.StateError as exc:
+            logs.event(log, "state ignored", logging.WARNING, file=self.config.state_file, error=str(exc))
+            return
+        if state is None:
+            return
+        self.sequencer.restore(state.marks)
+        now_wall, now_mono = time.time(), time.monotonic()
+        self.policy.restore_connect_attempts(saved.to_monotonic(state.attempts, now_wall, now_mono), now_mono)
+        logs.event(log, "state restored", file=self.config.state_file, topics=len(state.marks),
+                   recent_attempts=len(state.attempts), age=f"{now_wall - state.saved_at:.1f}s")
+
+    def _save_state(self) -> None:
+        if not self.config.state_file:
+            return
+        now_wall, now_mono = time.time(), time.monotonic()
+        attempts = saved.to_wall(self.policy.connect_attempts(now_mono), now_wall, now_mono)
+        try:
+            saved.save(self.config.state_file, saved.SavedState(self.sequencer.marks(), attempts, now_wall))
+        except OSError as exc:
+            logs.event(log, "state not saved", logging.WARNING, file=self.config.state_file, error=str(exc))
 
     def _spawn(self, action: Any) -> None:
         stream = self._streams[action.stream]

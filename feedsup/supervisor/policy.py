@@ -357,6 +357,14 @@ class Policy:
                     deadlines.append(rotate_at)
         return min(deadlines, default=None)
 
+    def connect_attempts(self, now: float) -> list[float]:
+        """Spawns that still count against the connection budget."""
+        return self._budget.taken(now)
+
+    def restore_connect_attempts(self, times: list[float], now: float) -> None:
+        """Count a previous parent's recent attempts (call before ``start``)."""
+        self._budget.restore(times, now)
+
     def status(self, now: float) -> list[dict[str, Any]]:
         """One dict per stream, in config order, for ``feedsup status``."""
         remaining = self._budget.remaining(now)

@@ -11,8 +11,6 @@ timing, because the decision depends only on exchange ids.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 
 class Sequencer:
     def __init__(self) -> None:
@@ -45,9 +43,13 @@ class Sequencer:
         """
         return {t.decode(): m[0] if m[2] else m[0] - 1 for t, m in self._marks.items()}
 
-    def seed(self, marks: Iterable[tuple[str, int]]) -> None:
-        for topic, major in marks:
-            self._marks[topic.encode()] = (major, 0, True)
+    def marks(self) -> dict[str, tuple[int, int, bool]]:
+        return {t.decode(): m for t, m in self._marks.items()}
+
+    def restore(self, marks: dict[str, tuple[int, int, bool]]) -> None:
+        """Watermarks of a previous parent: what consumers already received."""
+        for topic, mark in marks.items():
+            self._marks[topic.encode()] = mark
 
     def seqs(self) -> dict[str, int]:
         return {t.decode(): s for t, s in self._seq.items()}

@@ -1,0 +1,84 @@
+"""A restarted parent resumes from the state file: backfill covers the time
+no parent ran, and the connection budget is not spent twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from feedsup.sim import SimOptions, SimServer
+from feedsup.supervisor import state as saved
+from harness import Collector, Feedsup, wait_for, write_config
+
+PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
+TOPIC = "aggTrade.BTCUSDT"
+
+
+@pytest.fixture
+def sim():
+    server = SimServer(SimOptions(speed=10, symbols=("BTCUSDT",), trade_rate=4))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def latest_agg_id(sim) -> int:
+    url = f"{sim.base_url}/api/v3/aggTrades?symbol=BTCUSDT&limit=1"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())[-1]["a"]
+
+
+def _saved_marks(path) -> dict:
+    try:
+        return saved.load(str(path)).marks
+    except (AttributeError, saved.StateError):
+        return {}
+
+
+def ids(col: Collector) -> list[int]:
+    return [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == TOPIC and f.get("data")]
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, how):
+    config = write_config(tmp_path, sim, [PRICE], feedsup={"state_file": str(tmp_path / "state")})
+    first = Feedsup(config, tmp_path)
+    col = Collector(first.pub)
+    second = None
+    try:
+        col.wait_count(20, timeout=20, topic_prefix=TOPIC)
+        first.wait_running("price")
+        if how == "SIGKILL":
+            # The state is saved about once a second: let one save include these frames.
+            wait_for(lambda: TOPIC in _saved_marks(tmp_path / "state"), 5, "a saved watermark")
+        first.proc.send_signal(getattr(signal, how))
+        first.proc.wait(10)
+        down_at = latest_agg_id(sim)
+        wait_for(lambda: latest_agg_id(sim) >= down_at + 20, 20, "trades while no parent runs")
+        t0 = time.monotonic()
+        second = Feedsup(config, tmp_path)
+        wait_for(lambda: max(ids(col)) > latest_agg_id(sim) - 5, 20, "the new parent to catch up")
+        timing(f"parent {how} -> new parent caught up", time.monotonic() - t0)
+        got = ids(col)
+        assert sorted(set(got)) == list(range(got[0], max(got) + 1)), "no hole across the parent restart"
+        backfilled = [f for f in list(col.frames) if f["topic"] == TOPIC and f.get("backfill")]
+        assert backfilled, "the gap while no parent ran must be backfilled"
+        duplicates = len(got) - len(set(got))
+        if how == "SIGTERM":
+            assert duplicates == 0, "a clean stop saves exact watermarks"
+        else:
+            assert duplicates <= 60, "after a crash only the last second may repeat"
+        assert any(g.restart for g in col.gaps), "consumers see the parent restart as seq going back"
+        assert "state restored" in second.log()
+    finally:
+        col.close()
+        for fs in (first, second):
+            if fs is not None:
+                fs.close()
