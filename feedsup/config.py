@@ -434,6 +434,8 @@ def _state_path(config_path: str) -> Converter[str]:
     beside = _path_beside(config_path)
 
     def convert(value: object, at: _At) -> str:
+        if value == "":
+            return ""                      # explicitly off
         path = beside(value, at)
         if not os.path.isdir(os.path.dirname(path)):
             at.fail(f"folder {os.path.dirname(path)} does not exist")

@@ -434,3 +434,16 @@ def test_usdm_has_no_trade_channel(tmp_path):
         load_config(str(path))
     assert err.value.key.endswith("channel")
     assert "not available" in err.value.reason
+
+
+def test_state_file_is_resolved_beside_the_config_and_its_folder_must_exist(tmp_path):
+    path = tmp_path / "c.toml"
+    stream = '[[stream]]\nname = "p"\nmarket = "spot"\nchannel = "aggTrade"\nsymbols = ["BTCUSDT"]\n'
+    path.write_text('[feedsup]\nstate_file = "state"\n' + stream)
+    assert load_config(str(path)).state_file == str(tmp_path / "state")
+    path.write_text('[feedsup]\nstate_file = ""\n' + stream)
+    assert load_config(str(path)).state_file == ""
+    path.write_text('[feedsup]\nstate_file = "nowhere/state"\n' + stream)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert err.value.key == "feedsup.state_file" and "does not exist" in err.value.reason
