@@ -117,12 +117,13 @@ def test_a_sequence_break_resyncs_the_book_in_place(sim, running, timing):
     # The simulator drops the BTCUSDT diffs for a moment: the next diff does
     # not chain on the book, which must be thrown away and rebuilt.
     sim.inject("data_stall", target={"stream": "btcusdt@depth@100ms"}, duration=0.5)
-    wait_for(lambda: fs.stream("book")["stats"].get("resyncs", 0) >= 1, 10, "a resync")
+    wait_for(lambda: fs.stream("book")["stats"].get("resyncs", 0) >= 1, 10,
+             f"a resync ({fs.stream('book')})")
     before = max(update_ids(col, "book", "BTCUSDT"))
     wait_for(lambda: max(update_ids(col, "book", "BTCUSDT")) > before, 10, "frames after the resync")
     timing("depth sequence break -> resynced book published", time.monotonic() - t0)
     matches(sim, col, "book", "BTCUSDT", wanted=2, timeout=15)
     stats = fs.stream("book")["stats"]
-    assert fs.stream("book")["pid"] == pid, "resynced in place, not by a restart"
+    assert fs.stream("book")["pid"] == pid, f"resynced in place, not by a restart: {fs.stream('book')}"
     assert stats["snapshots"] >= 3        # one per symbol at start, one more for the resync
     matches(sim, col, "book", "ETHUSDT", wanted=1, timeout=15)   # the other book never stopped
