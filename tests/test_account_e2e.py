@@ -141,14 +141,14 @@ def rebuild_spot(frames: list[dict[str, Any]]) -> tuple[dict, dict]:
     balances: dict[str, tuple] = {}
     orders: dict[int, tuple] = {}
     for f in frames:
-        d, topic = f["data"], f["topic"]
-        if topic == "account.snapshot":
+        d, topic = f["data"], kind(f)
+        if topic == "snapshot":
             balances = {b["asset"]: (dec(b["free"]), dec(b["locked"])) for b in d["balances"]}
             orders = {o["order_id"]: (o["order_status"], dec(o["cumulative_filled_quantity"]))
                       for o in d["open_orders"]}
-        elif topic == "account.outboundAccountPosition":
+        elif topic == "outboundAccountPosition":
             balances.update({b["asset"]: (dec(b["free"]), dec(b["locked"])) for b in d["balances"]})
-        elif topic == "account.executionReport":
+        elif topic == "executionReport":
             if d["order_status"] in OPEN:
                 orders[d["order_id"]] = (d["order_status"], dec(d["cumulative_filled_quantity"]))
             else:
@@ -166,7 +166,13 @@ def sim_spot_truth(sim: SimServer) -> tuple[dict, dict]:
 
 
 def frames_of(col: Collector, topic: str) -> list[dict[str, Any]]:
-    return [f for f in list(col.frames) if f["topic"] == topic]
+    """Frames of ``account.<event>``, published as ``account.<event>.<stream>``."""
+    return [f for f in list(col.frames) if f["topic"].startswith(topic + ".")]
+
+
+def kind(frame: dict[str, Any]) -> str:
+    assert frame["topic"] == f"account.{frame['topic'].split('.')[1]}.{frame['stream']}"
+    return frame["topic"].split(".")[1]
 
 
 def wait_order_event(col: Collector, topic: str, order_id: int, status: str, timeout: float = 10) -> None:
@@ -204,7 +210,7 @@ def test_spot_orders_arrive_as_events_and_snapshot_comes_first(spot_sim, run_fee
     assert isinstance(report["cumulative_filled_quantity"], str)
     assert dec(report["cumulative_filled_quantity"]) == Decimal("0.01")
     col.wait_count(1, 5, "account.outboundAccountPosition")
-    assert col.frames[0]["topic"] == "account.snapshot", "the snapshot precedes every event"
+    assert kind(col.frames[0]) == "snapshot", "the snapshot precedes every event"
     assert rebuild_spot(list(col.frames)) == sim_spot_truth(spot_sim)
     seqs = [f["seq"] for f in frames_of(col, "account.executionReport")]
     assert seqs == list(range(1, len(seqs) + 1)), "NEW and TRADE share E: neither is suppressed"
@@ -289,18 +295,18 @@ def rebuild_usdm(frames: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
     positions: dict[str, tuple] = {}
     orders: dict[int, tuple] = {}
     for f in frames:
-        d, topic = f["data"], f["topic"]
-        if topic == "account.snapshot":
+        d, topic = f["data"], kind(f)
+        if topic == "snapshot":
             balances = {b["asset"]: dec(b["wallet_balance"]) for b in d["balances"]}
             positions = {p["symbol"]: (dec(p["position_amount"]), dec(p["entry_price"]))
                          for p in d["positions"]}
             orders = {o["order_id"]: (o["order_status"], dec(o["cumulative_filled_quantity"]))
                       for o in d["open_orders"]}
-        elif topic == "account.ACCOUNT_UPDATE":
+        elif topic == "ACCOUNT_UPDATE":
             balances.update({b["asset"]: dec(b["wallet_balance"]) for b in d["balances"]})
             positions.update({p["symbol"]: (dec(p["position_amount"]), dec(p["entry_price"]))
                               for p in d["positions"]})
-        elif topic == "account.ORDER_TRADE_UPDATE":
+        elif topic == "ORDER_TRADE_UPDATE":
             if d["order_status"] in OPEN:
                 orders[d["order_id"]] = (d["order_status"], dec(d["cumulative_filled_quantity"]))
             else:
@@ -438,3 +444,19 @@ def test_rotation_hands_over_without_losing_or_repeating_events(market, monkeypa
         wait_for(lambda: rebuild(list(col.frames)) == truth(sim), 5, "state == simulator")
     finally:
         sim.stop()
+
+
+def test_spot_and_usdm_accounts_side_by_side_keep_their_own_topics(usdm_sim, run_feedsup):
+    """Both snapshots are published at about the same time: on one shared
+    topic the parent would drop the one keyed a millisecond earlier."""
+    fs, col = run_feedsup(usdm_sim, [account_stream("spot"), account_stream("usdm")])
+    wait_for(lambda: {f["stream"] for f in frames_of(col, "account.snapshot")} == {"acct-spot", "acct-usdm"},
+             15, "both snapshots")
+    spot = order(usdm_sim, "spot", "BUY", "0.01")
+    usdm = order(usdm_sim, "usdm", "BUY", "0.01")
+    wait_order_event(col, "account.executionReport", spot["orderId"], "FILLED")
+    wait_order_event(col, "account.ORDER_TRADE_UPDATE", usdm["orderId"], "FILLED")
+    def of_stream(name: str) -> list[dict[str, Any]]:
+        return [f for f in list(col.frames) if f["stream"] == name]
+    assert rebuild_spot(of_stream("acct-spot")) == sim_spot_truth(usdm_sim)
+    assert rebuild_usdm(of_stream("acct-usdm")) == sim_usdm_truth(usdm_sim)

@@ -9,7 +9,7 @@ One run = one connection, as for every worker:
    listenKey and the ``/private`` route, ``account_usdm``), then READY;
 3. fetch balances and open orders over signed REST; read every event that
    arrived meanwhile (they waited in the socket); publish the snapshot as
-   one ``account.snapshot`` frame, then those events as replays
+   one ``account.snapshot.<stream>`` frame, then those events as replays
    (``backfill: true``), so none falls between snapshot and stream;
 4. publish events until the connection ends, then report why.
 
@@ -225,7 +225,7 @@ def publish_snapshot(rt: Runtime, data: dict[str, Any]) -> None:
     data = {**data, "time": recv_ns // 1_000_000}
     # Keyed by our wall clock: every (re)connect's snapshot is newer than the
     # last one delivered, whatever the account did.
-    publish(rt, SNAPSHOT_TOPIC, data, recv_ns // 1_000_000, 0, False, recv_ns)
+    publish(rt, stream_topic(SNAPSHOT_TOPIC, rt.name), data, recv_ns // 1_000_000, 0, False, recv_ns)
     log.info("snapshot published: %d balances, %d open orders",
              len(data.get("balances", ())), len(data.get("open_orders", ())))
 
@@ -264,7 +264,16 @@ def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received 
     topic, data, event_time = out
     counters.last_event_ms = event_time
     counters.last_recv_ms = recv_ns // 1_000_000
-    return topic, data, event_time, recv_ns
+    return stream_topic(topic, rt.name), data, event_time, recv_ns
+
+
+def stream_topic(topic: str, stream: str) -> str:
+    """``account.<event>.<stream>``: each account stream numbers and
+    de-duplicates its own frames. Two streams on one topic (spot and USD-M
+    snapshots, or two accounts' executionReports) would have the parent
+    drop one stream's frames as "older" than the other's. A subscription to
+    ``account.<event>`` still matches every stream's by prefix."""
+    return f"{topic}.{stream}"
 
 
 def drain(rt: Runtime, ws: websocket.WebSocket, session: Session) -> list[Received]:

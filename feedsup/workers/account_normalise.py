@@ -2,7 +2,9 @@
 
 Pure functions, no I/O. Topics are ``account.<event>`` (spot
 ``outboundAccountPosition``, ``balanceUpdate``, ``executionReport``; USD-M
-``ACCOUNT_UPDATE``, ``ORDER_TRADE_UPDATE``) and ``account.snapshot``.
+``ACCOUNT_UPDATE``, ``ORDER_TRADE_UPDATE``) and ``account.snapshot``; the
+worker publishes them as ``account.<event>.<stream name>``, so that two
+account streams never share a topic (see ``account.stream_topic``).
 
 Field names are explicit snake_case; decimals stay the exchange's strings,
 times int milliseconds. Optional Binance fields (sent only for some orders)
@@ -28,9 +30,10 @@ replays are keyed to pass the parent again: ``replay`` keys them
 ``(newest E of the topic, REPLAY_MINOR + i)``, above anything delivered up
 to that E, and the connection's later events at that E continue from there.
 
-Consumer rule (snapshot + events = exact state): subscribe to ``account.``
-(one topic prefix, so frames keep the parent's order), replace your state
-with each ``account.snapshot``, then apply every later event in order. Events
+Consumer rule (snapshot + events = exact state), per stream: subscribe to
+``account.`` (one subscriber socket, so frames keep the parent's order),
+replace your state with each ``account.snapshot.<stream>``, then apply
+every later event of that stream in order. Events
 carry absolute values (balances, order status and cumulative fills,
 positions), so a replay that repeats an event is harmless. Only replays
 (``backfill: true``) may repeat one; count fills by (order id, trade id).
