@@ -192,8 +192,9 @@ def throughput(count: int) -> dict:
 
 
 def latency(rate: int, seconds: float) -> tuple[list[float], dict[str, float]]:
-    # aggTrade events per wall second = trade_rate x speed.
-    sim, urls = start_sim("--speed", "10", "--trade-rate", str(rate / 10))
+    # aggTrade events per wall second = trade_rate x speed. A 1 ms engine
+    # tick spreads them out: a steady rate, not bursts of one tick's events.
+    sim, urls = start_sim("--speed", "10", "--trade-rate", str(rate / 10), "--tick", "0.001")
     try:
         with tempfile.TemporaryDirectory(prefix="feedsup-bench-") as tmp:
             config = write_config(Path(tmp), urls)

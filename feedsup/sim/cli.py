@@ -30,6 +30,8 @@ from .server import SimServer
 @click.option("--start-ms", type=int, help="Simulated time at start (ms since epoch).")
 @click.option("--trade-rate", type=float, help="aggTrade events per simulated second per symbol.")
 @click.option("--book-rate", type=float, help="Book-only updates per simulated second per symbol.")
+@click.option("--tick", type=float,
+              help="Engine period, wall seconds (default 0.01); events of one tick go out together.")
 @click.option("--blast/--no-blast", default=None, help="trade/aggTrade streams send as fast as possible.")
 @click.option("--blast-count", type=int, help="Events per blast stream (0 = unbounded).")
 @click.option("--ping-interval", type=float, help="Spot server ping period, seconds.")
