@@ -249,3 +249,37 @@ def test_continuity_first_kline_frame_closed_and_missing_close_at_start():
     c = backfill.Continuity("kline")
     assert c.check("k", *kl(T, False)) is None          # first frame: backfill covered what came before
     assert c.check("k", *kl(T + M, False)) == T - 1      # T's close never came
+
+
+def test_rest_asked_before_the_live_event_came_is_no_gap_but_a_resume_mark():
+    # REST ran to its present (id 40); the first live event then came at 61:
+    # the server lost 41..60 in between. That is not announced as lost but
+    # handed back as the mark to fetch from.
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    run(plan, aggs_from(1, 40))
+    out = merge(plan, first_live=61)
+    assert gaps(out) == [] and items(out)[-1].major == 40
+    assert backfill.covered_through(plan, out) == 40
+    assert not backfill.Continuity.follows(40, 61) and backfill.Continuity.follows(40, 41)
+
+
+def test_covered_through_without_items_and_after_gaps():
+    agg = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    assert backfill.covered_through(agg, []) == 10
+    assert backfill.covered_through(agg, merge(agg, 30, failure="banned")) == 29
+    assert backfill.covered_through(agg, merge(agg, None, failure="banned")) is None
+    k = Plan("spot", "kline", "BTCUSDT", "k", T, "1m")       # resume after closed kline T
+    assert backfill.covered_through(k, []) == T + M - 1
+    k_open = Plan("spot", "kline", "BTCUSDT", "k", T - 1, "1m")   # open kline T was the last
+    assert backfill.covered_through(k_open, []) == T - 1
+    assert backfill.covered_through(Plan("spot", "kline", "BTCUSDT", "k", T, "1M"), []) is None
+
+
+def test_seed_checks_the_next_live_event_against_the_backfill():
+    c = backfill.Continuity("aggTrade")
+    c.seed("a", 40)
+    assert c.check("a", 45, True, {}) == 40
+    c2 = backfill.Continuity("kline")
+    c2.seed("k", T + M - 1)                             # klines up to T accounted for
+    assert c2.check("k", *kl(T + M, False)) is None
+    assert c2.check("k", *kl(T + 3 * M, False)) == T + M - 1

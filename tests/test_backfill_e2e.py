@@ -357,7 +357,7 @@ def test_chaos_every_kline_and_aggtrade_once_or_announced(sim, feedsup_run, timi
             before = {s: col.count(f"aggTrade.{s}") for s in SYMBOLS}
             t0 = time.monotonic()
             what = random_fault(rng, sim, fs)
-            injected.append(what)
+            injected.append(f"t+{t0 - t_start:5.1f}s {what}")
             if what.startswith("sigstop"):
                 stopped.append(int(what.rsplit("=", 1)[1]))
             time.sleep(CHAOS_EVERY_S)  # the pace of the fault schedule, not a synchronisation
@@ -372,12 +372,19 @@ def test_chaos_every_kline_and_aggtrade_once_or_announced(sim, feedsup_run, timi
                 os.kill(pid, signal.SIGKILL)
     wait_caught_up(sim, col, fs, sim_now(sim))
     sim_minutes = (sim_now(sim) - sim_start) / 60_000
-    counts = {s: (check_klines(sim, col, s), check_aggs(sim, col, s)) for s in SYMBOLS}
     print(f"\nchaos: {len(injected)} faults over {sim_minutes:.0f} simulated minutes "
           f"({time.monotonic() - t_start:.1f} s)")
-    for what in injected:
-        print("  fault:", what)
+    for what, took in zip(injected, recoveries):
+        print(f"  fault: {what}  (data again after {took:.2f} s)")
     print(f"  recovery p50 {median(recoveries):.2f} s, max {max(recoveries):.2f} s")
+    if os.environ.get("FEEDSUP_CHAOS_DUMP"):
+        dump = os.environ["FEEDSUP_CHAOS_DUMP"]
+        with open(dump + ".frames", "w") as out:
+            for f in list(col.frames):
+                out.write(json.dumps({k: v for k, v in f.items() if k != "_t"}, default=str) + "\n")
+        with open(dump + ".log", "w") as out:
+            out.write(fs.log())
+    counts = {s: (check_klines(sim, col, s), check_aggs(sim, col, s)) for s in SYMBOLS}
     for s, (k, a) in counts.items():
         print(f"  {s}: klines {k}, aggTrades {a}")
     for name in ("klines", "aggs"):

@@ -225,7 +225,10 @@ def merge(plan: Plan, first_live: int | None, failure: str | None = None) -> lis
 
     ``first_live`` is the major of the first buffered live event (None if
     none came). ``failure`` says REST gave up early (deadline, ban): the
-    span from the last item to the live stream is then a gap too.
+    span from the last item to the live stream is then a gap too. Without a
+    failure that span is not a loss but not yet fetched (REST was asked
+    before the live event came); ``covered_through`` tells the caller where
+    to resume.
     """
     items = plan.closed_items()
     if first_live is not None:
@@ -245,10 +248,9 @@ def _with_id_gaps(plan: Plan, items: list[Item], first_live: int | None,
             out.append(Gap(why, expected, it.major - 1, before_ms, it.time))
         out.append(it)
         expected, before_ms = it.major + 1, it.time
-    if first_live is not None and first_live > expected:
-        out.append(Gap(failure or why, expected, first_live - 1, before_ms, None))
-    elif first_live is None and failure is not None:
-        out.append(Gap(failure, expected, None, before_ms, None))
+    if failure is not None and (first_live is None or first_live > expected):
+        to_id = None if first_live is None else first_live - 1
+        out.append(Gap(failure, expected, to_id, before_ms, None))
     return out
 
 
@@ -262,13 +264,30 @@ def _with_kline_gaps(plan: Plan, items: list[Item], first_live: int | None,
             out.append(Gap(why, from_ms=expected, to_ms=it.major - 1))
         out.append(it)
         expected = it.end + 1
-    if first_live is not None and expected is None and failure is not None:
-        out.append(Gap(failure, from_ms=plan.resume + 1, to_ms=first_live - 1))
-    elif first_live is not None and expected is not None and first_live > expected:
-        out.append(Gap(failure or why, from_ms=expected, to_ms=first_live - 1))
-    elif first_live is None and failure is not None:
-        out.append(Gap(failure, from_ms=expected if expected is not None else plan.resume + 1))
+    if failure is None:
+        return out
+    start = expected if expected is not None else plan.resume + 1
+    if first_live is None:
+        out.append(Gap(failure, from_ms=start))
+    elif first_live > start:
+        out.append(Gap(failure, from_ms=start, to_ms=first_live - 1))
     return out
+
+
+def covered_through(plan: Plan, merged: list[Item | Gap]) -> int | None:
+    """The mark every event up to which is delivered or announced: an id, or
+    for klines the close time of the last kline accounted for (the next one
+    opens right after it). None when not known (an open-ended gap, or a
+    kline interval without a fixed grid)."""
+    if merged:
+        last = merged[-1]
+        if isinstance(last, Item):
+            return last.end
+        return last.to_id if plan.channel != "kline" else last.to_ms
+    if plan.channel != "kline":
+        return plan.resume
+    first = first_open_after(plan.resume, plan.interval)
+    return None if first is None else first - 1
 
 
 # -- holes inside one live stream -------------------------------------------------------
@@ -305,6 +324,18 @@ class Continuity:
             return None            # a repeat: the parent drops it
         self.last[topic] = major
         return last
+
+    def seed(self, topic: str, mark: int) -> None:
+        """Backfill accounted for everything up to ``mark`` (an id, or a
+        kline close time) and no live event came yet: check the next one
+        against it. A server that loses events while a backfill runs would
+        otherwise leave a hole between the two."""
+        self.last.setdefault(topic, mark)
+
+    @staticmethod
+    def follows(mark: int, major: int) -> bool:
+        """Does an event with ordering key ``major`` leave no hole after ``mark``?"""
+        return major <= mark + 1
 
     def _kline_check(self, topic: str, last: int | None, major: int, final: bool,
                      data: dict[str, Any]) -> int | None:

@@ -50,7 +50,7 @@ def run(rt: Runtime) -> None:
         read_loop(rt, ws, normalise)
         return
     rt.extra_stats.update(backfilled=0, gaps=0, holes=0)
-    check = backfill.Continuity(stream.channel).check
+    continuity = backfill.Continuity(stream.channel)
     plans = backfill_plans(rt)
     pending: deque[Entry] = deque()
     streaming = False
@@ -59,12 +59,12 @@ def run(rt: Runtime) -> None:
             job = BackfillJob(rt, plans)
             job.start()
             try:
-                streaming = catch_up(rt, ws, normalise, job, check, pending, streaming)
+                streaming = catch_up(rt, ws, normalise, job, continuity, pending, streaming)
             finally:
                 job.stop.set()
         hole = send_pending(rt, pending)
         if hole is None:
-            hole = read_loop(rt, ws, normalise, streaming, check)
+            hole = read_loop(rt, ws, normalise, streaming, continuity.check)
             assert hole is not None
             streaming = True
             pending.append(hole)
@@ -253,12 +253,12 @@ class BackfillJob:
 
 
 def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
-             check: Callable[[str, int, bool, dict], int | None], pending: deque[Entry],
-             streaming: bool) -> bool:
+             continuity: backfill.Continuity, pending: deque[Entry], streaming: bool) -> bool:
     """Hold live frames in ``pending`` until the backfill is done, then send
     the backfill and gap notices. ``pending`` is sent by the caller (it may
     hold further holes). Returns whether STREAMING was announced."""
     counters = rt.counters
+    check = continuity.check
     topics: dict[str, bytes] = {}
     name = rt.name
     abandoned = ""
@@ -304,7 +304,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
         elif opcode == OP_CLOSE:
             reason, code = close_reason(payload)
             raise ConnectionEnded(rt.ending or reason, close_code=code)
-    send_backfill(rt, job, abandoned)
+    send_backfill(rt, job, continuity, pending, abandoned)
     return streaming
 
 
@@ -329,8 +329,14 @@ def hole_plan(rt: Runtime, hole: Entry) -> backfill.Plan:
     return backfill.Plan(stream.market, stream.channel, symbol, hole.topic, hole.resume, interval)
 
 
-def send_backfill(rt: Runtime, job: BackfillJob, abandoned: str = "") -> None:
-    """Every topic's recovered events and gap notices, in exchange order."""
+def send_backfill(rt: Runtime, job: BackfillJob, continuity: backfill.Continuity,
+                  pending: deque[Entry], abandoned: str = "") -> None:
+    """Every topic's recovered events and gap notices, in exchange order.
+
+    Where the backfill ends short of the first held live frame (REST was
+    asked before that frame came, and the server lost what lies between),
+    that frame is marked as a hole, so another round fetches the span.
+    """
     stats = rt.extra_stats
     stats["rest_errors"] = stats.get("rest_errors", 0) + job.client.failures
     for topic, plan in job.plans.items():
@@ -338,7 +344,8 @@ def send_backfill(rt: Runtime, job: BackfillJob, abandoned: str = "") -> None:
         if failure is None and topic not in job.finished:
             failure = abandoned or "backfill did not finish"
         tb = topic.encode()
-        for entry in backfill.merge(plan, job.first_live.get(topic), failure):
+        merged = backfill.merge(plan, job.first_live.get(topic), failure)
+        for entry in merged:
             if isinstance(entry, backfill.Gap):
                 rt.uplink.send(gap_frame(rt, topic, tb, entry))
                 stats["gaps"] = stats.get("gaps", 0) + 1
@@ -346,6 +353,18 @@ def send_backfill(rt: Runtime, job: BackfillJob, abandoned: str = "") -> None:
             body = frames.encode_body(topic, rt.name, time.time_ns(), entry.data, backfill=True)
             rt.uplink.send(frames.encode_data(tb, entry.major, entry.minor, True, body))
             stats["backfilled"] = stats.get("backfilled", 0) + 1
+        mark = backfill.covered_through(plan, merged)
+        if mark is not None:
+            _join_live(continuity, pending, topic, mark)
+
+
+def _join_live(continuity: backfill.Continuity, pending: deque[Entry], topic: str, mark: int) -> None:
+    for i, entry in enumerate(pending):
+        if entry.topic == topic:
+            if entry.resume is None and not continuity.follows(mark, entry.major):
+                pending[i] = entry._replace(resume=mark)
+            return
+    continuity.seed(topic, mark)
 
 
 def gap_frame(rt: Runtime, topic: str, tb: bytes, gap: backfill.Gap) -> bytes:
