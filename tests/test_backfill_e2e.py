@@ -358,8 +358,9 @@ def test_chaos_every_kline_and_aggtrade_once_or_announced(sim, feedsup_run, timi
             t0 = time.monotonic()
             what = random_fault(rng, sim, fs)
             injected.append(f"t+{t0 - t_start:5.1f}s {what}")
-            if what.startswith("sigstop"):
-                stopped.append(int(what.rsplit("=", 1)[1]))
+            pid = what.rsplit("=", 1)[-1]
+            if what.startswith("sigstop") and pid.isdigit():
+                stopped.append(int(pid))
             time.sleep(CHAOS_EVERY_S)  # the pace of the fault schedule, not a synchronisation
             # Recovery: aggTrades flowing again on every symbol after this fault.
             wait_for(lambda: all(col.count(f"aggTrade.{s}") > before[s] for s in SYMBOLS), 30,

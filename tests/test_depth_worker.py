@@ -25,16 +25,16 @@ LEVELS = 20
 # one topic), so each market gets its own symbols here.
 SYMBOLS = {"book": ["BTCUSDT", "ETHUSDT"], "fbook": ["BNBUSDT", "SOLUSDT"]}
 STREAMS = [
-    {"name": "book", "market": "spot", "channel": "depth", "symbols": SYMBOLS["book"], "depth_levels": LEVELS},
-    {"name": "fbook", "market": "usdm", "channel": "depth", "symbols": SYMBOLS["fbook"], "depth_levels": LEVELS},
+    {"name": name, "market": market, "channel": "depth", "symbols": SYMBOLS[name], "depth_levels": LEVELS}
+    for name, market in (("book", "spot"), ("fbook", "usdm"))
 ]
 PATHS = {"book": "/api/v3/depth", "fbook": "/fapi/v1/depth"}
 
 
 @pytest.fixture
 def sim():
-    server = SimServer(SimOptions(speed=2, symbols=tuple(SYMBOLS["book"] + SYMBOLS["fbook"]), trade_rate=2, book_rate=4,
-                                  ping_interval=1, pong_timeout=3))
+    server = SimServer(SimOptions(speed=2, symbols=tuple(SYMBOLS["book"] + SYMBOLS["fbook"]), trade_rate=2,
+                                  book_rate=4, ping_interval=1, pong_timeout=3))
     server.start()
     try:
         yield server

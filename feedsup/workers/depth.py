@@ -26,7 +26,8 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.workers import book, rest, restlimit
-from feedsup.workers.market import OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, _readable, check_symbols, handle_other
+from feedsup.workers.market import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, check_symbols, handle_other,
+                                    wait_readable)
 from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
 from feedsup.workers.streams import stream_url
@@ -164,7 +165,7 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, books: Books, normalise) -> 
         while results:
             books.on_snapshot(*results.popleft())
         # Block in recv unless a snapshot is on its way: then wake to apply it.
-        if pending and not _readable(ws, POLL_S):
+        if pending and not wait_readable(ws, POLL_S):
             continue
         try:
             opcode, payload = ws.recv_data(True)

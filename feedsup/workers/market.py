@@ -270,7 +270,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             abandoned = f"backfill abandoned: {len(pending)} live frames waiting"
             job.stop.set()
             break
-        if not _readable(ws, POLL_S):
+        if not wait_readable(ws, POLL_S):
             continue
         try:
             opcode, payload = ws.recv_data(True)
@@ -373,7 +373,7 @@ def gap_frame(rt: Runtime, topic: str, tb: bytes, gap: backfill.Gap) -> bytes:
                                                         gap.to_ms, gap.reason, **detail))
 
 
-def _readable(ws: websocket.WebSocket, timeout: float) -> bool:
+def wait_readable(ws: websocket.WebSocket, timeout: float) -> bool:
     """Would ``recv_data`` find data (buffered, or on the socket) within ``timeout``?
 
     The reader must notice a finished backfill on a quiet stream, yet a
