@@ -56,7 +56,7 @@ def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, 
         col.wait_count(20, timeout=20, topic_prefix=TOPIC)
         first.wait_running("price")
         if how == "SIGKILL":
-            # The state is saved about once a second: let one save include these frames.
+            # Saved marks lag a second behind: let a save include some of these frames.
             wait_for(lambda: TOPIC in _saved_marks(tmp_path / "state"), 5, "a saved watermark")
         first.proc.send_signal(getattr(signal, how))
         first.proc.wait(10)
@@ -74,7 +74,9 @@ def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, 
         if how == "SIGTERM":
             assert duplicates == 0, "a clean stop saves exact watermarks"
         else:
-            assert duplicates <= 60, "after a crash only the last second may repeat"
+            # Saved marks lag one save period (1 s) behind, saved once a
+            # second: at most about 2 s of frames (4 trades/s x speed 10) repeat.
+            assert duplicates <= 100, "after a crash only the last two seconds may repeat"
         assert any(g.restart for g in col.gaps), "consumers see the parent restart as seq going back"
         assert "state restored" in second.log()
     finally:

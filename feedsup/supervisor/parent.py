@@ -41,6 +41,7 @@ DRAIN_BATCH = 2000
 MAX_POLL_S = 0.1
 METRICS_PERIOD_S = 1.0
 STATE_PERIOD_S = 1.0
+PUB_FLUSH_MS = 1000
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
 # Channels whose history Binance does not serve: when their source is lost
@@ -69,6 +70,7 @@ class Parent:
         self.open_gaps: dict[bytes, dict[str, Any]] = {}
         self.pub: zmq.Socket | None = None
         self._state_due = 0.0
+        self._marks_behind: dict[str, Any] = {}
 
     # -- public surface used by control commands ------------------------------
 
@@ -146,7 +148,10 @@ class Parent:
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
-            self._save_state()
+            # Let PUB hand its queue to subscribers, so the exact watermarks
+            # saved below are what they really received.
+            pub.close(linger=PUB_FLUSH_MS)
+            self._save_state(exact=True)
             for sock in sockets:
                 sock.close(linger=0)
             ctx.term()
@@ -388,18 +393,30 @@ class Parent:
         if state is None:
             return
         self.sequencer.restore(state.marks)
+        self._marks_behind = dict(state.marks)
         now_wall, now_mono = time.time(), time.monotonic()
         self.policy.restore_connect_attempts(saved.to_monotonic(state.attempts, now_wall, now_mono), now_mono)
         logs.event(log, "state restored", file=self.config.state_file, topics=len(state.marks),
                    recent_attempts=len(state.attempts), age=f"{now_wall - state.saved_at:.1f}s")
 
-    def _save_state(self) -> None:
+    def _save_state(self, exact: bool = False) -> None:
+        """Save watermarks and recent connection attempts.
+
+        While running, the watermarks written are those of the previous save,
+        one period old. Frames still queued in PUB die with a crashed parent,
+        so the newest marks may count frames no subscriber got; the older
+        marks make a new parent replay that last second instead of losing
+        it. On a clean exit PUB has been flushed and the marks are exact.
+        """
         if not self.config.state_file:
             return
         now_wall, now_mono = time.time(), time.monotonic()
         attempts = saved.to_wall(self.policy.connect_attempts(now_mono), now_wall, now_mono)
+        current = self.sequencer.marks()
+        marks = current if exact else self._marks_behind
+        self._marks_behind = current
         try:
-            saved.save(self.config.state_file, saved.SavedState(self.sequencer.marks(), attempts, now_wall))
+            saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall))
         except OSError as exc:
             logs.event(log, "state not saved", logging.WARNING, file=self.config.state_file, error=str(exc))
 

@@ -8,8 +8,8 @@
 
 The file is msgpack, written to a temporary name and renamed, so a crash
 mid-write leaves the previous state whole. The parent writes it about once a
-second and on exit; after a crash, up to that second of frames may be
-delivered again by the new parent (with ``seq`` starting again at 1).
+second (watermarks one save behind, see ``Parent._save_state``) and exactly
+on a clean exit.
 """
 
 from __future__ import annotations
