@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+from feedsup.ipc.topics import stream_topics
+
 EX_CONFIG = 78
 
 KLINE_INTERVALS = (
@@ -96,6 +98,7 @@ class Stream:
     symbols: tuple[str, ...] = ()    # upper case, as Binance lists them
     intervals: tuple[str, ...] = ()  # kline only
     depth_levels: int = 10           # depth only: top-N levels published
+    topic_prefix: str = ""           # prepended to every topic, e.g. "usdm."
     connection: Connection = field(default_factory=Connection)
     # account only: names of env vars holding the secrets, or a key file.
     api_key_env: str = ""
@@ -183,7 +186,7 @@ _TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
 _FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
-    "name", "market", "channel", "symbols", "intervals", "depth_levels",
+    "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
     *_CREDENTIAL_KEYS, *CONNECTION_KEYS,
 )
 LOG_FORMATS = ("logfmt", "json")
@@ -654,8 +657,23 @@ def _load_streams(raw: object, at: _At, config: Config) -> tuple[Stream, ...]:
             at.index(i).dot("name").fail(
                 f'duplicate stream name "{stream.name}" (also stream[{first_index[stream.name]}])')
         first_index[stream.name] = i
+        _check_topics_unique(stream, streams, _At(at.file, f'stream "{stream.name}"'))
         streams.append(stream)
     return tuple(streams)
+
+
+def _check_topics_unique(stream: Stream, earlier: list[Stream], at: _At) -> None:
+    """Two streams on one topic would look like duplicates of each other to the
+    parent, which would drop one of them."""
+    mine = set(stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix))
+    for other in earlier:
+        if other.channel == "account":
+            continue
+        shared = mine & set(stream_topics(other.channel, other.symbols, other.intervals, other.topic_prefix))
+        if shared:
+            at.dot("topic_prefix").fail(
+                f'topic "{sorted(shared)[0]}" is also published by stream "{other.name}"; give one of them '
+                f'a topic_prefix (for example "{stream.market}.") or drop the duplicate symbol')
 
 
 def _stream_name(value: object, at: _At) -> str:
@@ -688,6 +706,7 @@ def _load_stream(raw: object, at: _At, config: Config) -> Stream:
         depth_levels=_only_for(table, "depth_levels", channel, "depth", required=False,
                                convert=_int_range(1, MAX_DEPTH_LEVELS), default=10),
         connection=_stream_connection(table, config, channel),
+        topic_prefix=_topic_prefix(table, channel),
     )
     stream = replace(stream, **_load_credentials_config(table, stream, config))
     _check_stream_count(stream, table.at.dot("symbols"))
@@ -700,6 +719,23 @@ def _load_symbols(table: _Table, market: str, channel: str) -> tuple[str, ...]:
             table.at.dot("symbols").fail("an account stream takes no symbols")
         return ()
     return table.require("symbols", _array(_symbol(market)))
+
+
+_TOPIC_PREFIX = re.compile(r"(?:[A-Za-z0-9_-]+\.)+")
+
+
+def _topic_prefix(table: _Table, channel: str) -> str:
+    if channel == "account":
+        if table.has("topic_prefix"):
+            table.at.dot("topic_prefix").fail("an account stream's topics already carry its name")
+        return ""
+
+    def convert(value: object, at: _At) -> str:
+        text = _string(value, at)
+        if text and not _TOPIC_PREFIX.fullmatch(text):
+            at.fail(f'"{text}" is not a topic prefix: dot-terminated words, e.g. "usdm."')
+        return text
+    return table.get("topic_prefix", convert, "")
 
 
 def _only_for(table: _Table, key: str, channel: str, wanted: str, *, required: bool,

@@ -246,41 +246,12 @@ def test_spot_state_is_exact_after_sigkill_and_an_outage_with_fills(spot_sim, ru
 
 # -- USD-M ------------------------------------------------------------------------------
 
-def _missing_futures_routes(monkeypatch) -> None:
-    """Stand-in for GET /fapi/v2/account and GET /fapi/v1/openOrders while the
-    simulator does not serve them yet (Binance's documented shapes, built from
-    the simulator's own futures account). Only added when missing."""
-    from feedsup.sim import userdata as ud
-
-    async def account(core, market, request, query):
-        await core.userdata.signed_params(core, request)
-        acct, now = core.userdata.futures_account, core.hub.advance()
-        return {"updateTime": 0,
-                "assets": [{"asset": a, "walletBalance": ud.d8(v[0]), "crossWalletBalance": ud.d8(v[0]),
-                            "unrealizedProfit": "0.00000000", "updateTime": now}
-                           for a, v in sorted(acct.balances.items())],
-                "positions": [{"symbol": s, "positionSide": "BOTH", "positionAmt": str(v[0]),
-                               "entryPrice": ud.d8(v[1]), "breakEvenPrice": ud.d8(v[1]),
-                               "unrealizedProfit": "0", "updateTime": now}
-                              for s, v in sorted(acct.positions.items())]}
-
-    async def open_orders(core, market, request, query):
-        await core.userdata.signed_params(core, request)
-        return [{**ud.futures_order_response(o), "time": o.created}
-                for o in core.userdata.futures_account.open_orders(None)]
-
-    for path, handler, weight in (("/fapi/v2/account", account, 5), ("/fapi/v1/openOrders", open_orders, 1)):
-        if ("GET", path) not in ud._USER_ROUTES:
-            monkeypatch.setitem(ud._USER_ROUTES, ("GET", path), (handler, weight))
-
-
 # One simulated hour per wall second; a listenKey lives one simulated hour.
 FAST = dict(speed=3600, listen_key_validity=3600.0, trade_rate=0.0005, book_rate=0.0005)
 
 
 @pytest.fixture
 def usdm_sim(monkeypatch):
-    _missing_futures_routes(monkeypatch)
     monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.25")
     sim = make_sim(**FAST)
     sim.start()
@@ -414,7 +385,6 @@ def test_rotation_hands_over_without_losing_or_repeating_events(market, monkeypa
     """make-before-break at max_age: the successor subscribes and publishes its
     snapshot while the old worker still streams; events in the overlap reach
     the consumer once, and the state stays exact."""
-    _missing_futures_routes(monkeypatch)
     monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.25")
     sim = make_sim()
     sim.start()

@@ -168,7 +168,7 @@ def test_connect_budget_may_exceed_binance_limit_against_loopback_only(tmp_path)
                      api_secret_env="S")
     err = error(tmp_path, text + account)  # ws_api_url is still Binance's
     assert err.key == "restart.connect_budget"
-    remote = text + stream(name="futures", market="usdm")  # usdm: Binance default URL
+    remote = text + stream(name="futures", market="usdm", topic_prefix="usdm.")  # usdm: Binance default URL
     err = error(tmp_path, remote)
     assert err.key == "restart.connect_budget" and "3000 connection attempts" in err.reason
 
@@ -300,7 +300,7 @@ CASES = [
      "Binance allows 300 per 5 minutes"),
     ("[restart]\nconnect_budget = 200\nbudget_window = 100\n" + PRICE,
      "restart.connect_budget", "up to 600 connection attempts in 300 s"),
-    ("[restart]\nconnect_budget = 1\n" + PRICE + stream(name="t"),
+    ("[restart]\nconnect_budget = 1\n" + PRICE + stream(name="t", symbols=["BNBUSDT"]),
      "restart.connect_budget", "2 streams need 2 connections"),
     # URLs and endpoints
     ("[binance.spot]\nws_url = 'https://stream.binance.com'\n" + PRICE,
@@ -337,7 +337,7 @@ CASES = [
     (stream(name=None), "stream[0].name", "required"),
     (stream(name="bad name"), "stream[0].name", 'invalid stream name "bad name"'),
     (stream(name=""), "stream[0].name", "invalid stream name"),
-    (PRICE + stream(name="other") + stream(name="price"), "stream[2].name",
+    (PRICE + stream(name="other", symbols=["BNBUSDT"]) + stream(name="price"), "stream[2].name",
      'duplicate stream name "price" (also stream[0])'),
     (stream(market=None), 'stream "s".market', "required"),
     (stream(market="coinm"), 'stream "s".market', 'unknown value "coinm"'),
@@ -447,3 +447,18 @@ def test_state_file_is_resolved_beside_the_config_and_its_folder_must_exist(tmp_
     with pytest.raises(ConfigError) as err:
         load_config(str(path))
     assert err.value.key == "feedsup.state_file" and "does not exist" in err.value.reason
+
+
+def test_two_streams_on_one_topic_are_refused_with_the_fix(tmp_path):
+    text = PRICE + stream(name="futures", market="usdm")
+    err = error(tmp_path, text)
+    assert err.key == 'stream "futures".topic_prefix'
+    assert 'topic "aggTrade.BTCUSDT" is also published by stream' in err.reason and '"usdm."' in err.reason
+    config = load(tmp_path, PRICE + stream(name="futures", market="usdm", topic_prefix="usdm."))
+    assert config.streams[1].topic_prefix == "usdm."
+
+
+@pytest.mark.parametrize("prefix", ["usdm", ".x.", "a b.", "usdm.."])
+def test_topic_prefix_must_be_dot_terminated_words(tmp_path, prefix):
+    err = error(tmp_path, PRICE + stream(name="f", market="usdm", topic_prefix=prefix))
+    assert err.key == 'stream "f".topic_prefix' and "not a topic prefix" in err.reason

@@ -242,3 +242,17 @@ def _new_running_pid(fs: Feedsup, name: str, old: int) -> int | None:
     if row["state"] == "RUNNING" and row.get("pid") and row["pid"] != old:
         return row["pid"]
     return None
+
+
+def test_spot_and_usdm_streams_of_one_symbol_both_flow(sim, run_feedsup, timing):
+    spot = dict(PRICE, symbols=["BTCUSDT"])
+    futures = {"name": "futures", "market": "usdm", "channel": "aggTrade", "symbols": ["BTCUSDT"],
+               "topic_prefix": "usdm."}
+    fs, col = run_feedsup(sim, streams=(spot, futures))
+    t0 = time.monotonic()
+    col.wait_count(10, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    col.wait_count(10, timeout=20, topic_prefix="usdm.aggTrade.BTCUSDT")
+    timing("spot + usdm BTCUSDT: 10 frames each", time.monotonic() - t0)
+    assert_exactly_once_in_order(agg_ids(col, "aggTrade.BTCUSDT"))
+    assert_exactly_once_in_order(agg_ids(col, "usdm.aggTrade.BTCUSDT"))
+    assert fs.status()["suppressed"] == 0, "neither market's frames may pass for the other's duplicates"

@@ -1,8 +1,10 @@
 """Topic names on the PUB socket.
 
-A topic is ``<channel>.<SYMBOL>`` or ``kline.<SYMBOL>.<interval>``; account
-events use ``account.<event>``. ZeroMQ subscriptions match by byte prefix, so
-``kline.BTCUSDT`` receives every BTCUSDT interval and ``kline.`` every kline.
+A topic is ``<channel>.<SYMBOL>`` or ``kline.<SYMBOL>.<interval>``, after
+the stream's optional ``topic_prefix`` (``usdm.aggTrade.BTCUSDT``); account
+events use ``account.<event>.<stream>``. ZeroMQ subscriptions match by byte
+prefix, so ``kline.BTCUSDT`` receives every BTCUSDT interval and ``kline.``
+every kline.
 """
 
 from __future__ import annotations
@@ -24,12 +26,24 @@ def topic_channel(topic: str) -> str:
     return topic.split(".", 1)[0]
 
 
+def symbol_topic(channel: str, symbol: str, interval: str = "", prefix: str = "") -> str:
+    """The topic of one symbol (and interval) of a market stream.
+
+    ``prefix`` is the stream's ``topic_prefix``: it keeps two streams with the
+    same channel and symbol (spot and USD-M BTCUSDT, say) on distinct topics.
+    """
+    base = kline_topic(symbol, interval) if channel == "kline" else market_topic(channel, symbol)
+    return prefix + base
+
+
 def stream_topics(channel: str, symbols: "tuple[str, ...] | list[str]",
-                  intervals: "tuple[str, ...] | list[str]" = ()) -> list[str]:
+                  intervals: "tuple[str, ...] | list[str]" = (), prefix: str = "") -> list[str]:
     """Every topic a market stream of this shape publishes."""
+    if channel == "account":
+        return []
     if channel == "kline":
-        return [kline_topic(s, i) for s in symbols for i in intervals]
-    return [market_topic(channel, s) for s in symbols]
+        return [symbol_topic(channel, s, i, prefix) for s in symbols for i in intervals]
+    return [symbol_topic(channel, s, "", prefix) for s in symbols]
 
 
 # Topics the parent itself publishes; never clash with exchange channels.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_DOWN, Decimal
+
+EIGHT = Decimal("0.00000001")
+
 
 def fmt_units(units: int, unit_decimals: int, out_decimals: int) -> str:
     """Format ``units * 10**-unit_decimals`` with ``out_decimals`` places.
@@ -31,3 +35,13 @@ def parse_units(text: str, unit_decimals: int) -> int:
     if not (whole.lstrip("-").isdigit() or whole in ("", "-")) or (frac and not frac.isdigit()):
         raise ValueError(text)
     return int((whole or "0") + frac.ljust(unit_decimals, "0"))
+
+
+def d8(value: Decimal) -> str:
+    """Eight places, truncated: Binance's rendering of balances."""
+    return format(value.quantize(EIGHT, rounding=ROUND_DOWN), "f")
+
+
+def plain(value: Decimal) -> str:
+    """As the client sent it, never in exponent notation."""
+    return format(value, "f")

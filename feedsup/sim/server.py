@@ -135,7 +135,7 @@ class SimCore:
         if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
             form = await request.post()
             query.update({k: v for k, v in form.items() if isinstance(v, str)})
-        weight = route[1](query) if route else signed[1]
+        weight = (route or signed)[1](query)
         fault = self.faults.take_rest_error(time.monotonic())
         if fault is not None:
             return self._fault_response(fault)

@@ -18,13 +18,15 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import WSMsgType, web
 
 from .conn import Connection
+from .decimals import d8, plain
+from .futures_account import futures_account, futures_open_order
 from .hub import Hub
 from .market import SymbolMarket
 from .options import SimOptions
@@ -35,17 +37,8 @@ from .streams import SPOT, USDM
 if TYPE_CHECKING:
     from .server import SimCore
 
-EIGHT = Decimal("0.00000001")
 ZERO = Decimal(0)
-
-
-def d8(value: Decimal) -> str:
-    return format(value.quantize(EIGHT, rounding=ROUND_DOWN), "f")
-
-
-def plain(value: Decimal) -> str:
-    """As the client sent it, never in exponent notation."""
-    return format(value, "f")
+OPEN = ("NEW", "PARTIALLY_FILLED")
 
 
 def dec(params: Mapping[str, str], name: str, required: bool = True) -> Decimal | None:
@@ -94,6 +87,12 @@ class Account:
                 self.balances.setdefault(m.spec.base, [Decimal(10), ZERO])
         self.orders: dict[int, Order] = {}
         self.positions: dict[str, list[Decimal]] = {}  # futures: symbol -> [amount, entry price]
+        # When balances last changed: the spot account's ``updateTime`` (and the
+        # ``u`` of the outboundAccountPosition saying so); futures keep one per
+        # asset and per position, as GET /fapi/v2/account reports them.
+        self.update_time = hub.now_ms
+        self.asset_times: dict[str, int] = {a: hub.now_ms for a in self.balances}
+        self.position_times: dict[str, int] = {}
         self._next_order = 1_000_001
         self._next_trade = 9_000_001
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -132,15 +131,19 @@ class Account:
         order = Order(m.spec.symbol, self._next_order, params.get("newClientOrderId") or secrets.token_hex(11),
                       side, otype, tif, qty, price, now, updated=now)
         self._next_order += 1
-        self._reserve(m, order)
+        locked = self._reserve(m, order)
         self.orders[order.order_id] = order
         self.report(order, "NEW", now)
         self.match(m, order, now)
+        if locked is not None and order.status in OPEN:
+            # Binance reports every free/locked change; a fill reports its own.
+            self.position_changed(None, now, [locked])
         return order
 
-    def _reserve(self, m: SymbolMarket, order: Order) -> None:
+    def _reserve(self, m: SymbolMarket, order: Order) -> str | None:
+        """Lock what the order may spend; returns the asset locked (spot only)."""
         if self.market != SPOT:
-            return  # futures margin is not modelled: the wallet only pays commission
+            return None  # futures margin is not modelled: the wallet only pays commission
         if order.side == "BUY":
             ask = self.price_of(m, m.center + 1)
             asset, amount = m.spec.quote, order.qty * (order.price if order.type == "LIMIT" else ask)
@@ -151,6 +154,7 @@ class Account:
             raise RestError(400, -2010, "Account has insufficient balance for requested action.")
         free_locked[0] -= amount
         free_locked[1] += amount
+        return asset
 
     def match(self, m: SymbolMarket, order: Order, now: int) -> None:
         """Fill ``order`` if the book allows it (whole quantity, one price)."""
@@ -214,13 +218,13 @@ class Account:
         if order is None or order.symbol != m.spec.symbol or order.status not in ("NEW", "PARTIALLY_FILLED"):
             raise RestError(400, -2011, "Unknown order sent.")
         order.status, order.updated = "CANCELED", now
-        if self.market == SPOT:
+        self.report(order, "CANCELED", now)
+        if self.market == SPOT:   # futures: no balance or position changes, so no ACCOUNT_UPDATE
             asset, amount = ((m.spec.quote, (order.qty - order.filled) * order.price) if order.side == "BUY"
                              else (m.spec.base, order.qty - order.filled))
             self.balances[asset][0] += amount
             self.balances[asset][1] -= amount
-        self.report(order, "CANCELED", now)
-        self.position_changed(m, now)
+            self.position_changed(None, now, [asset])
         return order
 
     def tick(self, now: int) -> None:
@@ -232,7 +236,7 @@ class Account:
                 del self.orders[oid]
 
     def open_orders(self, symbol: str | None) -> list[Order]:
-        return [o for o in self.orders.values() if o.status in ("NEW", "PARTIALLY_FILLED")
+        return [o for o in self.orders.values() if o.status in OPEN
                 and (symbol is None or o.symbol == symbol.upper())]
 
     def deposit(self, asset: str, delta: Decimal, now: int) -> None:
@@ -251,14 +255,18 @@ class Account:
                   else futures_order_update(order, exec_type, now, trade))
 
     def position_changed(self, m: SymbolMarket | None, now: int, assets: list[str] | None = None) -> None:
+        self.update_time = now
         if self.market == SPOT:
             if m is not None:
                 assets = [m.spec.base, m.spec.quote]
             balances = [{"a": a, "f": d8(self.balances[a][0]), "l": d8(self.balances[a][1])} for a in assets or []]
             self.emit({"e": "outboundAccountPosition", "E": now, "u": now, "B": balances})
             return
+        for asset in assets or []:
+            self.asset_times[asset] = now
         positions = []
         if m is not None:
+            self.position_times[m.spec.symbol] = now
             amount, entry = self.positions.get(m.spec.symbol, [ZERO, ZERO])
             positions.append({"s": m.spec.symbol, "pa": plain(amount), "ep": d8(entry), "bep": d8(entry), "cr": "0",
                               "up": "0", "mt": "cross", "iw": "0", "ps": "BOTH"})
@@ -413,7 +421,7 @@ class UserData:
 
     # -- REST ------------------------------------------------------------------------
 
-    def rest_route(self, request: web.Request) -> tuple[Callable[..., Awaitable[Any]], int] | None:
+    def rest_route(self, request: web.Request) -> tuple[Callable[..., Awaitable[Any]], Weight] | None:
         return _USER_ROUTES.get((request.method, request.path))
 
     async def signed_params(self, core: "SimCore", request: web.Request) -> dict[str, str]:
@@ -526,12 +534,13 @@ async def _spot_cancel(core: "SimCore", market: str, request: web.Request, query
 async def _spot_account(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
     await core.userdata.signed_params(core, request)
     acct = core.userdata.spot
-    now = core.hub.advance()
     return {"makerCommission": 0, "takerCommission": 0, "buyerCommission": 0, "sellerCommission": 0,
             "commissionRates": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000",
                                 "seller": "0.00000000"},
             "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
-            "requireSelfTradePrevention": False, "preventSor": False, "updateTime": now, "accountType": "SPOT",
+            "requireSelfTradePrevention": False, "preventSor": False,
+            "updateTime": acct.update_time,   # the last balance change, not the request's time
+            "accountType": "SPOT",
             "balances": [{"asset": a, "free": d8(v[0]), "locked": d8(v[1])} for a, v in sorted(acct.balances.items())],
             "permissions": ["SPOT"], "uid": 1}
 
@@ -542,6 +551,28 @@ async def _spot_open_orders(core: "SimCore", market: str, request: web.Request, 
     if symbol:
         core.userdata.spot.market_of(symbol)
     return [spot_order_json(o) for o in core.userdata.spot.open_orders(symbol)]
+
+
+async def _futures_account(core: "SimCore", request: web.Request, version: int) -> Any:
+    await core.userdata.signed_params(core, request)
+    return futures_account(core.userdata.futures_account, version)
+
+
+async def _futures_account_v2(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    return await _futures_account(core, request, 2)
+
+
+async def _futures_account_v3(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    return await _futures_account(core, request, 3)
+
+
+async def _futures_open_orders(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.futures_account
+    symbol = params.get("symbol")
+    if symbol:
+        acct.market_of(symbol)
+    return [futures_open_order(o) for o in acct.open_orders(symbol)]
 
 
 async def _futures_order(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
@@ -571,13 +602,28 @@ async def _listen_key_delete(core: "SimCore", market: str, request: web.Request,
     return {}
 
 
-_USER_ROUTES: dict[tuple[str, str], tuple[Callable[..., Awaitable[Any]], int]] = {
-    ("POST", "/api/v3/order"): (_spot_order, 1),
-    ("DELETE", "/api/v3/order"): (_spot_cancel, 1),
-    ("GET", "/api/v3/account"): (_spot_account, 20),
-    ("GET", "/api/v3/openOrders"): (_spot_open_orders, 6),
-    ("POST", "/fapi/v1/order"): (_futures_order, 1),
-    ("POST", "/fapi/v1/listenKey"): (_listen_key_post, 1),
-    ("PUT", "/fapi/v1/listenKey"): (_listen_key_put, 1),
-    ("DELETE", "/fapi/v1/listenKey"): (_listen_key_delete, 1),
+Weight = Callable[[Mapping[str, str]], int]
+
+
+def _by_symbol(one: int, every: int) -> Weight:
+    return lambda query: one if query.get("symbol") else every
+
+
+def _fixed(weight: int) -> Weight:
+    return lambda query: weight
+
+
+# (handler, request weight as Binance documents it for the request's parameters)
+_USER_ROUTES: dict[tuple[str, str], tuple[Callable[..., Awaitable[Any]], Weight]] = {
+    ("POST", "/api/v3/order"): (_spot_order, _fixed(1)),
+    ("DELETE", "/api/v3/order"): (_spot_cancel, _fixed(1)),
+    ("GET", "/api/v3/account"): (_spot_account, _fixed(20)),
+    ("GET", "/api/v3/openOrders"): (_spot_open_orders, _by_symbol(6, 80)),
+    ("POST", "/fapi/v1/order"): (_futures_order, _fixed(1)),
+    ("GET", "/fapi/v2/account"): (_futures_account_v2, _fixed(5)),
+    ("GET", "/fapi/v3/account"): (_futures_account_v3, _fixed(5)),
+    ("GET", "/fapi/v1/openOrders"): (_futures_open_orders, _by_symbol(1, 40)),
+    ("POST", "/fapi/v1/listenKey"): (_listen_key_post, _fixed(1)),
+    ("PUT", "/fapi/v1/listenKey"): (_listen_key_put, _fixed(1)),
+    ("DELETE", "/fapi/v1/listenKey"): (_listen_key_delete, _fixed(1)),
 }

@@ -64,6 +64,9 @@ class Parent:
         self._signalled: int | None = None
         self._pending: list[Any] = []
         self._streams = {s.name: s for s in config.streams}
+        # Config guarantees each topic has one owner (see topic_prefix).
+        self._topic_owner = {t: s.name for s in config.streams
+                             for t in topics.stream_topics(s.channel, s.symbols, s.intervals, s.topic_prefix)}
         self.metrics = Metrics(config.metrics_port) if config.metrics_port else None
         self._metrics_due = 0.0
         self.last_values: dict[bytes, bytes] = {}    # topic -> last payload published
@@ -248,7 +251,7 @@ class Parent:
         stream = self._streams[stream_name]
         if stream.channel not in NO_HISTORY:
             return
-        for topic in topics.stream_topics(stream.channel, stream.symbols, stream.intervals):
+        for topic in topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix):
             tb = topic.encode()
             if tb in self.open_gaps:
                 continue
@@ -438,16 +441,7 @@ class Parent:
                    reason=action.reason)
 
     def _resume_marks(self, stream: str) -> dict[str, int]:
-        owned = self._stream_of_topic
-        return {t: m for t, m in self.sequencer.watermarks().items() if owned(t) == stream}
-
-    def _stream_of_topic(self, topic: str) -> str | None:
-        channel, _, rest = topic.partition(".")
-        symbol = rest.split(".", 1)[0]
-        for s in self._streams.values():
-            if s.channel == channel and symbol in s.symbols:
-                return s.name
-        return None
+        return {t: m for t, m in self.sequencer.watermarks().items() if self._topic_owner.get(t) == stream}
 
     def _signal(self, inst: int, reason: str, kill: bool) -> None:
         worker = self.workers.get(inst)

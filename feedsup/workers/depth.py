@@ -91,6 +91,7 @@ class Books:
         self.rt = rt
         self.fetcher = fetcher
         self.levels = stream.depth_levels
+        self.topic_prefix = stream.topic_prefix
         self.syncs = {s.upper(): book.make_book_sync(stream.market) for s in stream.symbols}
         self.event_time: dict[str, int] = {}
         self.topics: dict[str, bytes] = {}
@@ -134,7 +135,7 @@ class Books:
         sync = self.syncs[symbol]
         bids, asks = sync.top(self.levels)
         topic, data, major, minor, final = depth_frame(symbol, sync.update_id, bids, asks,
-                                                       self.event_time.get(symbol, 0))
+                                                       self.event_time.get(symbol, 0), self.topic_prefix)
         tb = self.topics.get(topic)
         if tb is None:
             tb = self.topics[topic] = topic.encode()

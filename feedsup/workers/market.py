@@ -23,7 +23,7 @@ import orjson
 import websocket
 
 from feedsup.ipc import frames
-from feedsup.ipc.topics import kline_topic, market_topic
+from feedsup.ipc.topics import symbol_topic
 from feedsup.workers import backfill, rest, restlimit
 from feedsup.workers.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
@@ -176,10 +176,8 @@ def backfill_plans(rt: Runtime) -> list[backfill.Plan]:
         return []
     plans = []
     for symbol in (s.upper() for s in stream.symbols):
-        if stream.channel == "kline":
-            pairs = [(kline_topic(symbol, i), i) for i in stream.intervals]
-        else:
-            pairs = [(market_topic(stream.channel, symbol), "")]
+        intervals = stream.intervals if stream.channel == "kline" else ("",)
+        pairs = [(symbol_topic(stream.channel, symbol, i, stream.topic_prefix), i) for i in intervals]
         for topic, interval in pairs:
             if topic in rt.spec.resume:
                 plans.append(backfill.Plan(stream.market, stream.channel, symbol, topic,

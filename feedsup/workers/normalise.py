@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from feedsup.config import Stream
-from feedsup.ipc.topics import kline_topic, market_topic
+from feedsup.ipc.topics import symbol_topic
 
 Normalised = tuple[str, dict[str, Any], int, int, bool]
 Normaliser = Callable[[dict[str, Any]], Normalised]
@@ -44,25 +44,26 @@ def make_normaliser(stream: Stream) -> Normaliser:
         raise ValueError(f"no normaliser for {stream.market} {stream.channel}") from None
     # Keyed by the upper-case symbol, as Binance spells it in events.
     symbols = [s.upper() for s in stream.symbols]
+    prefix = stream.topic_prefix
     if stream.channel == "kline":
         topics: dict[str, Any] = {
-            s: {i: kline_topic(s, i) for i in stream.intervals} for s in symbols
+            s: {i: symbol_topic("kline", s, i, prefix) for i in stream.intervals} for s in symbols
         }
     else:
-        topics = {s: market_topic(stream.channel, s) for s in symbols}
+        topics = {s: symbol_topic(stream.channel, s, "", prefix) for s in symbols}
     return factory(topics)
 
 
 def depth_frame(
     symbol: str, update_id: int, bids: list[list[str]], asks: list[list[str]],
-    event_time: int,
+    event_time: int, prefix: str = "",
 ) -> Normalised:
     """The published top-N frame of a local order book (channel ``depth``)."""
     data = {
         "symbol": symbol, "update_id": update_id, "event_time": event_time,
         "bids": bids, "asks": asks,
     }
-    return market_topic("depth", symbol), data, update_id, 0, True
+    return symbol_topic("depth", symbol, "", prefix), data, update_id, 0, True
 
 
 def _malformed(channel: str, exc: Exception) -> MalformedEvent:
