@@ -4,7 +4,6 @@ no parent ran, and the connection budget is not spent twice."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 import urllib.request

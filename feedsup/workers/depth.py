@@ -26,10 +26,10 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.workers import book, rest, restlimit
-from feedsup.workers.market import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, check_symbols, handle_other,
+from feedsup.workers.market import (check_symbols, handle_other,
                                     wait_readable)
 from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
-from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
+from feedsup.workers.runtime import Runtime, receive
 from feedsup.workers.streams import stream_url
 
 log = logging.getLogger("feedsup.worker.depth")
@@ -168,28 +168,19 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, books: Books, normalise) -> 
         # Block in recv unless a snapshot is on its way: then wake to apply it.
         if pending and not wait_readable(ws, POLL_S):
             continue
+        got = receive(rt, ws)
+        if got is None:
+            continue
+        payload, recv_ns = got
         try:
-            opcode, payload = ws.recv_data(True)
-        except (OSError, websocket.WebSocketException) as exc:
-            raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
-        if opcode == OP_TEXT or opcode == OP_BINARY:
-            recv_ns = time.time_ns()
-            counters.msgs += 1
-            counters.bytes += len(payload)
-            try:
-                event = orjson.loads(payload)["data"]
-                _, data, _, _, _ = normalise(event)
-                books.on_diff(data["symbol"].upper(), data, recv_ns)
-            except (ValueError, KeyError, TypeError, MalformedEvent):
-                handle_other(rt, payload)
-                continue
-            counters.last_event_ms = event.get("E") or 0
-            counters.last_recv_ms = recv_ns // 1_000_000
-            if first:
-                first = False
-                rt.streaming()
-        elif opcode == OP_PONG:
-            rt.pinger.on_pong(payload)
-        elif opcode == OP_CLOSE:
-            reason, code = close_reason(payload)
-            raise ConnectionEnded(rt.ending or reason, close_code=code)
+            event = orjson.loads(payload)["data"]
+            _, data, _, _, _ = normalise(event)
+            books.on_diff(data["symbol"].upper(), data, recv_ns)
+        except (ValueError, KeyError, TypeError, MalformedEvent):
+            handle_other(rt, payload)
+            continue
+        counters.last_event_ms = event.get("E") or 0
+        counters.last_recv_ms = recv_ns // 1_000_000
+        if first:
+            first = False
+            rt.streaming()

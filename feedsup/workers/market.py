@@ -26,13 +26,10 @@ from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
 from feedsup.workers import backfill, rest, restlimit
 from feedsup.workers.normalise import MalformedEvent, make_normaliser
-from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
+from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
+                                     close_reason, receive)
 from feedsup.workers.streams import stream_url
 
-OP_TEXT = websocket.ABNF.OPCODE_TEXT
-OP_BINARY = websocket.ABNF.OPCODE_BINARY
-OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
-OP_PONG = websocket.ABNF.OPCODE_PONG
 
 
 def run(rt: Runtime) -> None:
@@ -270,38 +267,29 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             break
         if not wait_readable(ws, POLL_S):
             continue
+        got = receive(rt, ws)
+        if got is None:
+            continue
+        payload, recv_ns = got
         try:
-            opcode, payload = ws.recv_data(True)
-        except (OSError, websocket.WebSocketException) as exc:
-            raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
-        if opcode == OP_TEXT or opcode == OP_BINARY:
-            recv_ns = time.time_ns()
-            counters.msgs += 1
-            counters.bytes += len(payload)
-            try:
-                event = orjson.loads(payload)["data"]
-                topic, data, major, minor, final = normalise(event)
-            except (ValueError, KeyError, TypeError, MalformedEvent):
-                handle_other(rt, payload)
-                continue
-            tb = topics.get(topic)
-            if tb is None:
-                tb = topics[topic] = topic.encode()
-            if topic not in job.first_live:
-                job.note_live(topic, major)
-            body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
-            resume = check(topic, major, final, data)
-            pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
-            counters.last_event_ms = event.get("E") or event.get("T") or 0
-            counters.last_recv_ms = recv_ns // 1_000_000
-            if not streaming:
-                streaming = True
-                rt.streaming()
-        elif opcode == OP_PONG:
-            rt.pinger.on_pong(payload)
-        elif opcode == OP_CLOSE:
-            reason, code = close_reason(payload)
-            raise ConnectionEnded(rt.ending or reason, close_code=code)
+            event = orjson.loads(payload)["data"]
+            topic, data, major, minor, final = normalise(event)
+        except (ValueError, KeyError, TypeError, MalformedEvent):
+            handle_other(rt, payload)
+            continue
+        tb = topics.get(topic)
+        if tb is None:
+            tb = topics[topic] = topic.encode()
+        if topic not in job.first_live:
+            job.note_live(topic, major)
+        body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
+        resume = check(topic, major, final, data)
+        pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
+        counters.last_event_ms = event.get("E") or event.get("T") or 0
+        counters.last_recv_ms = recv_ns // 1_000_000
+        if not streaming:
+            streaming = True
+            rt.streaming()
     send_backfill(rt, job, continuity, pending, abandoned)
     return streaming
 

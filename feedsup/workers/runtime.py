@@ -36,6 +36,11 @@ EXIT_ORPHAN = 70   # the parent is gone
 
 _PR_SET_PDEATHSIG = 1
 
+OP_TEXT = websocket.ABNF.OPCODE_TEXT
+OP_BINARY = websocket.ABNF.OPCODE_BINARY
+OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
+OP_PONG = websocket.ABNF.OPCODE_PONG
+
 
 class ConnectionEnded(Exception):
     """The connection is over; ``fatal`` says whether a retry can help."""
@@ -234,6 +239,26 @@ class Runtime:
                 self.ws.ping(due)
             except (OSError, websocket.WebSocketException):
                 pass  # the reading thread sees the broken socket and reports it
+
+
+def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
+    """One frame: a data message with its receive time (ns), or None after a
+    control frame. Pongs feed the pinger; a close or a broken socket raises
+    ConnectionEnded. (The market worker's hot loop inlines the same steps.)"""
+    try:
+        opcode, payload = ws.recv_data(True)
+    except (OSError, websocket.WebSocketException) as exc:
+        raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+    if opcode == OP_TEXT or opcode == OP_BINARY:
+        rt.counters.msgs += 1
+        rt.counters.bytes += len(payload)
+        return payload, time.time_ns()
+    if opcode == OP_PONG:
+        rt.pinger.on_pong(payload)
+    elif opcode == OP_CLOSE:
+        reason, code = close_reason(payload)
+        raise ConnectionEnded(rt.ending or reason, close_code=code)
+    return None
 
 
 def classify_status(status: int, text: str) -> tuple[str, bool]:
