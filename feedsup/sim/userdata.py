@@ -6,7 +6,11 @@ as ``{"subscriptionId": N, "event": {...}}``; signed REST places orders and
 returns the account and open orders. Futures: the listenKey lifecycle on
 ``/fapi/v1/listenKey`` (validity on the simulated clock) and ``/private``
 connections receiving ``ACCOUNT_UPDATE``, ``ORDER_TRADE_UPDATE`` and
-``listenKeyExpired``.
+``listenKeyExpired``; signed ``GET /fapi/v2|v3/account`` and
+``GET /fapi/v1/openOrders`` (bodies in ``futures_account.py``).
+
+Every change of a spot balance (free or locked) sends an
+``outboundAccountPosition`` whose ``u`` is also the account's ``updateTime``.
 
 Orders fill against the simulated book's best price: MARKET at once, LIMIT at
 once when marketable, otherwise when the market reaches the limit price.
