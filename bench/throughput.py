@@ -34,6 +34,8 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from feedsup.procs import child_pids, rss_mb  # noqa: E402
+
 RAW_CLIENT = r"""
 import sys, time, websocket
 url, count, over = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
@@ -146,26 +148,6 @@ class Consumer:
         self.ctx.term()
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def run_feedsup(config: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)],
                             stderr=subprocess.DEVNULL, cwd=REPO)
@@ -204,7 +186,7 @@ def latency(rate: int, seconds: float) -> tuple[list[float], dict[str, float]]:
                 consumer.latencies(2.0)               # warm-up
                 samples = consumer.latencies(seconds)
                 rss = {"simulator": rss_mb(sim.pid), "parent": rss_mb(fs.pid), "consumer (bench)": rss_mb(os.getpid())}
-                for i, pid in enumerate(children(fs.pid)):
+                for i, pid in enumerate(sorted(child_pids(fs.pid))):
                     rss[f"worker {i + 1}"] = rss_mb(pid)
             finally:
                 stop(fs)

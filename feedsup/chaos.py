@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from feedsup.ipc.client import Subscriber, request
+from feedsup.procs import alive
 
 # Faults that end the targeted connection (recovery = a new worker streams).
 BREAKING = ("drop", "close", "stall", "data_stall", "server_shutdown", "lifetime", "sigkill", "sigstop")
@@ -320,7 +321,7 @@ symbols = {syms}
             if self._wait(recovered, 30, f"{stream} to recover from {kind}"):
                 record.recovery = time.monotonic() - t0
         if kind == "sigstop" and old:
-            self._wait(lambda: not _alive(old), 10, "the stopped worker to be killed")
+            self._wait(lambda: not alive(old), 10, "the stopped worker to be killed")
         rest = spacing - (time.monotonic() - t0)
         if rest > 0:
             time.sleep(rest)  # pacing between faults, not synchronisation
@@ -435,14 +436,6 @@ def _covers_id(gap: dict[str, Any], agg_id: int) -> bool:
 def _covers_ms(gap: dict[str, Any], open_time: int) -> bool:
     lo, hi = gap.get("from_ms"), gap.get("to_ms")
     return lo is not None and lo <= open_time and (hi is None or open_time <= hi)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _local_ports(pid: int) -> set[int]:

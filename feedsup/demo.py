@@ -31,7 +31,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from feedsup.procs import alive, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SUPERVISORD_TEMPLATE = REPO / "conf" / "supervisord.conf"
@@ -204,17 +206,6 @@ def read_first_line(proc: subprocess.Popen, timeout: float) -> str:
     if not line:
         raise RuntimeError(f"the simulator exited (code {proc.wait()})")
     return line
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)  # polling period of a deadline-bounded wait
 
 
 # -- live view ------------------------------------------------------------------------
@@ -462,7 +453,7 @@ class Demo:
         self.children.stop_all()
         _kill_helpers()
         names = ", ".join(name for name, _ in self.children.procs)
-        left = sorted(pid for pid in self.seen_pids if _alive(pid))
+        left = sorted(pid for pid in self.seen_pids if alive(pid))
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         if left:
@@ -506,15 +497,6 @@ def _kill_helpers() -> None:
                 os.waitpid(int(entry), 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie is dead: it only waits for its parent to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _shorten(text: str, width: int) -> str:

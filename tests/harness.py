@@ -14,22 +14,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from feedsup.ipc.client import Subscriber, request
+from feedsup.procs import alive, child_pids, wait_for  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str = "condition", poll: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)  # polling period of a deadline-bounded wait
 
 
 def toml_value(value: Any) -> str:
@@ -65,30 +55,6 @@ def write_config(tmp_path: Path, sim: Any, streams: list[dict[str, Any]], *,
     path = tmp_path / "feedsup.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def child_pids(pid: int) -> set[int]:
-    """Live, non-zombie processes whose parent is ``pid``."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class Feedsup:
