@@ -246,12 +246,6 @@ def test_spot_state_is_exact_after_sigkill_and_an_outage_with_fills(spot_sim, ru
 
 # -- USD-M ------------------------------------------------------------------------------
 
-def _missing_futures_routes(monkeypatch) -> None:
-    """No-op: the simulator serves GET /fapi/v2/account and /fapi/v1/openOrders
-    itself now. Kept only because tests/test_secrets.py still imports and
-    calls it; delete both uses together."""
-
-
 # One simulated hour per wall second; a listenKey lives one simulated hour.
 FAST = dict(speed=3600, listen_key_validity=3600.0, trade_rate=0.0005, book_rate=0.0005)
 

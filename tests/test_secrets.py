@@ -15,8 +15,7 @@ import pytest
 
 from feedsup.workers.account import classify_rejection
 from harness import REPO, Collector, Feedsup, wait_for, write_config
-from test_account_e2e import (API_KEY, API_SECRET, KEY_ENV, SECRET_ENV, _missing_futures_routes,
-                              account_stream, make_sim, order)
+from test_account_e2e import API_KEY, API_SECRET, KEY_ENV, SECRET_ENV, account_stream, make_sim, order
 
 WRONG_SECRET = "wrong-secret-value-31337-zq"
 WRONG_KEY = "wrong-api-key-value-8812-zq"
@@ -25,8 +24,7 @@ PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["
 
 
 @pytest.fixture
-def sim(monkeypatch):
-    _missing_futures_routes(monkeypatch)
+def sim():
     server = make_sim(trade_rate=4)
     server.start()
     try:

@@ -140,7 +140,7 @@ def ticker_event(m: SymbolMarket, r: Rolling, now: int) -> dict[str, Any]:
         ev["x"] = f.p(r.prev_close)
     ev.update({"c": f.p(r.close), "Q": f.q(m.last_qty)})
     if m.market == "spot":
-        uid, bids, asks = m.update_id, m.bids, m.asks
+        bids, asks = m.bids, m.asks
         bb, ba = m.center - 1, m.center + 1
         ev.update({"b": f.p(bb), "B": f.q(bids[bb]), "a": f.p(ba), "A": f.q(asks[ba])})
     ev.update({"o": f.p(r.open), "h": f.p(r.high), "l": f.p(r.low), "v": f.q(r.volume), "q": f.quote(r.quote_volume),
