@@ -188,16 +188,19 @@ symbols = {syms}
         return path
 
     def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.stop()
-        for proc in (self.fs, self.sim):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        """Stop everything; each step runs even if an earlier one fails."""
+        try:
+            if self.consumer is not None:
+                self.consumer.stop()
+        finally:
+            for proc in (self.fs, self.sim):
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
 
     # -- observation ---------------------------------------------------------------
 
