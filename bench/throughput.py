@@ -34,7 +34,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from feedsup.procs import child_pids, rss_mb  # noqa: E402
+from feedsup.procs import child_pids, rss_mb, tied  # noqa: E402
 
 RAW_CLIENT = r"""
 import sys, time, websocket
@@ -56,7 +56,7 @@ print(n / (time.perf_counter() - t0))
 
 
 def start_sim(*args: str) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "feedsup.sim", "--symbols", "BTCUSDT", *args],
+    proc = subprocess.Popen(tied([sys.executable, "-m", "feedsup.sim", "--symbols", "BTCUSDT", *args]),
                             stdout=subprocess.PIPE, cwd=REPO)
     urls = json.loads(proc.stdout.readline())
     return proc, urls
@@ -149,7 +149,7 @@ class Consumer:
 
 
 def run_feedsup(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)],
+    return subprocess.Popen(tied([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),
                             stderr=subprocess.DEVNULL, cwd=REPO)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from feedsup.ipc.client import Subscriber, request
-from feedsup.procs import alive
+from feedsup.procs import alive, tied
 
 # Faults that end the targeted connection (recovery = a new worker streams).
 BREAKING = ("drop", "close", "stall", "data_stall", "server_shutdown", "lifetime", "sigkill", "sigstop")
@@ -139,15 +139,15 @@ class ChaosRun:
 
     def start(self) -> None:
         self.sim = subprocess.Popen(
-            [sys.executable, "-m", "feedsup.sim", "--seed", str(self.o.seed), "--speed", str(self.o.speed),
-             "--symbols", ",".join(self.o.symbols), "--trade-rate", str(self.o.trade_rate),
-             "--ping-interval", "2", "--pong-timeout", "5"],
+            tied([sys.executable, "-m", "feedsup.sim", "--seed", str(self.o.seed), "--speed", str(self.o.speed),
+                  "--symbols", ",".join(self.o.symbols), "--trade-rate", str(self.o.trade_rate),
+                  "--ping-interval", "2", "--pong-timeout", "5"]),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.urls = json.loads(self.sim.stdout.readline())
         config = self._write_config()
         self.consumer = _Consumer(f"ipc://{self.dir}/pub")
         self.consumer.start()
-        self.fs = subprocess.Popen([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)],
+        self.fs = subprocess.Popen(tied([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),
                                    stdout=subprocess.DEVNULL, stderr=open(self.dir / "feedsup.log", "wb"))
 
     def _write_config(self) -> Path:

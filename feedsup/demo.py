@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import ctypes
 import io
 import json
 import os
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feedsup.procs import alive, wait_for
+from feedsup.procs import alive, tied, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SUPERVISORD_TEMPLATE = REPO / "conf" / "supervisord.conf"
@@ -46,7 +45,6 @@ KLINE_MS = 1_000
 # Real time (speed 1, clock now), so exchange lag shows what it would live;
 # 1s klines so that a closed kline comes every second.
 SIM_ARGS = ("--speed", "1", "--trade-rate", "20", "--symbols", "BTCUSDT,ETHUSDT")
-PR_SET_PDEATHSIG = 1
 
 
 # -- supervisord config ------------------------------------------------------------
@@ -155,14 +153,6 @@ def duplicates(ids: list[int]) -> int:
 
 # -- processes ----------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Child side of Popen: if the demo dies (even SIGKILL), get SIGTERM."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the demo's own cleanup still runs on Ctrl-C
-
-
 class Children:
     """Long-running children, each in its own process group, stopped in reverse order."""
 
@@ -170,9 +160,8 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:
-        # preexec_fn is only safe before any thread exists: the demo starts
-        # these children before its ZeroMQ sockets and the Tap thread.
-        proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, preexec_fn=_die_with_parent,
+        # tied: if the demo dies, even by SIGKILL, its children get SIGTERM.
+        proc = subprocess.Popen(tied(argv), cwd=REPO, start_new_session=True,
                                 stdin=subprocess.DEVNULL, **kwargs)
         self.procs.append((name, proc))
         return proc

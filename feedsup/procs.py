@@ -1,10 +1,22 @@
-"""Process helpers for the demo, the chaos run, benchmarks and tests (Linux /proc)."""
+"""Process helpers for workers, the demo, the chaos run, benchmarks and tests
+(Linux: /proc and prctl).
+
+``python -m feedsup.procs PID COMMAND...`` runs COMMAND so that it gets
+SIGTERM when process PID dies, even by SIGKILL (see ``tied``).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+_PR_SET_PDEATHSIG = 1
+EXIT_ORPHAN = 70
 
 
 class WaitTimeout(RuntimeError):
@@ -57,3 +69,33 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when our parent dies, then make sure it had
+    not already died before we asked (then exit at once)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: callers keep their own checks
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_ORPHAN)
+
+
+def tied(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so the command dies with this process.
+
+    The death signal is set in a small shim that then execs the command (it
+    survives exec), because ``preexec_fn`` is unsafe in a process with
+    threads, as test runners and the chaos driver are.
+    """
+    return [sys.executable, "-m", "feedsup.procs", str(os.getpid()), *argv]
+
+
+def _exec_tied(args: list[str]) -> None:
+    die_with_parent(int(args[0]))
+    os.execvp(args[1], args[1:])
+
+
+if __name__ == "__main__":
+    _exec_tied(sys.argv[1:])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from feedsup.ipc.client import Subscriber, request
-from feedsup.procs import alive, child_pids, wait_for  # noqa: F401  (re-exported for tests)
+from feedsup.procs import alive, child_pids, tied, wait_for  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ class Feedsup:
         self.log_path = tmp_path / "feedsup.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)],
+            tied([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         self._seen_workers: set[int] = set()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from feedsup.procs import tied
 from harness import REPO
 
 
@@ -83,7 +84,7 @@ def test_short_demo_shows_data_a_fault_the_restart_and_recovery(demo_env, timing
 def test_demo_interrupted_cleans_up(demo_env):
     """Ctrl-C (SIGINT) mid-demo: every process stops, exit 130."""
     env, token = demo_env
-    proc = subprocess.Popen(DEMO, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(tied(DEMO), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         lines = []

@@ -26,6 +26,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from feedsup.config import Connection, Restart
 from feedsup.demo import SUPERVISORD_TEMPLATE, find_supervisord, supervisord_conf
 from feedsup.ipc.client import request
+from feedsup.procs import tied
 from feedsup.sim import SimOptions, SimServer
 from harness import Collector, alive, child_pids, wait_for, write_config
 
@@ -75,7 +76,8 @@ class Supervisord:
         self.log_path = tmp_path / "supervisord.log"
         self.program_log = tmp_path / "feedsup.log"
         self.groups: set[int] = set()   # feedsup's process groups, killed at close()
-        self.proc = subprocess.Popen([find_supervisord(), "-n", "-c", str(self.conf)],
+        # tied: even if pytest itself is killed, supervisord (and so feedsup) stops.
+        self.proc = subprocess.Popen(tied([find_supervisord(), "-n", "-c", str(self.conf)]),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         self.serverurl = f"unix://{tmp_path}/supervisor.sock"

@@ -6,7 +6,8 @@ import importlib
 import logging
 import sys
 
-from feedsup.workers.runtime import ConnectionEnded, Runtime, die_with_parent
+from feedsup.procs import die_with_parent
+from feedsup.workers.runtime import ConnectionEnded, Runtime
 from feedsup.workers.spec import WorkerSpec
 
 # One worker kind per stream kind.

@@ -8,7 +8,6 @@ never reconnects by itself: the parent owns every restart decision.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from typing import Any
 import websocket
 import zmq
 
+from feedsup import procs
 from feedsup.ipc.frames import Control
 from feedsup.workers import fastrecv
 from feedsup.workers.keepalive import Pinger
@@ -32,9 +32,8 @@ log = logging.getLogger("feedsup.worker")
 EXIT_STOPPED = 0   # terminated on the parent's request
 EXIT_RETRY = 75    # EX_TEMPFAIL: the connection ended; a restart may help
 EXIT_FATAL = 78    # EX_CONFIG: retrying cannot fix this
-EXIT_ORPHAN = 70   # the parent is gone
+EXIT_ORPHAN = procs.EXIT_ORPHAN  # the parent is gone
 
-_PR_SET_PDEATHSIG = 1
 
 OP_TEXT = websocket.ABNF.OPCODE_TEXT
 OP_BINARY = websocket.ABNF.OPCODE_BINARY
@@ -50,18 +49,6 @@ class ConnectionEnded(Exception):
         self.reason = reason
         self.fatal = fatal
         self.close_code = close_code
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGTERM us when the parent dies, then make sure it
-    had not already died before we asked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the ticker's getppid check remains
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(EXIT_ORPHAN)
 
 
 @dataclass
