@@ -10,6 +10,7 @@ them facts and carries out their actions:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -138,6 +139,7 @@ class Parent:
         logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
                    streams=len(self.config.streams))
         code = None
+        gc.freeze()   # long-lived start-up objects: keep them out of GC pauses
         try:
             code = self._execute(self.policy.start(time.monotonic()))
             while code is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import sys
@@ -23,6 +24,10 @@ def main(argv: list[str]) -> int:
     kind = importlib.import_module(KINDS.get(spec.stream.channel, DEFAULT_KIND))
     rt = Runtime(spec)
     rt.start()
+    # Everything allocated so far lives as long as the process. Freezing it
+    # keeps full collections from rescanning it: a 3-4 ms pause otherwise,
+    # about once a second at a few thousand messages per second.
+    gc.freeze()
     try:
         kind.run(rt)
         ended = ConnectionEnded("worker returned")
