@@ -113,24 +113,17 @@ class Parent:
         ctx = zmq.Context()
         try:
             sockets = self._bind(ctx)
-        except zmq.ZMQError as exc:
-            logs.event(log, "bind failed", logging.ERROR, error=str(exc))
+            if self.metrics is not None:
+                self.metrics.start()
+        except (zmq.ZMQError, OSError) as exc:
+            # pub, control or metrics_port is taken or invalid: say which, exit 69.
+            logs.event(log, "bind failed", logging.ERROR, error=str(exc), pub=self.config.pub,
+                       control=self.config.control, metrics_port=self.config.metrics_port or None)
             ctx.destroy(linger=0)
             shutil.rmtree(self.rundir, ignore_errors=True)
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
         self.pub = pub
-        if self.metrics is not None:
-            try:
-                self.metrics.start()
-            except OSError as exc:
-                logs.event(log, "metrics bind failed", logging.ERROR, port=self.config.metrics_port,
-                           error=str(exc))
-                for sock in sockets:
-                    sock.close(linger=0)
-                ctx.term()
-                shutil.rmtree(self.rundir, ignore_errors=True)
-                return EXIT_UNAVAILABLE
         old_handlers = self._install_signals()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -291,7 +284,7 @@ class Parent:
             self._note_rate(inst, stats, now)
             if self.metrics is not None and stats.get("lag_ms") is not None:
                 self.metrics.observe_lag(msg.get("stream", "?"), stats["lag_ms"])
-            self._pending += p.on_liveness(inst, msg.get("stats") or {}, now)
+            self._pending += p.on_liveness(inst, stats, now)
         elif kind == Control.READY:
             self._pending += p.on_ready(inst, now)
         elif kind == Control.STREAMING:
