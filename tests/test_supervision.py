@@ -256,3 +256,23 @@ def test_spot_and_usdm_streams_of_one_symbol_both_flow(sim, run_feedsup, timing)
     assert_exactly_once_in_order(agg_ids(col, "aggTrade.BTCUSDT"))
     assert_exactly_once_in_order(agg_ids(col, "usdm.aggTrade.BTCUSDT"))
     assert fs.status()["suppressed"] == 0, "neither market's frames may pass for the other's duplicates"
+
+
+def test_taken_pub_endpoint_exits_69_and_names_it(sim, tmp_path):
+    import zmq
+    ctx = zmq.Context()
+    squatter = ctx.socket(zmq.PUB)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        config = write_config(tmp_path, sim, [PRICE], feedsup={"pub": f"tcp://127.0.0.1:{port}"})
+        fs = Feedsup(config, tmp_path)
+        try:
+            assert fs.proc.wait(15) == 69
+            log = fs.log()
+            assert "bind failed" in log and f"tcp://127.0.0.1:{port}" in log
+            assert not fs.workers(), "nothing is spawned when the sockets cannot be bound"
+        finally:
+            fs.close()
+    finally:
+        squatter.close(linger=0)
+        ctx.term()
