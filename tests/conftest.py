@@ -1,5 +1,7 @@
 import pytest
 
+from feedsup.sim import SimOptions, SimServer
+
 # (test, what, seconds) shown in the terminal summary: the issue asks to see
 # how long each recovery took, not only that it happened.
 TIMINGS: list[tuple[str, str, float]] = []
@@ -18,3 +20,21 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("measured times")
     for test, what, seconds in TIMINGS:
         terminalreporter.write_line(f"{seconds:8.3f} s  {what}  ({test})")
+
+
+@pytest.fixture
+def start_sim():
+    """Start a simulator with these SimOptions; each one started here is
+    stopped at teardown, even when the test fails."""
+    started: list[SimServer] = []
+
+    def start(**options) -> SimServer:
+        server = SimServer(SimOptions(**options))
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

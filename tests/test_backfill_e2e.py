@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from feedsup.sim import SimOptions, SimServer
+from feedsup.sim import SimServer
 from harness import Collector, Feedsup, alive, wait_for, write_config
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -29,14 +29,8 @@ SPEED = 60
 
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(speed=SPEED, symbols=tuple(SYMBOLS), trade_rate=4, ping_interval=1,
-                                  pong_timeout=3))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(speed=SPEED, symbols=tuple(SYMBOLS), trade_rate=4, ping_interval=1, pong_timeout=3)
 
 
 @pytest.fixture

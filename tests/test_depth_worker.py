@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from feedsup.sim import SimOptions, SimServer
+from feedsup.sim import SimServer
 from harness import Collector, Feedsup, wait_for, write_config
 
 LEVELS = 20
@@ -32,14 +32,8 @@ PATHS = {"book": "/api/v3/depth", "fbook": "/fapi/v1/depth"}
 
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(speed=2, symbols=tuple(SYMBOLS["book"] + SYMBOLS["fbook"]), trade_rate=2,
-                                  book_rate=4, ping_interval=1, pong_timeout=3))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(speed=2, symbols=tuple(SYMBOLS["book"] + SYMBOLS["fbook"]), trade_rate=2, book_rate=4, ping_interval=1, pong_timeout=3)
 
 
 @pytest.fixture

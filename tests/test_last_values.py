@@ -10,7 +10,6 @@ import msgpack
 import pytest
 
 from feedsup.ipc.client import Subscriber, request
-from feedsup.sim import SimOptions, SimServer
 from harness import Collector, Feedsup, wait_for, write_config
 
 BOOK = {"name": "book", "market": "spot", "channel": "bookTicker", "symbols": ["BTCUSDT", "ETHUSDT"]}
@@ -18,13 +17,8 @@ PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["
 
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4)
 
 
 @pytest.fixture

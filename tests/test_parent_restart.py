@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 
-from feedsup.sim import SimOptions, SimServer
 from feedsup.supervisor import state as saved
 from harness import Collector, Feedsup, wait_for, write_config
 
@@ -19,13 +18,8 @@ TOPIC = "aggTrade.BTCUSDT"
 
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(speed=10, symbols=("BTCUSDT",), trade_rate=4))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=4)
 
 
 def latest_agg_id(sim) -> int:

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from feedsup.sim import SimOptions, SimServer
 from feedsup.workers import restlimit
 from feedsup.workers.rest import RestClient, RestFailed
 from feedsup.workers.restlimit import BudgetState, BudgetUnavailable, SharedBudget, observe, reserve
@@ -149,13 +148,8 @@ def test_in_memory_budget_without_a_rundir():
 # -- the REST client on loopback, against the simulator --------------------------------
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(symbols=("BTCUSDT",)))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(symbols=("BTCUSDT",))
 
 
 def client(sim, path, **kw) -> RestClient:

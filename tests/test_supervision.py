@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from feedsup.sim import SimOptions, SimServer
 from harness import Collector, Feedsup, alive, wait_for, write_config
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT", "ETHUSDT"]}
@@ -21,14 +20,8 @@ STREAM_BTC = "btcusdt@aggTrade"
 
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4,
-                                  ping_interval=1, pong_timeout=3))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4, ping_interval=1, pong_timeout=3)
 
 
 @pytest.fixture

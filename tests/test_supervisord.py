@@ -27,7 +27,6 @@ from feedsup.config import Connection, Restart
 from feedsup.demo import SUPERVISORD_TEMPLATE, find_supervisord, supervisord_conf
 from feedsup.ipc.client import request
 from feedsup.procs import tied
-from feedsup.sim import SimOptions, SimServer
 from harness import Collector, alive, child_pids, wait_for, write_config
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
@@ -132,13 +131,8 @@ class Supervisord:
 
 
 @pytest.fixture
-def sim():
-    server = SimServer(SimOptions(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def sim(start_sim):
+    return start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4)
 
 
 @pytest.fixture
