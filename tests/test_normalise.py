@@ -313,7 +313,7 @@ SIM_CHANNELS = [
     for market in ("spot", "usdm")
     for channel in ("aggTrade", "trade", "bookTicker", "miniTicker", "ticker", "kline",
                     "markPrice", "depth")
-    if not (market == "spot" and channel == "markPrice")
+    if not (market == "spot" and channel == "markPrice") and not (market == "usdm" and channel == "trade")
 ]
 
 
@@ -330,10 +330,6 @@ def test_simulator_events_normalise_on_our_routes(market, channel):
                     intervals=("1m",))
     (name,) = stream_names(stream)
     spec = parse_stream(name, market, frozenset({"BTCUSDT"}))
-    if market == "usdm" and channel == "trade":
-        # Binance documents no USD-M @trade stream and the simulator has none.
-        assert spec is None
-        pytest.xfail("no USD-M trade stream")
     assert deliverable(spec, market, route(market, channel).lstrip("/"))
     m = SymbolMarket(spec_for("BTCUSDT"), market, 3, T0, 20.0, 20.0, 20, 10_000)
     feed = make_feed(spec, T0, {"BTCUSDT": m})

@@ -18,7 +18,8 @@ def make(channel, market="spot", symbols=("BTCUSDT",), intervals=()):
 ])
 def test_names_lowercase_symbol_and_channel_suffix(channel, expected):
     assert stream_names(make(channel)) == [expected]
-    assert stream_names(make(channel, market="usdm")) == [expected]
+    if channel != "trade":   # USD-M has no raw trade stream
+        assert stream_names(make(channel, market="usdm")) == [expected]
 
 
 def test_mark_price_is_one_second_and_usdm_only():
@@ -41,7 +42,7 @@ def test_account_has_no_market_stream():
 
 @pytest.mark.parametrize("channel, expected", [
     ("bookTicker", "/public"), ("depth", "/public"),
-    ("aggTrade", "/market"), ("trade", "/market"), ("kline", "/market"),
+    ("aggTrade", "/market"), ("kline", "/market"),
     ("markPrice", "/market"), ("miniTicker", "/market"), ("ticker", "/market"),
 ])
 def test_usdm_routes(channel, expected):
@@ -51,6 +52,13 @@ def test_usdm_routes(channel, expected):
 def test_spot_has_no_route():
     assert route("spot", "aggTrade") == ""
     assert route("spot", "depth") == ""
+
+
+def test_usdm_has_no_trade_stream():
+    with pytest.raises(ValueError):
+        route("usdm", "trade")
+    with pytest.raises(ValueError):
+        stream_names(make("trade", market="usdm"))
 
 
 def test_route_rejects_unknown_market_and_channel():

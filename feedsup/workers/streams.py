@@ -15,13 +15,13 @@ _USDM_ROUTES = {
     "bookTicker": "/public",
     "depth": "/public",
     "aggTrade": "/market",
-    "trade": "/market",
     "kline": "/market",
     "markPrice": "/market",
     "miniTicker": "/market",
     "ticker": "/market",
 }
-_SPOT_CHANNELS = frozenset(_USDM_ROUTES) - {"markPrice"}
+# USD-M lists no raw @trade stream (config refuses it too); spot has no markPrice.
+_SPOT_CHANNELS = frozenset(_USDM_ROUTES) - {"markPrice"} | {"trade"}
 
 # Channel -> suffix after "<symbol>@". kline is per interval, see stream_names.
 _SUFFIXES = {
