@@ -60,11 +60,11 @@ def write_config(tmp_path: Path, sim: Any, streams: list[dict[str, Any]], *,
 class Feedsup:
     """``feedsup run`` as a real subprocess."""
 
-    def __init__(self, config: Path, tmp_path: Path) -> None:
+    def __init__(self, config: Path, tmp_path: Path, log_name: str = "feedsup.log") -> None:
         self.config = config
         self.control = f"ipc://{tmp_path}/ctl"
         self.pub = f"ipc://{tmp_path}/pub"
-        self.log_path = tmp_path / "feedsup.log"
+        self.log_path = tmp_path / log_name
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             tied([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),

@@ -42,7 +42,7 @@ def ids(col: Collector) -> list[int]:
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, how):
     config = write_config(tmp_path, sim, [PRICE], feedsup={"state_file": str(tmp_path / "state")})
-    first = Feedsup(config, tmp_path)
+    first = Feedsup(config, tmp_path, "first.log")
     col = Collector(first.pub)
     second = None
     try:
@@ -56,11 +56,14 @@ def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, 
         down_at = latest_agg_id(sim)
         wait_for(lambda: latest_agg_id(sim) >= down_at + 20, 20, "trades while no parent runs")
         t0 = time.monotonic()
-        second = Feedsup(config, tmp_path)
+        second = Feedsup(config, tmp_path, "second.log")
         wait_for(lambda: max(ids(col)) > latest_agg_id(sim) - 5, 20, "the new parent to catch up")
         timing(f"parent {how} -> new parent caught up", time.monotonic() - t0)
         got = ids(col)
-        assert sorted(set(got)) == list(range(got[0], max(got) + 1)), "no hole across the parent restart"
+        gaps = [f["gap"] for f in list(col.frames) if f.get("gap")]
+        assert sorted(set(got)) == list(range(got[0], max(got) + 1)), (
+            f"no hole across the parent restart; gap notices {gaps}; new parent's log:\n"
+            + "\n".join(second.log().splitlines()[-15:]))
         backfilled = [f for f in list(col.frames) if f["topic"] == TOPIC and f.get("backfill")]
         assert backfilled, "the gap while no parent ran must be backfilled"
         duplicates = len(got) - len(set(got))
