@@ -4,6 +4,7 @@ no parent ran, and the connection budget is not spent twice."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import signal
 import time
 import urllib.request
@@ -11,6 +12,7 @@ import urllib.request
 import pytest
 
 from feedsup.supervisor import state as saved
+from feedsup.supervisor.parent import REJOIN_GRACE_S
 from harness import Collector, Feedsup, wait_for, write_config
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
@@ -26,6 +28,12 @@ def latest_agg_id(sim) -> int:
     url = f"{sim.base_url}/api/v3/aggTrades?symbol=BTCUSDT&limit=1"
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())[-1]["a"]
+
+
+def _event_time(log: str, event: str) -> float:
+    line = next(line for line in log.splitlines() if f"event={event} " in line)
+    ts = line.split("ts=", 1)[1].split(" ", 1)[0]
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 def _saved_marks(path) -> dict:
@@ -75,6 +83,8 @@ def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, 
             assert duplicates <= 100, "after a crash only the last two seconds may repeat"
         assert any(g.restart for g in col.gaps), "consumers see the parent restart as seq going back"
         assert "state restored" in second.log()
+        started, spawned = _event_time(second.log(), "started"), _event_time(second.log(), "spawn")
+        assert spawned - started >= REJOIN_GRACE_S - 0.05, "subscribers get time to rejoin first"
     finally:
         col.close()
         for fs in (first, second):

@@ -43,6 +43,10 @@ MAX_POLL_S = 0.1
 METRICS_PERIOD_S = 1.0
 STATE_PERIOD_S = 1.0
 PUB_FLUSH_MS = 1000
+# A parent resuming from saved state waits this long before its first spawn:
+# subscribers of the previous parent reconnect (ZeroMQ retries every 100 ms)
+# before the backfill of the outage is published, or PUB would drop it.
+REJOIN_GRACE_S = 1.0
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
 # Channels whose history Binance does not serve: when their source is lost
@@ -128,14 +132,18 @@ class Parent:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
-        self._restore_state()
+        start_at = time.monotonic() + (REJOIN_GRACE_S if self._restore_state() else 0.0)
         logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
                    streams=len(self.config.streams))
         code = None
         gc.freeze()   # long-lived start-up objects: keep them out of GC pauses
         try:
-            code = self._execute(self.policy.start(time.monotonic()))
+            started = False
             while code is None:
+                if not started and time.monotonic() >= start_at:
+                    started = True
+                    code = self._execute(self.policy.start(time.monotonic()))
+                    continue
                 ready = dict(poller.poll(self._poll_timeout_ms()))
                 if pull in ready:
                     self._drain(pull, pub)
@@ -380,22 +388,24 @@ class Parent:
                 code = action.code
         return code
 
-    def _restore_state(self) -> None:
+    def _restore_state(self) -> bool:
+        """Load the saved state, if any; say whether there were watermarks."""
         if not self.config.state_file:
-            return
+            return False
         try:
             state = saved.load(self.config.state_file)
         except saved.StateError as exc:
             logs.event(log, "state ignored", logging.WARNING, file=self.config.state_file, error=str(exc))
-            return
+            return False
         if state is None:
-            return
+            return False
         self.sequencer.restore(state.marks)
         self._marks_behind = dict(state.marks)
         now_wall, now_mono = time.time(), time.monotonic()
         self.policy.restore_connect_attempts(saved.to_monotonic(state.attempts, now_wall, now_mono), now_mono)
         logs.event(log, "state restored", file=self.config.state_file, topics=len(state.marks),
                    recent_attempts=len(state.attempts), age=f"{now_wall - state.saved_at:.1f}s")
+        return bool(state.marks)
 
     def _save_state(self, exact: bool = False) -> None:
         """Save watermarks and recent connection attempts.
