@@ -6,6 +6,7 @@ process (or a test) can read it and connect.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -18,6 +19,22 @@ import click
 from .options import SimOptions
 from .scenario import ScenarioError, load_scenario
 from .server import SimServer
+
+
+def quiet_gc() -> None:
+    """Keep the simulator's cyclic GC from pausing the market.
+
+    The market keeps up to ``history`` events per symbol in memory. CPython's
+    default thresholds then run full collections over that heap about once a
+    second, for tens of milliseconds, and the events of each pause go out as
+    one burst. Binance does not pause like that, and the bursts made feedsup's
+    measured p99 latency reflect the simulator (3.8 ms against 0.5 ms with the
+    GC off). Freezing the start-up objects and collecting rarely keeps the
+    stream steady; this runs in the ``feedsup sim`` process only, never in a
+    process that embeds ``SimServer``.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 @click.command("sim")
@@ -65,6 +82,7 @@ def sim(symbols: str, scenario: str | None, verbose: bool, **knobs: Any) -> None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    quiet_gc()
     server = SimServer(options)
     try:
         server.start()
