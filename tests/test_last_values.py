@@ -68,7 +68,7 @@ def test_lost_book_ticker_source_is_announced_as_a_gap(feedsup, timing):
     assert "SIGKILL" in gap_open["reason"]
     frames = [f for f in list(col.frames) if f["topic"] == "bookTicker.BTCUSDT"]
     seqs = [f["seq"] for f in frames]
-    assert seqs == list(range(1, len(seqs) + 1)), "gap notices are numbered like any frame"
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "gap notices are numbered like any frame"
     i = frames.index(closed[0])
     assert frames[i + 1]["data"] is not None, "the closing notice comes right before the fresh frame"
     # Once fresh data flows, the cache hands a late consumer a value, not the notice.

@@ -67,7 +67,10 @@ def test_data_flows_from_simulator_to_consumer(sim, run_feedsup, timing):
                                   "time", "buyer_maker"}
     assert isinstance(frame["data"]["price"], str)
     seqs = [f["seq"] for f in col.frames if f["topic"] == "aggTrade.BTCUSDT"]
-    assert seqs == list(range(1, len(seqs) + 1))
+    # A subscriber that joins while the parent starts may miss the very first
+    # frames (PUB drops before a subscription arrives); from then on, no hole.
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] <= 20
+    assert col.gaps == []
     assert_exactly_once_in_order(agg_ids(col, "aggTrade.BTCUSDT"))
     row = fs.wait_running("price")
     assert row["pid"] in fs.workers()
