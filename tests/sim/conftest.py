@@ -7,24 +7,14 @@ from typing import Any, Callable, Iterator
 import pytest
 import websocket
 
-from feedsup.sim import SimOptions, SimServer
+from feedsup.sim import SimServer
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., SimServer]]:
-    """Start simulators with option overrides; all are stopped at teardown."""
-    started: list[SimServer] = []
-
-    def start(**overrides: Any) -> SimServer:
-        server = SimServer(SimOptions(), **overrides)
-        started.append(server)
-        return server.start()
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+def make_sim(start_sim: Callable[..., SimServer]) -> Callable[..., SimServer]:
+    """Start simulators with option overrides; all are stopped at teardown
+    (the suite-wide ``start_sim`` in tests/conftest.py)."""
+    return start_sim
 
 
 @pytest.fixture
