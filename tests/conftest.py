@@ -1,6 +1,7 @@
 import pytest
 
 from feedsup.sim import SimOptions, SimServer
+from harness import Collector, Feedsup, write_config
 
 # (test, what, seconds) shown in the terminal summary: the issue asks to see
 # how long each recovery took, not only that it happened.
@@ -38,3 +39,24 @@ def start_sim():
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+def start_feedsup(tmp_path):
+    """Run ``feedsup run`` against a simulator with a subscriber attached
+    (``collect(fs)`` makes it; default: everything on fs.pub). Both are
+    stopped at teardown, newest first, even when the test fails."""
+    started: list = []
+
+    def start(sim, streams, collect=None, **config):
+        fs = Feedsup(write_config(tmp_path, sim, list(streams), **config), tmp_path)
+        started.append(fs)
+        col = collect(fs) if collect is not None else Collector(fs.pub)
+        started.append(col)
+        return fs, col
+
+    try:
+        yield start
+    finally:
+        for thing in reversed(started):
+            thing.close()

@@ -23,7 +23,7 @@ import pytest
 
 from feedsup.sim import SimOptions, SimServer
 from feedsup.ipc.client import ControlError, Subscriber
-from harness import Collector, Feedsup, alive, wait_for, write_config
+from harness import Collector, Feedsup, alive, wait_for
 
 API_KEY = "e2e-account-key-4f1c"
 API_SECRET = "e2e-account-secret-9b7d2e"
@@ -81,21 +81,10 @@ class AccountCollector(Collector):
 
 
 @pytest.fixture
-def run_feedsup(tmp_path, creds_env):
-    started: list[Any] = []
-
+def run_feedsup(start_feedsup, creds_env):
     def start(sim: SimServer, streams: list[dict[str, Any]], **config: Any) -> tuple[Feedsup, Collector]:
-        fs = Feedsup(write_config(tmp_path, sim, streams, **config), tmp_path)
-        started.append(fs)
-        col = AccountCollector(fs)
-        started.append(col)
-        return fs, col
-
-    try:
-        yield start
-    finally:
-        for thing in reversed(started):
-            thing.close()
+        return start_feedsup(sim, streams, collect=AccountCollector, **config)
+    return start
 
 
 # -- the simulator's signed REST, as a trading client would use it ----------------------

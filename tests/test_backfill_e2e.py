@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from feedsup.sim import SimServer
-from harness import Collector, Feedsup, alive, wait_for, write_config
+from harness import Collector, Feedsup, alive, wait_for
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 KLINES = {"name": "klines", "market": "spot", "channel": "kline", "symbols": SYMBOLS, "intervals": ["1m"]}
@@ -34,23 +34,12 @@ def sim(start_sim):
 
 
 @pytest.fixture
-def feedsup_run(tmp_path):
-    started: list[tuple[Feedsup, Collector]] = []
-
+def feedsup_run(start_feedsup):
     def start(sim: SimServer, streams: tuple[dict, ...] = (KLINES, AGGS)) -> tuple[Feedsup, Collector]:
         # Many quick restarts during a refused period must not end in FATAL.
-        path = write_config(tmp_path, sim, list(streams), restart={"intensity": 100})
-        fs = Feedsup(path, tmp_path)
-        col = Collector(fs.pub, ("kline.", "aggTrade.", "trade."))
-        started.append((fs, col))
-        return fs, col
-
-    try:
-        yield start
-    finally:
-        for fs, col in started:
-            col.close()
-            fs.close()
+        return start_feedsup(sim, streams, restart={"intensity": 100},
+                             collect=lambda fs: Collector(fs.pub, ("kline.", "aggTrade.", "trade.")))
+    return start
 
 
 # -- the simulator's REST truth ------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from feedsup.workers.account import classify_rejection
-from harness import REPO, Collector, Feedsup, wait_for, write_config
+from harness import REPO, Collector, Feedsup, wait_for
 from test_account_e2e import API_KEY, API_SECRET, KEY_ENV, SECRET_ENV, account_stream, make_sim, order
 
 WRONG_SECRET = "wrong-secret-value-31337-zq"
@@ -43,21 +43,10 @@ def env(monkeypatch):
 
 
 @pytest.fixture
-def feedsup(tmp_path, env):
-    started: list[Any] = []
-
+def feedsup(start_feedsup, env):
     def start(sim, streams):
-        fs = Feedsup(write_config(tmp_path, sim, streams), tmp_path)
-        started.append(fs)
-        col = Collector(fs.pub, ("",))
-        started.append(col)
-        return fs, col
-
-    try:
-        yield start
-    finally:
-        for thing in reversed(started):
-            thing.close()
+        return start_feedsup(sim, streams, collect=lambda fs: Collector(fs.pub, ("",)))
+    return start
 
 
 def stream(name: str, market: str, key_env: str = KEY_ENV, secret_env: str = SECRET_ENV) -> dict[str, Any]:

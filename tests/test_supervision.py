@@ -25,25 +25,10 @@ def sim(start_sim):
 
 
 @pytest.fixture
-def run_feedsup(tmp_path):
-    started: list[Feedsup] = []
-    collectors: list[Collector] = []
-
+def run_feedsup(start_feedsup):
     def start(sim, streams=(PRICE,), **config):
-        path = write_config(tmp_path, sim, list(streams), **config)
-        fs = Feedsup(path, tmp_path)
-        started.append(fs)
-        col = Collector(fs.pub)
-        collectors.append(col)
-        return fs, col
-
-    try:
-        yield start
-    finally:
-        for col in collectors:
-            col.close()
-        for fs in started:
-            fs.close()
+        return start_feedsup(sim, streams, **config)
+    return start
 
 
 def agg_ids(col: Collector, topic: str) -> list[int]:
