@@ -149,12 +149,17 @@ def depth(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
     return pl.depth_snapshot(m, limit, now)
 
 
-def ticker_24hr(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
+def _one_or_all(hub: Hub, market: str, q: Mapping[str, str],
+                row: Callable[[SymbolMarket, int], dict[str, Any]]) -> Any:
+    """Binance's ticker shape: one object for ``?symbol=``, else a list of all."""
     now = hub.advance()
     if q.get("symbol"):
-        m = _symbol(hub, market, q)
-        return _ticker_row(m, now)
-    return [_ticker_row(m, now) for m in hub.markets[market].values()]
+        return row(_symbol(hub, market, q), now)
+    return [row(m, now) for m in hub.markets[market].values()]
+
+
+def ticker_24hr(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
+    return _one_or_all(hub, market, q, _ticker_row)
 
 
 def _ticker_row(m: SymbolMarket, now: int) -> dict[str, Any]:
@@ -172,42 +177,39 @@ def _ticker_row(m: SymbolMarket, now: int) -> dict[str, Any]:
 
 
 def book_ticker(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    now = hub.advance()
-    chosen = [_symbol(hub, market, q)] if q.get("symbol") else list(hub.markets[market].values())
-    rows = []
-    for m in chosen:
-        f = pl.fmt_of(m)
-        bid, ask = m.center - 1, m.center + 1
-        row = {"symbol": m.spec.symbol, "bidPrice": f.p(bid), "bidQty": f.q(m.bids[bid]),
-               "askPrice": f.p(ask), "askQty": f.q(m.asks[ask])}
-        if market == USDM:
-            row["time"] = now
-        rows.append(row)
-    return rows[0] if q.get("symbol") else rows
+    return _one_or_all(hub, market, q, _book_row)
+
+
+def _book_row(m: SymbolMarket, now: int) -> dict[str, Any]:
+    f = pl.fmt_of(m)
+    bid, ask = m.center - 1, m.center + 1
+    row = {"symbol": m.spec.symbol, "bidPrice": f.p(bid), "bidQty": f.q(m.bids[bid]),
+           "askPrice": f.p(ask), "askQty": f.q(m.asks[ask])}
+    if m.market == USDM:
+        row["time"] = now
+    return row
 
 
 def ticker_price(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    now = hub.advance()
-    chosen = [_symbol(hub, market, q)] if q.get("symbol") else list(hub.markets[market].values())
-    rows = []
-    for m in chosen:
-        row = {"symbol": m.spec.symbol, "price": pl.fmt_of(m).p(m.last_price)}
-        if market == USDM:
-            row["time"] = now
-        rows.append(row)
-    return rows[0] if q.get("symbol") else rows
+    return _one_or_all(hub, market, q, _price_row)
+
+
+def _price_row(m: SymbolMarket, now: int) -> dict[str, Any]:
+    row = {"symbol": m.spec.symbol, "price": pl.fmt_of(m).p(m.last_price)}
+    if m.market == USDM:
+        row["time"] = now
+    return row
 
 
 def premium_index(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    now = hub.advance()
-    chosen = [_symbol(hub, market, q)] if q.get("symbol") else list(hub.markets[market].values())
-    rows = []
-    for m in chosen:
-        ev = pl.mark_price_event(m, now)
-        rows.append({"symbol": ev["s"], "markPrice": ev["p"], "indexPrice": ev["i"], "estimatedSettlePrice": ev["P"],
-                     "lastFundingRate": ev["r"], "interestRate": "0.00010000", "nextFundingTime": ev["T"],
-                     "time": now})
-    return rows[0] if q.get("symbol") else rows
+    return _one_or_all(hub, market, q, _premium_row)
+
+
+def _premium_row(m: SymbolMarket, now: int) -> dict[str, Any]:
+    ev = pl.mark_price_event(m, now)
+    return {"symbol": ev["s"], "markPrice": ev["p"], "indexPrice": ev["i"], "estimatedSettlePrice": ev["P"],
+            "lastFundingRate": ev["r"], "interestRate": "0.00010000", "nextFundingTime": ev["T"],
+            "time": now}
 
 
 # -- weights ----------------------------------------------------------------------
