@@ -28,22 +28,25 @@ def _logfmt_value(value: Any) -> str:
     return text
 
 
-class LogfmtFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
+class _StructuredFormatter(logging.Formatter):
+    """The fields of one line; subclasses only choose how to render them."""
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         fields = {"ts": _ts(record), "level": record.levelname.lower(), "logger": record.name,
                   "event": record.getMessage(), **getattr(record, _FIELDS, {})}
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items() if v is not None)
+        return fields
 
 
-class JsonFormatter(logging.Formatter):
+class LogfmtFormatter(_StructuredFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = {"ts": _ts(record), "level": record.levelname.lower(), "logger": record.name,
-                  "event": record.getMessage(), **getattr(record, _FIELDS, {})}
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return json.dumps(fields, default=str)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in self.fields(record).items() if v is not None)
+
+
+class JsonFormatter(_StructuredFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record), default=str)
 
 
 def _ts(record: logging.LogRecord) -> str:
