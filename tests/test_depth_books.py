@@ -124,7 +124,7 @@ def test_a_break_is_announced_at_once_and_once_however_many_snapshots_fail(one_b
     closing, book = rt.uplink.sent[-2][2]["gap"], rt.uplink.sent[-1][2]
     assert closing["from_ms"] == opened["gap"]["from_ms"] and closing["reason"] == depth.BREAK_REASON
     assert closing["to_ms"] == book["recv_ns"] // 1_000_000
-    assert books.stats["resyncs"] == 1 and books.stats["snapshot_errors"] == 4
+    assert books.stats["resyncs"] == 1 and books.stats["snapshot_errors"] == 4 and books.stats["gaps"] == 1
 
 
 def test_failed_snapshots_are_asked_for_again_after_a_growing_delay(one_book):
@@ -247,3 +247,15 @@ def test_fetcher_asks_each_symbol_when_it_is_due():
         fetcher.close()
         fetcher._thread.join(5)
     assert not fetcher._thread.is_alive()
+
+
+def test_a_snapshot_the_buffered_diffs_cannot_follow_is_retried_after_a_delay(one_book):
+    """Diffs lost while buffering: every snapshot reveals a break, which must
+    not turn into a stream of immediate snapshot requests."""
+    rt, fetcher, books = one_book
+    books.on_diff("BTCUSDT", diff("BTCUSDT", 1, 10), 1)
+    books.on_diff("BTCUSDT", diff("BTCUSDT", 20, 21), 2)      # 11..19 never arrived
+    books.on_snapshot("BTCUSDT", snapshot(5), "")
+    assert not books.syncs["BTCUSDT"].synced and books.stats["resyncs"] == 1
+    assert fetcher.requests[-1][1] >= depth.RETRY_INITIAL_S / 2
+    assert rt.uplink.sent == [], "never synced, never served: nothing to announce"

@@ -124,6 +124,10 @@ def test_a_sequence_break_resyncs_the_book_in_place(sim, running, timing):
     before = max(update_ids(col, "book", "BTCUSDT"))
     wait_for(lambda: max(update_ids(col, "book", "BTCUSDT")) > before, 10, "frames after the resync")
     timing("depth sequence break -> resynced book published", time.monotonic() - t0)
+    # Consumers were told: an open gap notice, then a closing one before the new book.
+    opened, closed = wait_for(lambda: len(notices(col, "depth.BTCUSDT")) >= 2 and notices(col, "depth.BTCUSDT"),
+                              5, "the gap notices of the resync")[:2]
+    assert opened["to_ms"] is None and closed["to_ms"] is not None and closed["from_ms"] == opened["from_ms"]
     matches(sim, col, "book", "BTCUSDT", wanted=2, timeout=15)
     assert fs.stream("book")["pid"] == pid, f"resynced in place, not by a restart: {fs.stream('book')}"
     # One snapshot per symbol at start, one more for the resync. The counter

@@ -90,9 +90,10 @@ class Announcer:
     STREAMING goes once every book is synced, or ``grace`` seconds after the
     first one was, whichever comes first. From then on, and for any book this
     worker has published, a book that is not in sync has an open gap notice,
-    announced once; the book's next sync closes it. Before that the worker
-    serves nothing: the old worker of a rotation still does, or the parent
-    has announced the loss of the previous one.
+    announced once; the book's next sync closes it. A book this worker has
+    not served yet needs no notice before STREAMING: the old worker of a
+    rotation still serves it, or the parent has announced the loss of the
+    previous worker.
     """
 
     def __init__(self, symbols: list[str], grace: float = HANDOVER_GRACE_S) -> None:
@@ -102,10 +103,6 @@ class Announcer:
         self._published: set[str] = set()
         self._open: dict[str, Gap] = {}
         self._first_synced_at: float | None = None
-
-    @property
-    def open_gaps(self) -> dict[str, Gap]:
-        return dict(self._open)
 
     def lost(self, symbol: str, from_ms: int | None, reason: str) -> Gap | None:
         """``symbol``'s book is not in sync any more: the notice to open, if any."""
@@ -224,7 +221,7 @@ class Books:
         self.topics: dict[str, bytes] = {}
         self.rng = rng or random.Random()
         self.stats = rt.extra_stats
-        self.stats.update(resyncs=0, snapshots=0, snapshot_errors=0)
+        self.stats.update(resyncs=0, snapshots=0, snapshot_errors=0, gaps=0)
 
     def on_diff(self, symbol: str, diff: dict[str, Any], recv_ns: int) -> None:
         sync = self.syncs[symbol]
@@ -253,7 +250,7 @@ class Books:
             log.warning("depth snapshot %s malformed: %s", symbol, exc)
             self._retry(symbol)
             return
-        self._act(symbol, verdict, time.time_ns())
+        self._act(symbol, verdict, time.time_ns(), snapshot=True)
 
     def tick(self, now: float) -> None:
         """Send STREAMING once it is due, then open the gaps it calls for."""
@@ -264,11 +261,12 @@ class Books:
         for gap in opened:
             self._send_gap(gap, time.time_ns())
 
-    def _act(self, symbol: str, verdict: book.Verdict, recv_ns: int) -> None:
+    def _act(self, symbol: str, verdict: book.Verdict, recv_ns: int, snapshot: bool = False) -> None:
+        """Everything but APPLIED (``on_diff`` publishes those itself);
+        BUFFERED and SKIPPED need nothing. ``snapshot``: the verdict came from
+        applying a snapshot."""
         V = book.Verdict
-        if verdict is V.APPLIED:
-            self._publish(symbol, recv_ns)
-        elif verdict is V.SYNCED:
+        if verdict is V.SYNCED:
             self.failures.pop(symbol, None)
             gap = self.announcer.synced(symbol, recv_ns // 1_000_000, time.monotonic())
             if gap is not None:
@@ -281,8 +279,12 @@ class Books:
             gap = self.announcer.lost(symbol, None if last is None else last // 1_000_000, BREAK_REASON)
             if gap is not None:
                 self._send_gap(gap, recv_ns)
-            self.failures.pop(symbol, None)
-            self.fetcher.request(symbol)
+            if snapshot:
+                # The buffered diffs do not follow the snapshot: a failed
+                # attempt, paced like one (lost diffs could repeat it at once).
+                self._retry(symbol)
+            else:
+                self.fetcher.request(symbol)
         elif verdict is V.STALE_SNAPSHOT:
             self._retry(symbol)       # REST trails the stream: ask again, not at once
         elif verdict is V.NEED_SNAPSHOT:
@@ -313,6 +315,7 @@ class Books:
         body = frames.encode_gap_body(topic, self.rt.name, recv_ns, gap.from_ms, gap.to_ms, gap.reason)
         self.rt.uplink.send(frames.encode_gap(self._topic(topic), body))
         if gap.to_ms is None:
+            self.stats["gaps"] += 1
             log.warning("depth %s: gap opened: %s", gap.symbol, gap.reason)
 
 
