@@ -170,3 +170,25 @@ def test_a_sequence_break_opens_a_gap_at_once_and_the_next_synced_book_closes_it
     assert gaps[1] < book_after and not [i for i in records(log, "D") if opened < i < gaps[1]]
     assert closing["from_ms"] == gap["gap"]["from_ms"] and closing["reason"] == gap["gap"]["reason"]
     assert closing["to_ms"] == log[book_after][2]["recv_ns"] // 1_000_000, "closed by the next book"
+
+
+def test_a_snapshot_that_keeps_failing_keeps_one_gap_open_and_spares_rest(sim, lone_worker):
+    """A 429 with a long Retry-After: the shared REST budget refuses every
+    snapshot from then on. The gap is announced once, not per failed
+    snapshot, and failed snapshots are retried after a growing delay."""
+    worker = lone_worker(sim)
+    worker.wait(lambda log: len(records(log, "D")) >= 3, 20, "synced books")
+    sim.inject("rest_error", status=429, retry_after=120, count=1)
+    sim.inject("data_stall", target={"stream": DIFFS}, duration=0.5)
+    worker.wait(lambda log: records(log, "G"), 10, "a gap notice on the broken book")
+    t0 = time.monotonic()
+    wait_for(lambda: worker.stats().get("snapshot_errors", 0) >= 4, 15, "failed snapshots")
+    errors, took = worker.stats()["snapshot_errors"], time.monotonic() - t0
+    # Retries wait 0.25-0.5 s, then 0.5-1 s, 1-2 s, ...: four failures take
+    # at least 1.75 s after the first one; immediate retries would make thousands.
+    assert took >= 1.0 and errors <= 6, (errors, took)
+    log = worker.log
+    opened = records(log, "G")
+    assert len(opened) == 1 and log[opened[0]][2]["gap"]["to_ms"] is None, [log[i] for i in opened]
+    assert not [i for i in records(log, "D") if i > opened[0]], "nothing published out of sync"
+    assert worker.proc.poll() is None
