@@ -78,6 +78,10 @@ class Runtime:
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
         self.extra_stats: dict[str, Any] = {}
+        # () -> int, what ``idle`` counts: data messages, unless the worker
+        # knows better (depth counts published books: diffs are no data to
+        # consumers until a book is synced).
+        self.progress = lambda: self.counters.msgs
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -185,8 +189,9 @@ class Runtime:
     def _idle(self, now: float) -> float | None:
         # Sampled by the ticker rather than stamped per message: the hot path
         # stays free of clock calls, and 1 s resolution suits a 10 s verdict.
-        if self.counters.msgs != self._seen_msgs:
-            self._seen_msgs = self.counters.msgs
+        count = self.progress()
+        if count != self._seen_msgs:
+            self._seen_msgs = count
             self._last_change = now
         if self._seen_msgs == 0:
             return None
