@@ -497,6 +497,50 @@ def test_an_outage_under_a_tight_budget_waits_for_tokens_and_never_goes_fatal():
     assert set(recovered) == set(names)
 
 
+@settings(max_examples=100, deadline=None)
+@given(script=st.lists(st.tuples(st.integers(0, 7), st.floats(0.0, 3.0), st.sampled_from(NETWORK_REASONS),
+                                 st.booleans()), min_size=20, max_size=120),
+       seed=st.integers(0, 2**16))
+def test_network_failures_alone_never_end_a_stream_fatal(script, seed):
+    """Any pattern of network exits, with a budget that runs out: never FATAL,
+    and every backoff delay within backoff_max."""
+    cap = 2.0
+    policy = make(("a", "b", "c", "d"), rng=random.Random(seed), intensity=1, period=1000.0,
+                  backoff_initial=0.01, backoff_max=cap, connect_budget=8, budget_window=30.0)
+    now, alive = 0.0, []
+
+    def apply(actions):
+        for a in actions:
+            if isinstance(a, Spawn):
+                alive.append(a.instance)
+            elif isinstance(a, (Terminate, Kill)):   # a slow start: the worker obeys
+                alive.remove(a.instance)
+                apply(policy.on_exit(a.instance, 0, "terminated", False, now))
+            elif isinstance(a, StateChanged):
+                assert a.new is not State.FATAL, a
+                if a.new is State.BACKOFF and a.reason != "connect budget exhausted":
+                    assert info(policy, now, a.stream)["backoff_until"] - now <= cap
+
+    apply(policy.start(now))
+    for pick, gap, reason, ready in script:
+        target = now + gap
+        while (deadline := policy.next_deadline()) is not None and deadline <= target:
+            now = max(now, deadline)
+            for instance in list(alive):
+                apply(policy.on_liveness(instance, {"idle": 0.0}, now))
+            apply(policy.tick(now))
+        now = target
+        if alive:
+            instance = alive[pick % len(alive)]
+            if ready:
+                apply(policy.on_ready(instance, now))
+            else:
+                alive.remove(instance)
+                apply(policy.on_exit(instance, 75, reason, False, now))
+        apply(policy.tick(now))
+    assert all(s["state"] != "FATAL" for s in policy.status(now))
+
+
 def test_a_failed_spawn_is_an_immediate_retried_exit():
     policy = make(rng=MaxRandom(), intensity=1)
     instance = one(policy.start(0.0), Spawn).instance

@@ -3,7 +3,8 @@
 The I/O shell feeds facts in (a worker is READY, sent a liveness ping, exited;
 the operator asked for a restart or a stop; time passed) and carries out the
 actions that come back (``Spawn``, ``Terminate``, ``Kill``, ``Exit``;
-``StateChanged`` is for the log). Nothing here touches a process, a socket or
+``StateChanged`` is for the log and gap notices, ``Restarted`` for the
+restart counter). Nothing here touches a process, a socket or
 a clock: ``now`` is monotonic seconds passed in by the caller, randomness
 comes from the injected ``random.Random``. The shell must call ``tick(now)``
 no later than ``next_deadline()`` after every call.
