@@ -23,7 +23,7 @@ from feedsup.supervisor.metrics import (
     MonotonicTotals,
     classify_reason,
 )
-from feedsup.supervisor.policy import Policy, StateChanged
+from feedsup.supervisor.policy import Policy, Restarted
 
 
 # --- helpers -------------------------------------------------------------------
@@ -90,7 +90,11 @@ def status(*rows, uptime=1.0, published=0, suppressed=0):
     ("rotation (max_age)", "rotated"),
     ("restart requested", "manual"),
     ("invalid symbol: FOOBAR (not listed by the exchange)", "fatal"),
-    ("upgrade rejected: HTTP 400 (Invalid request)", "fatal"),
+    # A rejected upgrade that is retried (the URL worked before) is a connect
+    # failure; when it ends the stream FATAL the policy reports "fatal".
+    ("upgrade rejected: HTTP 400 (Invalid request)", "connect_failed"),
+    ("fatal", "fatal"),
+    ("spawn failed: [Errno 11] Resource temporarily unavailable", "spawn_failed"),
     ("restart intensity exceeded (4 restarts in 60s): killed by SIGKILL", "fatal"),
     ("exited with code 1", "other"),
     ("worker error: ValueError: boom", "other"),
@@ -251,7 +255,7 @@ def test_values_match_a_real_policy_status_through_a_restart(metrics):
 
     def feed(now, actions=()):
         for action in actions:
-            if isinstance(action, StateChanged) and action.new.name == "BACKOFF":
+            if isinstance(action, Restarted):
                 metrics.count_restart(action.stream, action.reason)
         metrics.update({"uptime": now, "published": 0, "suppressed": 0, "streams": policy.status(now)})
         return scrape(metrics)

@@ -1,7 +1,9 @@
 """The optional Prometheus endpoint: the parent's status, as metrics.
 
 The parent calls ``update(Parent.status())`` about once a second, plus
-``count_restart`` on every restart and ``observe_lag`` per lag sample. This
+``count_restart`` for every ``policy.Restarted`` (a worker replaced after a
+failure, by the operator or by a rotation, or a stream going FATAL) and
+``observe_lag`` per lag sample. This
 module only translates; it decides nothing. Each instance owns a private
 ``CollectorRegistry`` so several can live in one process (tests, embedding).
 
@@ -30,7 +32,7 @@ STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 
 REASONS = (
     "killed", "ping_timeout", "closed", "connect_failed", "liveness", "stale",
-    "start_timeout", "rotated", "manual", "fatal", "other",
+    "start_timeout", "rotated", "manual", "fatal", "spawn_failed", "other",
 )
 
 # Ordered: the first rule whose fragment occurs in the lower-cased reason wins.
@@ -38,13 +40,16 @@ REASONS = (
 # "successor took over (ping/pong timed out)" or "rotation failed: stale: ..."
 # should count under their underlying cause.
 _REASON_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fatal", ("restart intensity exceeded", "invalid symbol", "upgrade rejected", "fatal")),
+    # The policy reports a stream going FATAL as "fatal"; a rejected upgrade
+    # it retries (the URL worked before) is a connect failure.
+    ("fatal", ("restart intensity exceeded", "invalid symbol", "fatal")),
+    ("spawn_failed", ("spawn failed",)),
     ("manual", ("restart requested", "manual")),
     ("ping_timeout", ("ping/pong", "ping timeout", "pong timeout", "keepalive ping")),
     ("liveness", ("liveness",)),
     ("stale", ("stale", "no data")),
     ("start_timeout", ("start timeout",)),
-    ("connect_failed", ("connect failed", "upgrade refused", "connection refused")),
+    ("connect_failed", ("connect failed", "upgrade refused", "upgrade rejected", "connection refused")),
     ("killed", ("killed", "terminated", "sigkill", "sigterm", "still alive")),
     ("closed", ("closed", "connection lost")),
     ("rotated", ("rotat", "servershutdown", "max_age")),

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from typing import Any
@@ -249,19 +250,31 @@ class Parent:
             self.last_values[topic] = payload
         self.published += 1
 
-    def _announce_loss(self, stream_name: str, reason: str) -> None:
-        """The stream's source is gone: open a gap on each of its topics."""
+    def _announce_loss(self, stream_name: str, reason: str, fatal: bool = False) -> None:
+        """The stream's source is gone: open a gap on each of its topics.
+
+        On leaving RUNNING only channels without REST history get one (the
+        next worker backfills the others). A FATAL stream has no next
+        worker: every topic it owned gets one, and a topic whose gap is
+        already open hears it again, with the FATAL reason. Gaps of channels
+        without history close with their next regular frame; elsewhere a
+        restart by the operator backfills, so its next frame ends the gap.
+        """
         stream = self._streams[stream_name]
-        if stream.channel not in NO_HISTORY:
+        no_history = stream.channel in NO_HISTORY
+        if not (no_history or fatal):
             return
         for topic in topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix):
             tb = topic.encode()
-            if tb in self.open_gaps:
+            gap = self.open_gaps.get(tb)
+            if gap is not None and not fatal:
                 continue
-            last = self.last_values.get(tb)
-            from_ms = msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None
-            gap = {"from_ms": from_ms, "to_ms": None, "reason": reason}
-            self.open_gaps[tb] = gap
+            if gap is None:
+                last = self.last_values.get(tb)
+                gap = {"from_ms": msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None, "to_ms": None}
+            gap = {**gap, "reason": reason}
+            if no_history:
+                self.open_gaps[tb] = gap
             self._publish(tb, frames.encode_gap_body(topic, stream_name, time.time_ns(), **gap))
 
     def _close_gap(self, topic: bytes, body: bytes, seq: int) -> None:
@@ -375,11 +388,15 @@ class Parent:
                 self._signal(action.instance, action.reason, kill=False)
             elif isinstance(action, pol.Kill):
                 self._signal(action.instance, action.reason, kill=True)
-            elif isinstance(action, pol.StateChanged):
-                if self.metrics is not None and action.new is pol.State.BACKOFF:
+            elif isinstance(action, pol.Restarted):
+                if self.metrics is not None:
                     self.metrics.count_restart(action.stream, action.reason)
-                if action.old is pol.State.RUNNING and self.pub is not None:
-                    self._announce_loss(action.stream, action.reason)
+            elif isinstance(action, pol.StateChanged):
+                if self.pub is not None:
+                    if action.new is pol.State.FATAL:
+                        self._announce_loss(action.stream, f"stream FATAL: {action.reason}", fatal=True)
+                    elif action.old is pol.State.RUNNING:
+                        self._announce_loss(action.stream, action.reason)
                 logs.event(log, "state", logging.WARNING if action.new.name == "FATAL" else logging.INFO,
                            stream=action.stream, old=action.old.name, new=action.new.name,
                            reason=action.reason)
@@ -440,7 +457,16 @@ class Parent:
             log_format=self.config.log_format,
             rundir=self.rundir,
         )
-        worker = spawn(spec)
+        try:
+            worker = spawn(spec)
+        except (OSError, MemoryError, subprocess.SubprocessError) as exc:
+            # EAGAIN (process limit), ENOMEM: a failed start, not a parent
+            # crash. The policy sees an exit with no process behind it.
+            reason = f"spawn failed: {exc}"
+            logs.event(log, "spawn failed", logging.WARNING, stream=stream.name, instance=action.instance,
+                       error=str(exc))
+            self._pending += self.policy.on_exit(action.instance, None, reason, False, time.monotonic())
+            return
         self.workers[action.instance] = worker
         logs.event(log, "spawn", stream=stream.name, instance=action.instance, pid=worker.pid,
                    reason=action.reason)

@@ -3,14 +3,21 @@
 The I/O shell feeds facts in (a worker is READY, sent a liveness ping, exited;
 the operator asked for a restart or a stop; time passed) and carries out the
 actions that come back (``Spawn``, ``Terminate``, ``Kill``, ``Exit``;
-``StateChanged`` is for the log). Nothing here touches a process, a socket or
+``StateChanged`` is for the log and gap notices, ``Restarted`` for the
+restart counter). Nothing here touches a process, a socket or
 a clock: ``now`` is monotonic seconds passed in by the caller, randomness
 comes from the injected ``random.Random``. The shell must call ``tick(now)``
 no later than ``next_deadline()`` after every call.
 
+How an exit is judged is one pure function, ``classify_exit``: network and
+exchange failures are retried for as long as it takes (capped full-jitter
+backoff, within the shared connection budget) and never count toward the
+restart intensity; only what retrying cannot fix (``Fatal``) and our own crash
+loop (``CountedFailure``) can end a stream FATAL.
+
 Per stream there is one *active* worker at most, plus during a planned
 rotation a *successor* (make-before-break), plus any number of *retiring*
-workers that were sent TERM and whose exit has no consequence. Stream states
+workers that were sent TERM (or KILL: hung) and whose exit has no consequence. Stream states
 use supervisord's vocabulary; every change goes through
 ``_StreamRecord.change_state`` and the transition table ``TRANSITIONS``.
 """
@@ -28,9 +35,31 @@ from typing import Any, Union
 from feedsup.config import EX_CONFIG, Restart, Stream
 from feedsup.supervisor.backoff import Backoff
 from feedsup.supervisor.budget import ConnectBudget
+from feedsup.workers.runtime import EXIT_RETRY, UPGRADE_REJECTED
 
 SERVER_SHUTDOWN = "serverShutdown"
 BUDGET_EXHAUSTED = "connect budget exhausted"
+LIVENESS_TIMEOUT = "liveness timeout"
+START_TIMEOUT = "start timeout"
+RESTART_REQUESTED = "restart requested"
+# The worker shell's reasons for a crash it caught (feedsup/workers/__main__.py):
+# our bug, not the network's, even though it exits with EX_TEMPFAIL.
+WORKER_CRASHED = ("worker error", "worker returned")
+
+# A new process needs this long (interpreter start, imports) before its
+# ticker can send the first liveness ping; from then on liveness_timeout.
+SPAWN_ALLOWANCE_S = 1.0
+# A worker that pings but is not READY after START_TIMEOUT_STEPS x
+# connect_timeout is stuck. Before READY a worker runs at most three
+# sequential steps, each bounded by connect_timeout: the REST symbol check
+# (or, for a USD-M account, the REST weight wait and the listenKey POST),
+# the WebSocket connect (TCP + TLS + upgrade) and, for a spot account, the
+# subscription reply. The fourth step is slack for what no timeout bounds
+# (DNS resolution).
+START_TIMEOUT_STEPS = 4
+# max_age rotations come up to this fraction of max_age early, drawn per
+# worker, so that streams started together do not all rotate together.
+MAX_AGE_SPREAD = 0.05
 
 
 class State(enum.Enum):
@@ -45,7 +74,8 @@ class State(enum.Enum):
 _S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
     _S.EXITED: frozenset({_S.STARTING, _S.BACKOFF}),
-    _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.BACKOFF, _S.FATAL}),
+    # STARTING -> STARTING: a hung worker was killed and replaced before READY.
+    _S.STARTING: frozenset({_S.STARTING, _S.RUNNING, _S.STOPPING, _S.BACKOFF, _S.FATAL}),
     # RUNNING -> STARTING: the active worker died and a not-yet-READY successor took over.
     _S.RUNNING: frozenset({_S.STOPPING, _S.BACKOFF, _S.FATAL, _S.STARTING}),
     # BACKOFF -> BACKOFF: still waiting, for a new reason (the connect budget).
@@ -103,7 +133,70 @@ class Exit:
     reason: str
 
 
-Action = Union[Spawn, Terminate, Kill, StateChanged, Exit]
+@dataclass(frozen=True)
+class Restarted:
+    """A stream's worker was replaced or given up (for feedsup_restarts_total):
+    after a failure (its cause), by the operator, by a rotation, or FATAL."""
+    stream: str
+    reason: str
+
+
+Action = Union[Spawn, Terminate, Kill, StateChanged, Exit, Restarted]
+
+
+# --- what an exit means --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Retry:
+    """The network or the exchange failed: retry for as long as it takes,
+    with backoff, without counting toward the restart intensity."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class CountedFailure:
+    """Our own process failed (crash, hang, a signal we did not send), or a
+    rejection that may be real: retry with backoff, counted toward the
+    restart intensity, so a crash loop ends FATAL instead of spinning."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """Retrying cannot fix it (invalid symbol, rejected credentials)."""
+    reason: str
+
+
+Verdict = Union[Retry, CountedFailure, Fatal]
+
+
+def classify_exit(code: int | None, reason: str, fatal: bool, *, ran_before: bool = False,
+                  ended_by: str | None = None) -> Verdict:
+    """Judge how a worker ended.
+
+    ``code`` is the exit status (negative: killed by that signal; None: no
+    process was ever started, ``Popen`` failed), ``reason`` and ``fatal``
+    come from the worker's EXIT report. ``ran_before``: a worker of this
+    stream was READY before in this parent's life. ``ended_by``: the reason
+    we TERMed or KILLed the worker, if we did; then that reason explains it.
+    """
+    if ended_by is not None:
+        # We killed a hung process: our crash loop. Stale data and a slow
+        # start are the network's (a worker stuck in I/O that keeps pinging).
+        return CountedFailure(ended_by) if ended_by.startswith(LIVENESS_TIMEOUT) else Retry(ended_by)
+    reason = reason or (f"exited with code {code}" if code is not None else "not started")
+    if code is None:
+        return Retry(reason)          # EAGAIN / ENOMEM on spawn: passes with time
+    if fatal or code == EX_CONFIG:
+        # A refused upgrade of a URL that worked before is more likely the
+        # exchange misbehaving than our config turning bad.
+        if ran_before and reason.startswith(UPGRADE_REJECTED):
+            return CountedFailure(reason)
+        return Fatal(reason)
+    if code == EXIT_RETRY and not reason.startswith(WORKER_CRASHED):
+        return Retry(reason)
+    # Exit 0 we did not ask for, a traceback (1), a signal we did not send.
+    return CountedFailure(reason)
 
 
 # --- verdicts ----------------------------------------------------------------
@@ -145,6 +238,7 @@ class _Worker:
     term_reason: str | None = None
     term_at: float | None = None
     killed: bool = False
+    rotate_early: float = 0.0    # how much sooner than max_age this worker rotates
 
     @property
     def terminating(self) -> bool:
@@ -168,6 +262,7 @@ class _StreamRecord:
     last_reason: str = ""
     last_stats: dict[str, Any] = field(default_factory=dict)
     manual_restart: bool = False           # respawn at once when the active worker exits
+    ever_ready: bool = False               # a worker of this stream was READY in this parent's life
     # Rotation of the current active worker; reset whenever the active worker changes.
     rotate_retry_at: float | None = None
     rotation_blocked: bool = False
@@ -192,6 +287,7 @@ class Policy:
 
     def __init__(self, streams: Sequence[Stream], restart: Restart, rng: random.Random) -> None:
         self._restart = restart
+        self._rng = rng
         self._budget = ConnectBudget(restart.connect_budget, restart.budget_window)
         self._streams: dict[str, _StreamRecord] = {}
         for stream in streams:
@@ -280,15 +376,11 @@ class Policy:
         if worker is None:
             return out
         rec = self._streams[worker.stream]
-        fatal = bool(fatal) or code == EX_CONFIG
-        # Our TERM reason explains an exit we caused better than "SIGTERM" does.
-        cause = reason or f"exited with code {code}"
-        if worker.terminating and not fatal:
-            cause = worker.term_reason or cause
+        verdict = classify_exit(code, reason, fatal, ran_before=rec.ever_ready, ended_by=worker.term_reason)
         if worker.role is Role.SUCCESSOR:
-            self._successor_failed(rec, worker, cause, fatal, now)
+            self._successor_failed(rec, worker, verdict.reason, isinstance(verdict, Fatal), now)
         elif worker.role is Role.ACTIVE:
-            self._active_exited(rec, cause, fatal, now, out)
+            self._active_exited(rec, verdict, now, out)
         self._check_exit(out)
         return out
 
@@ -304,12 +396,18 @@ class Policy:
         rec.backoff.reset()
         rec.restart_times.clear()
         if rec.active is not None:
+            if not rec.manual_restart:
+                out.append(Restarted(rec.name, RESTART_REQUESTED))
             rec.manual_restart = True
             if rec.successor is not None:
-                self._retire(rec, rec.successor, "restart requested", now, out)
-            self._terminate(rec, rec.active, "restart requested", now, out)
-        elif rec.state in (State.BACKOFF, State.FATAL):
-            self._start_active(rec, "restart requested", now, out)
+                self._retire(rec, rec.successor, RESTART_REQUESTED, now, out)
+            self._terminate(rec, rec.active, RESTART_REQUESTED, now, out)
+        elif rec.state is State.FATAL:
+            out.append(Restarted(rec.name, RESTART_REQUESTED))
+            self._start_active(rec, RESTART_REQUESTED, now, out)
+        elif rec.state is State.BACKOFF:
+            # Counted when the stream entered BACKOFF; this only skips the wait.
+            self._start_active(rec, RESTART_REQUESTED, now, out)
         return out
 
     def request_stop(self, now: float) -> list[Action]:
@@ -376,7 +474,9 @@ class Policy:
         """The only place a Spawn is made, so every spawn takes a budget token."""
         if self._stopping or not self._budget.try_take(now):
             return None
-        worker = _Worker(self._next_instance, rec.name, role, spawned_at=now, last_live=now)
+        # last_live in the future: the spawn allowance before the first ping.
+        worker = _Worker(self._next_instance, rec.name, role, spawned_at=now, last_live=now + SPAWN_ALLOWANCE_S,
+                         rotate_early=self._rng.uniform(0.0, MAX_AGE_SPREAD * rec.config.connection.max_age))
         self._next_instance += 1
         self._workers[worker.instance] = worker
         out.append(Spawn(rec.name, worker.instance, reason))
@@ -410,6 +510,7 @@ class Policy:
         worker.ready_at = now
         worker.last_live = now
         rec = self._streams[worker.stream]
+        rec.ever_ready = True
         if worker.role is Role.ACTIVE and rec.state is State.STARTING and not worker.terminating:
             rec.running_since = now
             out.append(rec.change_state(State.RUNNING, "ready"))
@@ -435,7 +536,7 @@ class Policy:
         self._terminate(rec, worker, reason, now, out)
 
     def _fail_worker(self, rec: _StreamRecord, worker: _Worker, reason: str, now: float, out: list[Action]) -> None:
-        """A live worker failed a check (start/liveness timeout, stale)."""
+        """A live worker failed a check (start timeout, stale): TERM it."""
         if worker.role is Role.SUCCESSOR:
             self._retire(rec, worker, reason, now, out)
             self._successor_failed(rec, worker, reason, False, now)
@@ -455,7 +556,13 @@ class Policy:
         else:
             rec.rotate_retry_at = now + rec.rotation_backoff.next_delay()
 
-    def _active_exited(self, rec: _StreamRecord, cause: str, fatal: bool, now: float, out: list[Action]) -> None:
+    def _active_exited(self, rec: _StreamRecord, verdict: Verdict, now: float, out: list[Action],
+                       at_once: bool = False) -> None:
+        """The active worker is gone (exited, or killed as hung): what next.
+
+        ``at_once``: replace it without a backoff delay (a hung process).
+        """
+        cause = verdict.reason
         ran_for = None if rec.running_since is None else now - rec.running_since
         rec.active = None
         rec.running_since = None
@@ -464,29 +571,40 @@ class Policy:
             out.append(rec.change_state(State.EXITED, "shutdown"))
         elif rec.manual_restart:
             rec.manual_restart = False
-            self._start_active(rec, "restart requested", now, out)
+            self._start_active(rec, RESTART_REQUESTED, now, out)
         elif rec.successor is not None:
             self._promote_successor(rec, cause, out)
-        elif fatal:
-            out.append(rec.change_state(State.FATAL, cause))
+        elif isinstance(verdict, Fatal):
+            self._go_fatal(rec, cause, out)
         else:
-            self._schedule_restart(rec, cause, ran_for, now, out)
+            self._schedule_restart(rec, verdict, ran_for, now, out, at_once)
 
-    def _schedule_restart(
-        self, rec: _StreamRecord, cause: str, ran_for: float | None, now: float, out: list[Action]
-    ) -> None:
-        """BACKOFF with full jitter, or FATAL past the restart intensity."""
+    def _schedule_restart(self, rec: _StreamRecord, verdict: Verdict, ran_for: float | None, now: float,
+                          out: list[Action], at_once: bool) -> None:
+        """Restart after a failure: with a full-jitter delay (or at once),
+        or FATAL once counted failures exceed the restart intensity."""
+        cause = verdict.reason
         rec.backoff.reset_if_stable(ran_for)
-        window = self._restart.period
-        rec.restart_times.append(now)
-        while rec.restart_times and rec.restart_times[0] <= now - window:
-            rec.restart_times.popleft()
-        if len(rec.restart_times) > self._restart.intensity:
-            reason = f"restart intensity exceeded ({len(rec.restart_times)} restarts in {window:g}s): {cause}"
-            rec.last_reason = reason
-            out.append(rec.change_state(State.FATAL, reason))
-            return
-        self._enter_backoff(rec, now + rec.backoff.next_delay(), cause, out)
+        if isinstance(verdict, CountedFailure):
+            window = self._restart.period
+            rec.restart_times.append(now)
+            while rec.restart_times and rec.restart_times[0] <= now - window:
+                rec.restart_times.popleft()
+            if len(rec.restart_times) > self._restart.intensity:
+                self._go_fatal(rec, f"restart intensity exceeded ({len(rec.restart_times)} restarts "
+                                    f"in {window:g}s): {cause}", out)
+                return
+        out.append(Restarted(rec.name, cause))
+        if at_once:
+            self._start_active(rec, cause, now, out)
+        else:
+            self._enter_backoff(rec, now + rec.backoff.next_delay(), cause, out)
+
+    def _go_fatal(self, rec: _StreamRecord, reason: str, out: list[Action]) -> None:
+        rec.last_reason = reason
+        rec.retry_at = None
+        out.append(Restarted(rec.name, "fatal"))
+        out.append(rec.change_state(State.FATAL, reason))
 
     # --- helpers: rotation ----------------------------------------------------
 
@@ -502,7 +620,10 @@ class Policy:
             or rec.rotation_blocked
         ):
             return None
-        due = active.ready_at if active.shutdown_notice else active.ready_at + rec.config.connection.max_age
+        if active.shutdown_notice:
+            due = active.ready_at
+        else:
+            due = active.ready_at + rec.config.connection.max_age - active.rotate_early
         if rec.rotate_retry_at is not None:
             due = max(due, rec.rotate_retry_at)
         return due
@@ -526,6 +647,7 @@ class Policy:
         rec.rotations += 1
         self._set_active(rec, successor)
         if old is not None:
+            out.append(Restarted(rec.name, "rotated"))
             self._retire(rec, old, "rotated", now, out)
         if rec.state is not State.RUNNING:  # the old worker was being stopped
             out.append(rec.change_state(State.RUNNING, "rotated"))
@@ -537,6 +659,7 @@ class Policy:
         self._set_active(rec, successor)
         reason = f"successor took over ({cause})"
         rec.last_reason = reason
+        out.append(Restarted(rec.name, reason))
         new = State.STARTING if successor.ready_at is None else State.RUNNING
         if rec.state is not new:
             out.append(rec.change_state(new, reason))
@@ -552,18 +675,35 @@ class Policy:
             worker.killed = True
             grace = self._restart.stop_timeout
             out.append(Kill(worker.instance, f"still alive {grace:g}s after TERM ({worker.term_reason})"))
-        elif worker.ready_at is None:
-            self._fail_worker(rec, worker, "start timeout", now, out)
+        elif now >= worker.last_live + rec.config.connection.liveness_timeout:
+            self._replace_hung(rec, worker, now, out)
         else:
-            self._fail_worker(rec, worker, "liveness timeout", now, out)
+            self._fail_worker(rec, worker, START_TIMEOUT, now, out)
+
+    def _replace_hung(self, rec: _StreamRecord, worker: _Worker, now: float, out: list[Action]) -> None:
+        """No liveness ping: the process is hung (a stopped process cannot
+        even handle TERM). KILL it now and start the replacement now."""
+        worker.term_reason = LIVENESS_TIMEOUT
+        worker.term_at = now
+        worker.killed = True
+        out.append(Kill(worker.instance, LIVENESS_TIMEOUT))
+        role = worker.role
+        worker.role = Role.RETIRING   # its exit changes nothing any more
+        if role is Role.SUCCESSOR:
+            self._successor_failed(rec, worker, LIVENESS_TIMEOUT, False, now)
+        elif role is Role.ACTIVE:
+            self._active_exited(rec, CountedFailure(LIVENESS_TIMEOUT), now, out, at_once=True)
 
     def _worker_deadline(self, worker: _Worker) -> float | None:
         if worker.terminating:
             return None if worker.killed else worker.term_at + self._restart.stop_timeout
         conn = self._streams[worker.stream].config.connection
+        # Liveness pings start with the process, before it connects: a
+        # STARTING worker is judged by them too.
+        deadline = worker.last_live + conn.liveness_timeout
         if worker.ready_at is None:
-            return worker.spawned_at + conn.connect_timeout + conn.liveness_timeout
-        return worker.last_live + conn.liveness_timeout
+            deadline = min(deadline, worker.spawned_at + START_TIMEOUT_STEPS * conn.connect_timeout)
+        return deadline
 
     def _check_exit(self, out: list[Action]) -> None:
         if self._exit_sent or self._workers:

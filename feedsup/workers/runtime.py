@@ -253,13 +253,22 @@ def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
     return None
 
 
+# Reason prefixes of a refused WebSocket upgrade. The parent's policy reads
+# UPGRADE_REJECTED: after the same URL worked, it retries (counted) instead
+# of giving up (feedsup/supervisor/policy.py, classify_exit).
+UPGRADE_REFUSED = "upgrade refused"
+UPGRADE_REJECTED = "upgrade rejected"
+
+
 def classify_status(status: int, text: str) -> tuple[str, bool]:
     """Upgrade refused with an HTTP status: is it worth retrying?"""
-    # 403 is Binance's WAF limit, 418/429 its rate limits: all pass with time.
+    # 403 is Binance's WAF limit, 418/429 its rate limits, 5xx an outage:
+    # all pass with time.
     if status in (403, 418, 429) or status >= 500:
-        return f"upgrade refused: HTTP {status}", False
-    # 400/401/404: the URL, stream names or credentials are wrong.
-    return f"upgrade rejected: HTTP {status} ({text.splitlines()[0][:200]})", True
+        return f"{UPGRADE_REFUSED}: HTTP {status}", False
+    # 400/401/404: the URL, stream names or credentials are wrong (unless
+    # the same URL worked before: the policy decides that).
+    return f"{UPGRADE_REJECTED}: HTTP {status} ({text.splitlines()[0][:200]})", True
 
 
 def close_reason(payload: bytes) -> tuple[str, int | None]:
