@@ -30,7 +30,7 @@ from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
-from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
+from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
 from feedsup.workers.runtime import EXIT_FATAL
 from feedsup.workers.spec import WorkerSpec
 
@@ -440,7 +440,7 @@ class Parent:
             log_format=self.config.log_format,
             rundir=self.rundir,
         )
-        worker = spawn(spec)
+        worker = spawn(spec, credential_env_names(self.config.streams))
         self.workers[action.instance] = worker
         logs.event(log, "spawn", stream=stream.name, instance=action.instance, pid=worker.pid,
                    reason=action.reason)
