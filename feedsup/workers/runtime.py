@@ -245,6 +245,7 @@ class Runtime:
             "idle": self._idle(now),
             "lag_ms": lag,
             "age": (now - self.connected_at) if self.connected_at is not None else None,
+            "pings": self.pinger.counter,   # native pings sent on this connection
             **self.extra_stats,
         }
 
