@@ -7,16 +7,21 @@ One run = one connection, as for every worker:
 2. open the user-data subscription (spot: WebSocket API
    ``userDataStream.subscribe.signature``, ``account_spot``; USD-M: a
    listenKey and the ``/private`` route, ``account_usdm``), then READY;
-3. fetch balances and open orders over signed REST; read every event that
-   arrived meanwhile (they waited in the socket); publish the snapshot as
-   one ``account.snapshot.<stream>`` frame, then those events as replays
+3. fetch balances, open orders and then the exchange's time over REST, on a
+   thread of its own (``SnapshotFetch``), while this thread goes on reading:
+   pongs and the exchange's pings are answered however slow REST is, and
+   events are kept. Publish the snapshot as one ``account.snapshot.<stream>``
+   frame, keyed by the exchange's time, then the kept events as replays
    (``backfill: true``), so none falls between snapshot and stream;
-4. publish events until the connection ends, then report why.
+4. publish events until the connection ends, then report why. An event
+   whose change happened at or before the snapshot's ``as_of`` (see
+   ``account_normalise.snapshot_times``) may already be in it, however late
+   its push reached us: it is flagged ``backfill: true`` too.
 
-Replays may repeat events delivered just before the snapshot (by this
-worker's predecessor, during a make-before-break rotation). Account events
-carry absolute values, so applying one again is harmless; what matters is
-that every event not in the snapshot reaches the consumer after it.
+So every event the snapshot may contain is flagged ``backfill: true``, and
+every event it cannot contain is live. Backfill frames may repeat what the
+snapshot (or, in a rotation, the predecessor) already delivered; the
+consumer rule in ``account_normalise`` says how to apply them.
 
 Credentials rejected by the exchange are FATAL (a retry cannot fix them);
 everything else, including timestamp/recvWindow errors (-1021), is

@@ -22,28 +22,49 @@ connection of one account sees alike, so copies get equal keys. Across a
 restart ``E`` moves on, so the first new event is always newer.
 
 Snapshots and replays. After every (re)connect the worker subscribes first,
-fetches the snapshot second, and publishes the snapshot before any event it
-received after subscribing; those events follow it at once as *replays*
-(``backfill: true``). In a rotation the old worker may have delivered some
-of them just before the snapshot (and the snapshot may lack them), so
-replays are keyed to pass the parent again: ``replay`` keys them
-``(newest E of the topic, REPLAY_MINOR + i)``, above anything delivered up
-to that E, and the connection's later events at that E continue from there.
+takes the snapshot second (account, open orders, then the server time), and
+publishes the snapshot before any event it received after subscribing;
+those events follow it at once as *replays* (``backfill: true``). In a
+rotation the old worker may have delivered some of them just before the
+snapshot (and the snapshot may lack them), so replays are keyed to pass the
+parent again: ``replay`` keys them ``(newest E of the topic, REPLAY_MINOR +
+i)``, above anything delivered up to that E, and the connection's later
+events at that E continue from there. An event received after the snapshot
+is also flagged ``backfill: true`` when its change time (``change_time``:
+Binance's transaction, clear or update time) is at or before the snapshot's
+``as_of``: the exchange made it before the snapshot was complete, so the
+snapshot may contain it, however late its push came. Snapshots are keyed by
+the exchange's ``time`` (server time after the answers), never our clock.
 
 Consumer rule (snapshot + events = exact state), per stream: subscribe to
 ``account.`` (one subscriber socket, so frames keep the parent's order),
 replace your state with each ``account.snapshot.<stream>``, then apply
-every later event of that stream in order. Events
-carry absolute values (balances, order status and cumulative fills,
-positions), so a replay that repeats an event is harmless. Only replays
-(``backfill: true``) may repeat one; count fills by (order id, trade id).
-``balanceUpdate`` is a *delta*: keep balances from ``outboundAccountPosition``.
+every later event of that stream in order:
 
-Residual risk (documented, not handled): if a run of events sharing one E
-straddles the successor's subscribe or drain moment *and* the old worker is
-ahead of the successor in delivering, the rest of that run can be dropped.
-Binance pushes one matching step's events together, so both conditions
-together are very unlikely.
+- frames without ``backfill`` are new to the snapshot: apply them;
+- ``backfill: true`` frames may already be in the snapshot (or repeat an
+  earlier frame). Events with absolute values (balances in
+  ``outboundAccountPosition``/``ACCOUNT_UPDATE``, order status and
+  cumulative fills, positions) are safe to apply again. Count fills by
+  (order id, trade id).
+- ``balanceUpdate`` is a *delta*. Prefer balances from
+  ``outboundAccountPosition``. To sum deltas, skip a ``backfill: true``
+  balanceUpdate whose ``clear_time`` is at or before the snapshot's
+  ``update_time`` (the account's last balance change the snapshot holds):
+  the snapshot already includes it.
+
+Residual risks (documented, not handled): (1) if a run of events sharing one
+E straddles the successor's subscribe or drain moment *and* the old worker
+is ahead of the successor in delivering, the rest of that run can be
+dropped. Binance pushes one matching step's events together, so both
+conditions together are very unlikely. (2) In a make-before-break rotation
+the old worker keeps publishing live until it is stopped; an event it
+delivers after the successor's snapshot that the snapshot already contains
+reaches the consumer without ``backfill`` (the successor's flagged copy is
+then the duplicate the parent drops). Harmless for absolute values; a
+consumer summing ``balanceUpdate`` deltas can double-count it. The parent
+would have to stop admitting the old instance's account frames once the
+successor's snapshot is out to close this.
 """
 
 from __future__ import annotations
