@@ -116,20 +116,23 @@ def exit_within(proc: subprocess.Popen, bound: float) -> int:
     return code if code is not None else -1
 
 
-def test_a_burst_of_sigterms_ends_a_streaming_worker_promptly_with_code_0(start_sim, tmp_path, uplink, workers):
+def test_a_burst_of_sigterms_ends_a_streaming_worker_promptly_with_code_0(start_sim, tmp_path, uplink, workers,
+                                                                         timing):
     sim = start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=20)
     for _ in range(4):
         proc = workers(make_spec(tmp_path, sim.ws_url, sim.base_url))
         wait_for(lambda: uplink.seen(frames.Control.STREAMING), 15, "the worker to stream")
+        t0 = time.monotonic()
         for _ in range(3000):          # TERM while the last TERM is still being handled
             os.kill(proc.pid, signal.SIGTERM)
         assert exit_within(proc, STOP_BOUND_S) == 0
+        timing("3000 SIGTERMs at a streaming worker -> exit 0", time.monotonic() - t0)
         report = wait_for(lambda: uplink.seen(frames.Control.EXIT), 5, "the EXIT report")
         assert report["reason"] == "terminated"
         uplink.controls.clear()
 
 
-def test_sigterm_while_connecting_ends_the_worker_promptly(start_sim, tmp_path, blackhole, uplink, workers):
+def test_sigterm_while_connecting_ends_the_worker_promptly(start_sim, tmp_path, blackhole, uplink, workers, timing):
     """The upgrade never gets an answer; connect_timeout is 30 s. TERM must
     not wait for it."""
     sim = start_sim(speed=10, symbols=("BTCUSDT",))
@@ -139,9 +142,11 @@ def test_sigterm_while_connecting_ends_the_worker_promptly(start_sim, tmp_path, 
     # listener has a connection queued; without accept() we cannot see it,
     # so wait for the worker's socket to the black hole instead.
     wait_for(lambda: _connected_to(proc.pid, blackhole), 15, "the worker to be connecting")
+    t0 = time.monotonic()
     for _ in range(50):
         os.kill(proc.pid, signal.SIGTERM)
     assert exit_within(proc, STOP_BOUND_S) == 0
+    timing("SIGTERM during a WebSocket upgrade that never answers -> exit 0", time.monotonic() - t0)
 
 
 def _connected_to(pid: int, port: int) -> bool:

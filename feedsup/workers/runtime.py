@@ -144,8 +144,11 @@ class Runtime:
             try:
                 readable, _, _ = select.select([self._wake_r], [], [], ORPHAN_POLL_S)
                 woken = os.read(self._wake_r, 4096) if readable else b""
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 woken = b""
+            except (OSError, ValueError):   # never expected; the watch must go on anyway
+                woken = b""
+                time.sleep(ORPHAN_POLL_S)
             if os.getppid() != self.spec.parent_pid:
                 os._exit(EXIT_ORPHAN)
             now = time.monotonic()
