@@ -29,7 +29,8 @@ from feedsup.supervisor.sequencer import is_newer
 from feedsup.workers import account
 from harness import wait_for
 from test_account_e2e import (API_KEY, API_SECRET, KEY_ENV, SECRET_ENV, AccountCollector, account_stream,
-                              frames_of, make_sim, order, rebuild_spot, sim_spot_truth)
+                              frames_of, make_sim, order, rebuild_spot, rebuild_usdm, sim_spot_truth,
+                              sim_usdm_truth)
 
 
 class RestGate:
@@ -210,9 +211,9 @@ def sim(closing):
     return server
 
 
-def deposit(sim, asset: str, delta: str) -> None:
+def deposit(sim, asset: str, delta: str, market: str = "spot") -> None:
     req = urllib.request.Request(sim.control_url + "/balance", method="POST",
-                                 data=json.dumps({"asset": asset, "delta": delta}).encode())
+                                 data=json.dumps({"market": market, "asset": asset, "delta": delta}).encode())
     with urllib.request.urlopen(req, timeout=5) as resp:
         assert resp.status == 200
 
@@ -321,3 +322,32 @@ def test_snapshots_are_ordered_by_exchange_time_not_the_wall_clock(monkeypatch):
     assert len(keys) == 2
     assert is_newer(keys[0], *keys[1]), "the later snapshot is newer to the parent"
     assert keys[0][0] == first["time"], "keyed by the exchange's time"
+
+
+def test_usdm_an_account_update_in_the_snapshot_that_arrives_after_it_is_backfill(sim, closing, start_feedsup,
+                                                                                 env, monkeypatch):
+    """The same on USD-M: a deposit's ACCOUNT_UPDATE pushed late is backfill."""
+    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "60")
+    gate = RestGate(sim.base_url, {"/fapi/v2/account"})
+    closing(gate)
+    relay = DelayRelay(int(sim.ws_url.rsplit(":", 1)[1]))
+    closing(relay)
+    via = types.SimpleNamespace(ws_url=relay.url, base_url=gate.url)
+    fs, col = start_feedsup(via, [account_stream("usdm")], collect=AccountCollector,
+                            connection={"ping_interval": 5, "ping_timeout": 4})
+    wait_for(lambda: gate.held, 15, "the snapshot's REST call to be held")
+    relay.delay = 1.5
+    deposit(sim, "USDT", "12.5", market="usdm")
+    gate.release.set()
+    col.wait_count(1, 15, "account.snapshot")
+    wait_for(lambda: frames_of(col, "account.ACCOUNT_UPDATE"), 10, "the late ACCOUNT_UPDATE")
+    relay.delay = 0.0
+    deposit(sim, "USDT", "1.5", market="usdm")
+    wait_for(lambda: len(frames_of(col, "account.ACCOUNT_UPDATE")) == 2, 10, "the second ACCOUNT_UPDATE")
+    late, live = frames_of(col, "account.ACCOUNT_UPDATE")
+    assert late.get("backfill") is True, "an event the snapshot may contain is flagged backfill"
+    assert not live.get("backfill"), "an event after the snapshot is live"
+    snapshot = frames_of(col, "account.snapshot")[0]["data"]
+    assert late["data"]["transaction_time"] <= snapshot["as_of"] < live["data"]["transaction_time"]
+    account_frames = [f for f in list(col.frames) if f["topic"].startswith("account.")]
+    assert rebuild_usdm(account_frames) == sim_usdm_truth(sim)
