@@ -9,7 +9,6 @@ bound whatever its threads are doing, including when no death signal came.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
