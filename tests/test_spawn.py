@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 
-
 from feedsup.supervisor.spawn import WorkerProcess
 
 
