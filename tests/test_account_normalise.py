@@ -14,7 +14,7 @@ from feedsup.credentials import Credentials
 from feedsup.supervisor.sequencer import Sequencer, is_newer
 from feedsup.workers.account import classify_rejection, signed_query, ws_api_payload
 from feedsup.workers.account_normalise import (
-    REPLAY_MINOR, EventOrder, is_replay, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
+    REPLAY_MINOR, EventOrder, change_time, is_replay, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
 )
 from feedsup.workers.account_spot import SUBSCRIBE, subscribe_request, subscription_id
 from feedsup.workers.account_usdm import KEEPALIVE_INTERVAL, keepalive_interval, private_url
@@ -179,8 +179,9 @@ def test_events_of_the_other_market_are_malformed():
 # --- snapshots ---------------------------------------------------------------------------
 
 def test_spot_snapshot():
-    data = spot_snapshot(SPOT_ACCOUNT, SPOT_OPEN_ORDERS)
+    data = spot_snapshot(SPOT_ACCOUNT, SPOT_OPEN_ORDERS, {"serverTime": 1499827319000})
     assert data["market"] == "spot" and data["update_time"] == 123456789
+    assert (data["time"], data["as_of"]) == (1499827319000, 1499827319559)   # an order changed later
     assert data["balances"] == [{"asset": "BTC", "free": "4723846.89208129", "locked": "0.00000000"},
                                 {"asset": "LTC", "free": "4763368.68006011", "locked": "0.00000000"}]
     assert data["open_orders"] == [{
@@ -195,8 +196,9 @@ def test_spot_snapshot():
 
 
 def test_usdm_snapshot():
-    data = usdm_snapshot(FUTURES_ACCOUNT, FUTURES_OPEN_ORDERS)
+    data = usdm_snapshot(FUTURES_ACCOUNT, FUTURES_OPEN_ORDERS, {"serverTime": 1700000000000})
     assert data["market"] == "usdm"
+    assert (data["time"], data["as_of"]) == (1700000000000, 1700000000000)
     assert data["balances"] == [{
         "asset": "USDT", "wallet_balance": "23.72469206", "cross_wallet_balance": "23.72469206",
         "unrealized_profit": "0.00000000", "margin_balance": "23.72469206",
@@ -216,9 +218,26 @@ def test_usdm_snapshot():
 
 def test_snapshot_of_an_unexpected_reply_is_malformed():
     with pytest.raises(MalformedEvent):
-        spot_snapshot({"code": -1000, "msg": "x"}, [])
+        spot_snapshot({"code": -1000, "msg": "x"}, [], {"serverTime": 1})
     with pytest.raises(MalformedEvent):
-        usdm_snapshot(FUTURES_ACCOUNT, [{"orderId": 1}])
+        usdm_snapshot(FUTURES_ACCOUNT, [{"orderId": 1}], {"serverTime": 1})
+    with pytest.raises(MalformedEvent):
+        spot_snapshot(SPOT_ACCOUNT, [], {"serverTime": "soon"})
+    with pytest.raises(MalformedEvent):
+        usdm_snapshot(FUTURES_ACCOUNT, [], {})
+
+
+def test_change_time_is_the_time_the_change_happened():
+    """The time compared with a snapshot's ``as_of``: Binance's transaction,
+    clear or update time, never later than the event time."""
+    topic, data, e = normalise_spot({"e": "balanceUpdate", "E": 1000, "a": "BTC", "d": "1", "T": 990})
+    assert change_time(topic + ".acct", data, e) == 990
+    topic, data, e = normalise_spot({"e": "outboundAccountPosition", "E": 1000, "u": 995, "B": []})
+    assert change_time(topic + ".acct", data, e) == 995
+    topic, data, e = normalise_spot(EXECUTION_REPORT)
+    assert change_time(topic, data, e) == EXECUTION_REPORT["T"]
+    assert change_time("account.balanceUpdate.acct", {"clear_time": 2000}, 1000) == 1000
+    assert change_time("account.balanceUpdate.acct", {"clear_time": "x"}, 1000) == 1000
 
 
 # --- ordering keys -------------------------------------------------------------------------

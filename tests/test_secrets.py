@@ -157,3 +157,27 @@ def test_rejection_reasons_quote_the_exchange_not_the_request():
     assert not fatal and "-1021" in reason
     assert classify_rejection("POST /fapi/v1/listenKey", 401, None)[1]
     assert not classify_rejection("GET /fapi/v2/account", 503, {"code": -1008, "msg": "busy"})[1]
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_each_worker_environment_holds_only_its_own_secrets(sim, feedsup, monkeypatch):
+    """A market worker has no credential variable at all; an account worker
+    has its own two and not another stream's. Both accounts still sign."""
+    monkeypatch.setenv("FEEDSUP_T_OTHER_KEY", API_KEY)
+    monkeypatch.setenv("FEEDSUP_T_OTHER_SECRET", API_SECRET)
+    fs, col = feedsup(sim, [PRICE, stream("acct-spot", "spot"),
+                            stream("acct-usdm", "usdm", key_env="FEEDSUP_T_OTHER_KEY",
+                                   secret_env="FEEDSUP_T_OTHER_SECRET")])
+    rows = {name: fs.wait_running(name) for name in ("price", "acct-spot", "acct-usdm")}
+    col.wait_count(2, 15, "account.snapshot")   # both authenticated and resynced
+    named = {KEY_ENV, SECRET_ENV, "FEEDSUP_T_OTHER_KEY", "FEEDSUP_T_OTHER_SECRET"}
+    env = {name: environ(row["pid"]) for name, row in rows.items()}
+    assert named & set(env["price"]) == set()
+    assert not any(secret in value for value in env["price"].values() for secret in (API_KEY, API_SECRET))
+    assert named & set(env["acct-spot"]) == {KEY_ENV, SECRET_ENV}
+    assert named & set(env["acct-usdm"]) == {"FEEDSUP_T_OTHER_KEY", "FEEDSUP_T_OTHER_SECRET"}
+    assert named <= set(environ(fs.pid)), "the parent keeps them all: it spawns every worker"

@@ -31,7 +31,7 @@ from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
-from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
+from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
 from feedsup.workers.runtime import EXIT_FATAL
 from feedsup.workers.spec import WorkerSpec
 
@@ -70,6 +70,7 @@ class Parent:
         self._signalled: int | None = None
         self._pending: list[Any] = []
         self._streams = {s.name: s for s in config.streams}
+        self._credential_env = credential_env_names(config.streams)   # kept out of other workers' env
         # Config guarantees each topic has one owner (see topic_prefix).
         self._topic_owner = {t: s.name for s in config.streams
                              for t in topics.stream_topics(s.channel, s.symbols, s.intervals, s.topic_prefix)}
@@ -458,7 +459,7 @@ class Parent:
             rundir=self.rundir,
         )
         try:
-            worker = spawn(spec)
+            worker = spawn(spec, self._credential_env)
         except (OSError, MemoryError, subprocess.SubprocessError) as exc:
             # EAGAIN (process limit), ENOMEM: a failed start, not a parent
             # crash. The policy sees an exit with no process behind it.

@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from feedsup.config import Stream
 from feedsup.workers.spec import WorkerSpec
 
 
@@ -33,8 +35,14 @@ class WorkerProcess:
         return self.proc.pid
 
     def signal(self, signum: int) -> None:
+        """Signal the worker unless it has been reaped: once ``poll()`` has
+        collected its exit code the pid is free and may belong to another
+        process. (``Popen.send_signal`` polls first; until a wait reaps it
+        the pid stays ours, even as a zombie.)"""
+        if self.proc.returncode is not None:
+            return
         try:
-            os.kill(self.proc.pid, signum)
+            self.proc.send_signal(signum)
         except ProcessLookupError:
             pass
 
@@ -48,11 +56,30 @@ class WorkerProcess:
         return self.proc.poll()
 
 
-def spawn(spec: WorkerSpec) -> WorkerProcess:
+def credential_env_names(streams: Iterable[Stream]) -> frozenset[str]:
+    """Every environment variable the config names as holding a credential."""
+    return frozenset(name for s in streams for name in (s.api_key_env, s.api_secret_env) if name)
+
+
+def worker_env(stream: Stream, secret_names: Collection[str],
+               environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The worker's environment: ours without the credential variables of
+    other streams. A market worker gets none; an account worker only its own
+    two, so a secret lives only in the process that signs with it."""
+    own = {stream.api_key_env, stream.api_secret_env} - {""}
+    drop = set(secret_names) - own
+    return {k: v for k, v in environ.items() if k not in drop}
+
+
+def spawn(spec: WorkerSpec, secret_names: Collection[str]) -> WorkerProcess:
+    """Start a worker. ``secret_names``: every credential variable of the
+    config (``credential_env_names``); the worker's environment keeps only
+    its own stream's."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "feedsup.workers", spec.to_json()],
         stdin=subprocess.DEVNULL,
         close_fds=True,
+        env=worker_env(spec.stream, secret_names),
     )
     return WorkerProcess(spec.stream.name, spec.instance, proc)
 

@@ -7,16 +7,21 @@ One run = one connection, as for every worker:
 2. open the user-data subscription (spot: WebSocket API
    ``userDataStream.subscribe.signature``, ``account_spot``; USD-M: a
    listenKey and the ``/private`` route, ``account_usdm``), then READY;
-3. fetch balances and open orders over signed REST; read every event that
-   arrived meanwhile (they waited in the socket); publish the snapshot as
-   one ``account.snapshot.<stream>`` frame, then those events as replays
+3. fetch balances, open orders and then the exchange's time over REST, on a
+   thread of its own (``SnapshotFetch``), while this thread goes on reading:
+   pongs and the exchange's pings are answered however slow REST is, and
+   events are kept. Publish the snapshot as one ``account.snapshot.<stream>``
+   frame, keyed by the exchange's time, then the kept events as replays
    (``backfill: true``), so none falls between snapshot and stream;
-4. publish events until the connection ends, then report why.
+4. publish events until the connection ends, then report why. An event
+   whose change happened at or before the snapshot's ``as_of`` (see
+   ``account_normalise.snapshot_times``) may already be in it, however late
+   its push reached us: it is flagged ``backfill: true`` too.
 
-Replays may repeat events delivered just before the snapshot (by this
-worker's predecessor, during a make-before-break rotation). Account events
-carry absolute values, so applying one again is harmless; what matters is
-that every event not in the snapshot reaches the consumer after it.
+So every event the snapshot may contain is flagged ``backfill: true``, and
+every event it cannot contain is live. Backfill frames may repeat what the
+snapshot (or, in a rotation, the predecessor) already delivered; the
+consumer rule in ``account_normalise`` says how to apply them.
 
 Credentials rejected by the exchange are FATAL (a retry cannot fix them);
 everything else, including timestamp/recvWindow errors (-1021), is
@@ -29,7 +34,9 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import select
+import threading
 import time
 import urllib.parse
 from typing import Any, Protocol
@@ -41,7 +48,7 @@ from feedsup.config import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
 from feedsup.workers import rest, restlimit
-from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder, is_replay
+from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
 from feedsup.workers.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
 
@@ -85,22 +92,37 @@ def run(rt: Runtime) -> None:
         ws = session.open()
         rt.ready(market=rt.spec.stream.market)
         order = EventOrder()
-        resync(rt, ws, session, order)
+        as_of = resync(rt, ws, session, order)
         rt.streaming()  # the snapshot is out: a rotation may hand over now
         while True:
             out = receive(rt, ws, session)
             if out is not None:
                 topic, data, event_time, recv_ns = out
                 major, minor = order.key(topic, event_time)
-                publish(rt, topic, data, major, minor, False, recv_ns, replay=is_replay(minor))
+                # An event the exchange made before the snapshot's as_of may
+                # already be in it, however late its push reached us.
+                replay = is_replay(minor) or change_time(topic, data, event_time) <= as_of
+                publish(rt, topic, data, major, minor, False, recv_ns, replay=replay)
     finally:
         session.close()
 
 
-def resync(rt: Runtime, ws: websocket.WebSocket, session: Session, order: EventOrder) -> None:
-    """Snapshot over REST, then what arrived meanwhile, as replays."""
-    snapshot = session.snapshot()
-    replays = drain(rt, ws, session)
+def resync(rt: Runtime, ws: websocket.WebSocket, session: Session, order: EventOrder) -> int:
+    """Snapshot over REST, then what arrived meanwhile, as replays; return
+    the snapshot's ``as_of`` (exchange ms).
+
+    The REST calls run on a thread of their own while this (the reading)
+    thread goes on reading: pongs keep the connection's liveness, and the
+    exchange's pings get their pong, however slow REST is."""
+    fetch = SnapshotFetch(session)
+    fetch.start()
+    try:
+        replays = read_until_done(rt, ws, session, fetch)
+    finally:
+        fetch.join()
+    snapshot = fetch.result()
+    as_of = max([snapshot["as_of"]] + [change_time(t, d, e) for t, d, e, _ in replays])
+    snapshot["as_of"] = as_of
     # Snapshot and replays leave as one uplink batch (flushed by the next
     # control message), which the parent handles in one go: no frame of a
     # rotation's old worker can fall between them.
@@ -109,6 +131,71 @@ def resync(rt: Runtime, ws: websocket.WebSocket, session: Session, order: EventO
     keys = order.replay([(topic, event_time) for topic, _, event_time, _ in replays])
     for (topic, data, _, recv_ns), (major, minor) in zip(replays, keys):
         publish(rt, topic, data, major, minor, False, recv_ns, replay=True)
+    return as_of
+
+
+# How long a worker whose connection ended waits for a snapshot still in
+# flight. The thread is a daemon: past this, it dies with the process.
+SNAPSHOT_JOIN_S = 1.0
+
+
+class SnapshotFetch:
+    """``session.snapshot()`` on a thread owned by the worker. Only the
+    reading thread sends on the uplink, so this one returns its result; it
+    writes one byte to a pipe when done, which wakes the reader's select."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.wake_r, self._wake_w = os.pipe()
+        self._value: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="snapshot", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self.session.snapshot()
+        except BaseException as exc:     # handed to the reading thread, raised there
+            self._error = exc
+        finally:
+            self._done = True
+            os.write(self._wake_w, b"x")
+
+    def done(self) -> bool:
+        return self._done
+
+    def join(self) -> None:
+        self._thread.join(None if self._done else SNAPSHOT_JOIN_S)
+        if not self._thread.is_alive():
+            os.close(self.wake_r)
+            os.close(self._wake_w)
+
+    def result(self) -> dict[str, Any]:
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def read_until_done(rt: Runtime, ws: websocket.WebSocket, session: Session,
+                    fetch: SnapshotFetch) -> list[Received]:
+    """Read (and keep) events until the snapshot is in, then everything
+    already received, without waiting for more."""
+    events = []
+    while not fetch.done():
+        if not readable_now(ws):
+            try:
+                select.select([ws.sock, fetch.wake_r], [], [])
+                continue
+            except (OSError, ValueError, TypeError):
+                pass   # the socket is gone: receive says why
+        out = receive(rt, ws, session)
+        if out is not None:
+            events.append(out)
+    return events + drain(rt, ws, session)
 
 
 def credentials(rt: Runtime) -> Credentials:
@@ -168,6 +255,7 @@ def signed_query(params: dict[str, Any], creds: Credentials, timestamp_ms: int) 
 WEIGHTS = {
     "/api/v3/account": 20, "/api/v3/openOrders": 80,    # openOrders without a symbol
     "/fapi/v2/account": 5, "/fapi/v1/openOrders": 40, "/fapi/v1/listenKey": 1,
+    "/api/v3/time": 1, "/fapi/v1/time": 1,
 }
 
 
@@ -221,11 +309,12 @@ def publish(rt: Runtime, topic: str, data: dict[str, Any], major: int, minor: in
 
 
 def publish_snapshot(rt: Runtime, data: dict[str, Any]) -> None:
+    """Keyed by the exchange's server time taken after the snapshot
+    (``time``): every (re)connect's snapshot is newer than the last one
+    delivered, whatever the account did, and a step of our wall clock
+    cannot make the parent take a new snapshot for an old one."""
     recv_ns = time.time_ns()
-    data = {**data, "time": recv_ns // 1_000_000}
-    # Keyed by our wall clock: every (re)connect's snapshot is newer than the
-    # last one delivered, whatever the account did.
-    publish(rt, stream_topic(SNAPSHOT_TOPIC, rt.name), data, recv_ns // 1_000_000, 0, False, recv_ns)
+    publish(rt, stream_topic(SNAPSHOT_TOPIC, rt.name), data, data["time"], 0, False, recv_ns)
     log.info("snapshot published: %d balances, %d open orders",
              len(data.get("balances", ())), len(data.get("open_orders", ())))
 

@@ -22,28 +22,49 @@ connection of one account sees alike, so copies get equal keys. Across a
 restart ``E`` moves on, so the first new event is always newer.
 
 Snapshots and replays. After every (re)connect the worker subscribes first,
-fetches the snapshot second, and publishes the snapshot before any event it
-received after subscribing; those events follow it at once as *replays*
-(``backfill: true``). In a rotation the old worker may have delivered some
-of them just before the snapshot (and the snapshot may lack them), so
-replays are keyed to pass the parent again: ``replay`` keys them
-``(newest E of the topic, REPLAY_MINOR + i)``, above anything delivered up
-to that E, and the connection's later events at that E continue from there.
+takes the snapshot second (account, open orders, then the server time), and
+publishes the snapshot before any event it received after subscribing;
+those events follow it at once as *replays* (``backfill: true``). In a
+rotation the old worker may have delivered some of them just before the
+snapshot (and the snapshot may lack them), so replays are keyed to pass the
+parent again: ``replay`` keys them ``(newest E of the topic, REPLAY_MINOR +
+i)``, above anything delivered up to that E, and the connection's later
+events at that E continue from there. An event received after the snapshot
+is also flagged ``backfill: true`` when its change time (``change_time``:
+Binance's transaction, clear or update time) is at or before the snapshot's
+``as_of``: the exchange made it before the snapshot was complete, so the
+snapshot may contain it, however late its push came. Snapshots are keyed by
+the exchange's ``time`` (server time after the answers), never our clock.
 
 Consumer rule (snapshot + events = exact state), per stream: subscribe to
 ``account.`` (one subscriber socket, so frames keep the parent's order),
 replace your state with each ``account.snapshot.<stream>``, then apply
-every later event of that stream in order. Events
-carry absolute values (balances, order status and cumulative fills,
-positions), so a replay that repeats an event is harmless. Only replays
-(``backfill: true``) may repeat one; count fills by (order id, trade id).
-``balanceUpdate`` is a *delta*: keep balances from ``outboundAccountPosition``.
+every later event of that stream in order:
 
-Residual risk (documented, not handled): if a run of events sharing one E
-straddles the successor's subscribe or drain moment *and* the old worker is
-ahead of the successor in delivering, the rest of that run can be dropped.
-Binance pushes one matching step's events together, so both conditions
-together are very unlikely.
+- frames without ``backfill`` are new to the snapshot: apply them;
+- ``backfill: true`` frames may already be in the snapshot (or repeat an
+  earlier frame). Events with absolute values (balances in
+  ``outboundAccountPosition``/``ACCOUNT_UPDATE``, order status and
+  cumulative fills, positions) are safe to apply again. Count fills by
+  (order id, trade id).
+- ``balanceUpdate`` is a *delta*. Prefer balances from
+  ``outboundAccountPosition``. To sum deltas, skip a ``backfill: true``
+  balanceUpdate whose ``clear_time`` is at or before the snapshot's
+  ``update_time`` (the account's last balance change the snapshot holds):
+  the snapshot already includes it.
+
+Residual risks (documented, not handled): (1) if a run of events sharing one
+E straddles the successor's subscribe or drain moment *and* the old worker
+is ahead of the successor in delivering, the rest of that run can be
+dropped. Binance pushes one matching step's events together, so both
+conditions together are very unlikely. (2) In a make-before-break rotation
+the old worker keeps publishing live until it is stopped; an event it
+delivers after the successor's snapshot that the snapshot already contains
+reaches the consumer without ``backfill`` (the successor's flagged copy is
+then the duplicate the parent drops). Harmless for absolute values; a
+consumer summing ``balanceUpdate`` deltas can double-count it. The parent
+would have to stop admitting the old instance's account frames once the
+successor's snapshot is out to close this.
 """
 
 from __future__ import annotations
@@ -261,27 +282,36 @@ class EventOrder:
 
 # -- snapshots ------------------------------------------------------------------------
 
-def spot_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """``GET /api/v3/account`` + ``GET /api/v3/openOrders`` -> snapshot data.
+def spot_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]],
+                  server: dict[str, Any]) -> dict[str, Any]:
+    """``GET /api/v3/account`` + ``GET /api/v3/openOrders`` + ``GET
+    /api/v3/time`` (asked last) -> snapshot data.
 
-    ``update_time`` is Binance's account ``updateTime``: balance events with a
-    ``last_update_time`` after it are newer than the snapshot."""
+    ``update_time`` is Binance's account ``updateTime``, when a balance last
+    changed: a ``balanceUpdate`` whose ``clear_time`` is at or before it is
+    already in the snapshot's balances. ``time`` is the exchange's time
+    after the answers; ``as_of`` (see ``snapshot_times``) the boundary of
+    what the snapshot may contain."""
     try:
-        return {
+        data = {
             "market": "spot",
             "update_time": account["updateTime"],
             "balances": [{"asset": b["asset"], "free": b["free"], "locked": b["locked"]}
                          for b in account["balances"]],
             "open_orders": [_pick(o, _SPOT_ORDER, _SPOT_ORDER_OPTIONAL) for o in open_orders],
         }
+        changes = [data["update_time"]] + [o["update_time"] for o in data["open_orders"]]
+        return {**data, **snapshot_times(server["serverTime"], changes, "spot snapshot")}
     except (KeyError, TypeError) as exc:
         raise MalformedEvent(f"spot snapshot: unexpected REST reply ({exc})") from None
 
 
-def usdm_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """``GET /fapi/v2/account`` + ``GET /fapi/v1/openOrders`` -> snapshot data."""
+def usdm_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]],
+                  server: dict[str, Any]) -> dict[str, Any]:
+    """``GET /fapi/v2/account`` + ``GET /fapi/v1/openOrders`` + ``GET
+    /fapi/v1/time`` (asked last) -> snapshot data."""
     try:
-        return {
+        data = {
             "market": "usdm",
             "update_time": account.get("updateTime"),
             "balances": [_pick(a, _FUTURES_ASSET, _FUTURES_ASSET_OPTIONAL)
@@ -290,5 +320,36 @@ def usdm_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]]
                           for p in account["positions"]],
             "open_orders": [_pick(o, _FUTURES_ORDER, _FUTURES_ORDER_OPTIONAL) for o in open_orders],
         }
+        changes = [x.get("update_time") for x in data["balances"] + data["positions"] + data["open_orders"]]
+        return {**data, **snapshot_times(server["serverTime"], changes, "usdm snapshot")}
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedEvent(f"usdm snapshot: unexpected REST reply ({exc})") from None
+
+
+def snapshot_times(server_time: Any, changes: Iterable[Any], what: str) -> dict[str, int]:
+    """``time``: the exchange's time once the snapshot's answers were all
+    complete (it orders snapshots: our wall clock may step). ``as_of``: no
+    change after it can be in the snapshot, so events whose change time is
+    at or before it may be in it already (they are published as backfill).
+    The newest update time of the answers counts too, in case the REST
+    server's clock trails the account's."""
+    if type(server_time) is not int or not 0 <= server_time <= _I64_MAX:
+        raise MalformedEvent(f"{what}: serverTime is not an int64: {server_time!r}")
+    times = [t for t in changes if type(t) is int and 0 <= t <= _I64_MAX]
+    return {"time": server_time, "as_of": max([server_time, *times])}
+
+
+# The exchange time at which each event's change happened (Binance's
+# transaction, clear or account update time). An event is in a snapshot only
+# if this is at or before the snapshot's ``as_of``.
+_CHANGE_TIME = {"executionReport": "transaction_time", "outboundAccountPosition": "last_update_time",
+                "balanceUpdate": "clear_time", "ACCOUNT_UPDATE": "transaction_time",
+                "ORDER_TRADE_UPDATE": "transaction_time"}
+
+
+def change_time(topic: str, data: dict[str, Any], event_time: int) -> int:
+    """When the change an event reports happened: its change-time field, or
+    its event time if that is earlier (or the field is missing). ``topic``
+    is ``account.<event>[.<stream>]``."""
+    value = data.get(_CHANGE_TIME.get(topic.split(".", 2)[1], ""))
+    return min(value, event_time) if type(value) is int else event_time

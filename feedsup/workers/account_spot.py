@@ -95,7 +95,9 @@ class SpotSession:
     def snapshot(self) -> dict[str, Any]:
         account = self.rest.signed("GET", "/api/v3/account")
         orders = self.rest.signed("GET", "/api/v3/openOrders")
-        return spot_snapshot(account, orders)
+        # Asked last: the exchange's time when both answers were complete.
+        server = self.rest.call("GET", "/api/v3/time")
+        return spot_snapshot(account, orders, server)
 
     def event_of(self, msg: Any) -> dict[str, Any] | None:
         if not isinstance(msg, dict):

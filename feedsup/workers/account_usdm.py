@@ -153,7 +153,9 @@ class UsdmSession:
     def snapshot(self) -> dict[str, Any]:
         account = self.rest.signed("GET", "/fapi/v2/account")
         orders = self.rest.signed("GET", "/fapi/v1/openOrders")
-        return usdm_snapshot(account, orders)
+        # Asked last: the exchange's time when both answers were complete.
+        server = self.rest.call("GET", "/fapi/v1/time")
+        return usdm_snapshot(account, orders, server)
 
     def event_of(self, msg: Any) -> dict[str, Any] | None:
         if not isinstance(msg, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import threading
@@ -33,6 +34,16 @@ EXIT_STOPPED = 0   # terminated on the parent's request
 EXIT_RETRY = 75    # EX_TEMPFAIL: the connection ended; a restart may help
 EXIT_FATAL = 78    # EX_CONFIG: retrying cannot fix this
 EXIT_ORPHAN = procs.EXIT_ORPHAN  # the parent is gone
+
+# The watchdog checks that the parent lives this often: an orphan exits
+# within about this long, whatever its other threads are blocked in.
+ORPHAN_POLL_S = 0.25
+# After TERM the worker closes its connection and reports; if it is still
+# running this long after (stuck in a TLS handshake, a DNS lookup, a
+# listenKey DELETE), it exits anyway. Above the parent's default
+# stop_timeout (3 s): with a live parent, its KILL comes first.
+STOP_GRACE_S = 5.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 OP_TEXT = websocket.ABNF.OPCODE_TEXT
@@ -75,8 +86,12 @@ class Runtime:
         self.connected_at: float | None = None
         self.pinger = Pinger(self.conn.ping_interval, self.conn.ping_timeout)
         self._end_reason: str | None = None
+        self._signalled: int | None = None   # set by the signal handler, nothing else
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._watching = True
+        self._wake_r, self._wake_w = os.pipe()
         self.extra_stats: dict[str, Any] = {}
         # () -> int, what ``idle`` counts: data messages, unless the worker
         # knows better (depth counts published books: diffs are no data to
@@ -86,25 +101,70 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        self._ticker.start()
+        """Install the signal handlers, then start the ticker and watchdog.
 
-    def _on_term(self, signum: int, frame: Any) -> None:
-        self.end("terminated")
+        The handler only records the signal. Python's C-level handler also
+        writes the signal number to the wakeup fd, at delivery, whatever
+        the main thread is doing; the watchdog thread reads it and ends the
+        connection. The handler itself must not: it runs on the main thread
+        between any two bytecodes, possibly while that thread holds a lock
+        it would then wait for (``Event.set`` in a second TERM of a burst)."""
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+        self._ticker.start()
+        self._watchdog.start()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = signum
 
     def end(self, reason: str) -> None:
-        """End the connection from any thread; the reading thread then
-        returns with ``reason``."""
+        """End the connection from any thread but the signal handler; the
+        reading thread then returns with ``reason``."""
         if self._end_reason is None:
             self._end_reason = reason
         self._stop.set()
+        self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
         ws = self.ws
-        if ws is not None and ws.sock is not None:
+        sock = ws.sock if ws is not None else None
+        if sock is not None:
             try:
-                ws.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    # -- the watchdog thread ---------------------------------------------------
+
+    def _watch(self) -> None:
+        """Turn a stop signal into ``end``, and bound how long the process
+        outlives its parent or a stop request, whatever the other threads
+        are blocked in. It runs until the process exits."""
+        stop_by: float | None = None
+        while self._watching:
+            try:
+                readable, _, _ = select.select([self._wake_r], [], [], ORPHAN_POLL_S)
+                woken = os.read(self._wake_r, 4096) if readable else b""
+            except BlockingIOError:
+                woken = b""
+            except (OSError, ValueError):   # never expected; the watch must go on anyway
+                woken = b""
+                time.sleep(ORPHAN_POLL_S)
+            if os.getppid() != self.spec.parent_pid:
+                os._exit(EXIT_ORPHAN)
+            now = time.monotonic()
+            if stop_by is None and any(b in STOP_SIGNALS for b in woken):
+                stop_by = now + STOP_GRACE_S
+                self.end("terminated")
+            elif stop_by is not None:
+                # Again: a socket created after the first try (connect was
+                # between creating it and handing it over) is shut too.
+                self._shutdown_socket()
+                if now >= stop_by:
+                    os._exit(EXIT_STOPPED)
 
     @property
     def ending(self) -> str | None:
@@ -112,6 +172,8 @@ class Runtime:
 
     def finish(self, ended: ConnectionEnded) -> int:
         """Report how the connection ended and return the exit code."""
+        if self._signalled is not None and self._end_reason is None:
+            self._end_reason = "terminated"   # the watchdog has not got to it yet
         reason = self._end_reason or ended.reason
         fatal = ended.fatal and self._end_reason is None
         stopped = reason == "terminated"
@@ -132,6 +194,11 @@ class Runtime:
         # with it gone, nobody will read them and lingering only delays exit.
         self.uplink.close(linger_ms=0 if orphaned else None)
         self.ctx.term()
+        # Reported: a TERM from here on (the second of supervisord's group
+        # TERM and the parent's) would only land in interpreter shutdown,
+        # where handlers are default again, and turn our code into "killed".
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         if stopped:
             return EXIT_STOPPED
         return EXIT_FATAL if fatal else EXIT_RETRY
@@ -139,22 +206,24 @@ class Runtime:
     # -- connecting ----------------------------------------------------------
 
     def connect(self, url: str, **options: Any) -> websocket.WebSocket:
-        """Open the WebSocket, or raise ConnectionEnded with a classified reason."""
+        """Open the WebSocket, or raise ConnectionEnded with a classified reason.
+
+        ``create_connection``'s steps, with the socket object published
+        first: a stop request during the upgrade shuts its socket down
+        rather than waiting for ``connect_timeout``."""
+        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True, **options)
+        ws.settimeout(self.conn.connect_timeout)
+        self.ws = ws
         try:
-            ws = websocket.create_connection(
-                url,
-                timeout=self.conn.connect_timeout,
-                skip_utf8_validation=True,
-                enable_multithread=True,
-                **options,
-            )
+            if self._end_reason is not None:
+                raise ConnectionEnded(self._end_reason)
+            ws.connect(url, **options)
         except websocket.WebSocketBadStatusException as exc:
             raise ConnectionEnded(*classify_status(exc.status_code, str(exc))) from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise ConnectionEnded(f"connect failed: {exc.__class__.__name__}: {exc}") from None
+            raise ConnectionEnded(self._end_reason or f"connect failed: {exc.__class__.__name__}: {exc}") from None
         ws.settimeout(None)  # liveness is the pinger's job, not a socket timeout
         fastrecv.install(ws, before_block=self.uplink.flush)
-        self.ws = ws
         self.connected_at = time.monotonic()
         self.pinger.start(self.connected_at)
         if self._end_reason is not None:  # told to stop while connecting
@@ -183,6 +252,7 @@ class Runtime:
             "idle": self._idle(now),
             "lag_ms": lag,
             "age": (now - self.connected_at) if self.connected_at is not None else None,
+            "pings": self.pinger.counter,   # native pings sent on this connection
             **self.extra_stats,
         }
 
@@ -208,8 +278,6 @@ class Runtime:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if os.getppid() != self.spec.parent_pid:
-                    os._exit(EXIT_ORPHAN)
                 if now >= next_live:
                     live.control(Control.LIVE, stream=self.name, instance=self.spec.instance,
                                  stats=self.stats(now))
