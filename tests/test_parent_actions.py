@@ -70,7 +70,7 @@ def make_parent(monkeypatch):
         made.append(parent)
         parent.pub = FakePub()
         parent.metrics = FakeMetrics()
-        monkeypatch.setattr(parent_mod, "spawn", lambda spec: FakeProcess(spec.stream.name, spec.instance))
+        monkeypatch.setattr(parent_mod, "spawn", lambda spec, secret_names: FakeProcess(spec.stream.name, spec.instance))
         return parent
 
     yield make
@@ -91,7 +91,7 @@ def run_pending(parent: Parent) -> list:
 def test_a_failed_popen_becomes_backoff_not_a_parent_crash(make_parent, monkeypatch, error):
     parent = make_parent(PRICE)
 
-    def failing_spawn(spec):
+    def failing_spawn(spec, secret_names):
         raise error
     monkeypatch.setattr(parent_mod, "spawn", failing_spawn)
     parent._execute(parent.policy.start(0.0))      # must not raise
@@ -102,7 +102,7 @@ def test_a_failed_popen_becomes_backoff_not_a_parent_crash(make_parent, monkeypa
     row = parent.policy.status(0.0)[0]
     assert row["state"] == "BACKOFF" and row["backoff_until"] is not None
     # When Popen works again, the retry spawns a worker.
-    monkeypatch.setattr(parent_mod, "spawn", lambda spec: FakeProcess(spec.stream.name, spec.instance))
+    monkeypatch.setattr(parent_mod, "spawn", lambda spec, secret_names: FakeProcess(spec.stream.name, spec.instance))
     parent._execute(parent.policy.tick(row["backoff_until"]))
     assert [w.stream for w in parent.workers.values()] == ["price"]
     assert parent.policy.status(0.0)[0]["state"] == "STARTING"
