@@ -79,6 +79,7 @@ class Parent:
         self.pub: zmq.Socket | None = None
         self._state_due = 0.0
         self._marks_behind: dict[str, Any] = {}
+        self._origins = saved.Origins(config)    # where each topic's marks come from
 
     # -- public surface used by control commands ------------------------------
 
@@ -399,13 +400,17 @@ class Parent:
             return False
         if state is None:
             return False
-        self.sequencer.restore(state.marks)
-        self._marks_behind = dict(state.marks)
+        marks, dropped = saved.usable_marks(state, self._origins, time.time_ns() // 1_000_000)
+        for topic, reason in dropped:
+            logs.event(log, "state mark dropped", logging.WARNING, file=self.config.state_file, topic=topic,
+                       mark=state.marks[topic], reason=reason)
+        self.sequencer.restore(marks)
+        self._marks_behind = dict(marks)
         now_wall, now_mono = time.time(), time.monotonic()
         self.policy.restore_connect_attempts(saved.to_monotonic(state.attempts, now_wall, now_mono), now_mono)
-        logs.event(log, "state restored", file=self.config.state_file, topics=len(state.marks),
+        logs.event(log, "state restored", file=self.config.state_file, topics=len(marks), dropped=len(dropped),
                    recent_attempts=len(state.attempts), age=f"{now_wall - state.saved_at:.1f}s")
-        return bool(state.marks)
+        return bool(marks)
 
     def _save_state(self, exact: bool = False) -> None:
         """Save watermarks and recent connection attempts.
@@ -424,7 +429,7 @@ class Parent:
         marks = current if exact else self._marks_behind
         self._marks_behind = current
         try:
-            saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall))
+            saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall), self._origins)
         except OSError as exc:
             logs.event(log, "state not saved", logging.WARNING, file=self.config.state_file, error=str(exc))
 
