@@ -27,7 +27,7 @@ from feedsup import logs
 from feedsup.config import Config
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
-from feedsup.supervisor import control, policy as pol, state as saved
+from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
@@ -47,6 +47,8 @@ PUB_FLUSH_MS = 1000
 # subscribers of the previous parent reconnect (ZeroMQ retries every 100 ms)
 # before the backfill of the outage is published, or PUB would drop it.
 REJOIN_GRACE_S = 1.0
+# A client gets this long to complete the ZeroMQ (and CURVE) handshake.
+HANDSHAKE_MS = 5000
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
 # Channels whose history Binance does not serve: when their source is lost
@@ -115,6 +117,10 @@ class Parent:
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
+        fds_before, fds = fdlimit.raise_fd_limit()
+        if fds != fds_before or fds < 4096:
+            logs.event(log, "fd limit", logging.WARNING if fds < 4096 else logging.INFO, soft=fds,
+                       was=fds_before)
         ctx = zmq.Context()
         try:
             sockets = self._bind(ctx)
@@ -175,9 +181,16 @@ class Parent:
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, self.config.pub_hwm)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(self.config.pub)
         ctl = ctx.socket(zmq.ROUTER)
         ctl.setsockopt(zmq.LINGER, 0)
+        for sock in (pub, ctl):
+            # A peer that never completes the ZeroMQ handshake (an idle TCP
+            # connection, a port scanner) is dropped after this, not kept
+            # holding an fd forever; dead peers are found by keepalive.
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+        pub.bind(self.config.pub)
         ctl.bind(self.config.control)
         return pull, pub, ctl
 
