@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+from feedsup import curve, endpoints
 from feedsup.ipc.topics import stream_topics
 
 EX_CONFIG = 78
@@ -113,14 +114,19 @@ class Stream:
 @dataclass(frozen=True)
 class Config:
     path: str
-    pub: str = "tcp://127.0.0.1:7780"
-    control: str = "ipc:///tmp/feedsup-ctl"
+    # Default: ipc sockets in a private per-user folder (feedsup/endpoints.py).
+    pub: str = field(default_factory=endpoints.default_pub)
+    control: str = field(default_factory=endpoints.default_control)
     log_format: str = "logfmt"       # logfmt | json
     metrics_port: int = 0            # 0 = no Prometheus endpoint
     pub_hwm: int = 100_000
     # Where the parent keeps watermarks and connection attempts across its own
     # restarts; empty = nothing kept (a new parent starts from live data).
     state_file: str = ""
+    # CURVE on pub and control (feedsup/curve.py): the server's certificate
+    # with its secret key, and the Z85 public keys of the clients let in.
+    curve_server_key_file: str = ""
+    curve_allowed_clients: tuple[str, ...] = ()
     spot: Endpoint = SPOT_DEFAULT
     usdm: Endpoint = USDM_DEFAULT
     connection: Connection = field(default_factory=Connection)
@@ -212,7 +218,8 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_IPC_PATH = 107
 
 _TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
-_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file")
+_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
+                 "curve_server_key_file", "curve_allowed_clients")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
@@ -544,15 +551,32 @@ def load_config(path: str) -> Config:
     if _reaches_beyond_loopback(config):
         _check_connect_budget(restart, section("restart"))
     _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
+    _check_account_exposure(config, section("feedsup"))
     return config
 
 
-def read_regular_file(path: str, limit: int) -> bytes:
+def _check_account_exposure(config: Config, at: _At) -> None:
+    """Account data (balances, orders) never goes on plain TCP, where every
+    local user, or the network, can subscribe or ask for the last values."""
+    accounts = [s.name for s in config.streams if s.channel == "account"]
+    if not accounts or config.curve_server_key_file:
+        return
+    for key in ("pub", "control"):
+        if getattr(config, key).startswith("tcp://"):
+            at.dot(key).fail(
+                f'account stream "{accounts[0]}" would be readable by anyone who can reach this tcp:// '
+                "endpoint; use an ipc:// endpoint (the default) or set curve_server_key_file and "
+                "curve_allowed_clients (see README, Security)")
+
+
+def read_regular_file(path: str, limit: int, private: bool = False) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
 
     Opened non-blocking, so a FIFO cannot hang us in open(), and checked on
     the open descriptor (no race with a rename); /dev/zero or a huge file
-    cannot fill memory. Raises ``OSError`` with a readable ``strerror``.
+    cannot fill memory. ``private``: it must also be the user's own and
+    closed to group and others (it holds a secret). Raises ``OSError`` with a
+    readable ``strerror``.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
     try:
@@ -563,6 +587,12 @@ def read_regular_file(path: str, limit: int) -> bytes:
             raise OSError(errno.EINVAL, "not a regular file")
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        if private and info.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, f"owned by uid {info.st_uid}, not by the user running "
+                                  f"feedsup (uid {os.geteuid()}); fix: chown {os.geteuid()} {path}")
+        if private and info.st_mode & 0o077:
+            raise PermissionError(errno.EPERM, f"accessible by group or others (mode "
+                                  f"{stat.S_IMODE(info.st_mode):04o}); fix: chmod 600 {path}")
         chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
             size += len(chunk)
@@ -612,10 +642,52 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         # 0 would mean "unlimited" to ZeroMQ: unbounded memory, never on purpose.
         "pub_hwm": table.get("pub_hwm", _count("feedsup", "pub_hwm"), default.pub_hwm),
         "state_file": table.get("state_file", _state_path(config_path), default.state_file),
+        "curve_server_key_file": table.get("curve_server_key_file", _curve_server_key(config_path), ""),
+        "curve_allowed_clients": table.get("curve_allowed_clients", _array(_curve_public_key), ()),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")
+    if values["curve_server_key_file"] and not values["curve_allowed_clients"]:
+        at.dot("curve_allowed_clients").fail(
+            "required with curve_server_key_file: the public keys of the clients to let in")
+    if values["curve_allowed_clients"] and not values["curve_server_key_file"]:
+        at.dot("curve_server_key_file").fail("required with curve_allowed_clients")
+    for key in ("pub", "control"):
+        path = endpoints.ipc_path(values[key])
+        if path is not None and os.path.dirname(path) == endpoints.runtime_dir():
+            problem = endpoints.check_private_folder(os.path.dirname(path))
+            if problem:
+                at.dot(key).fail(f"folder {os.path.dirname(path)} {problem}")
     return values
+
+
+def _curve_public_key(value: object, at: _At) -> str:
+    text = _string(value, at)
+    if not curve.is_z85_key(text):
+        at.fail("not a CURVE public key: 40 Z85 characters, as python -m feedsup.curve prints")
+    return text
+
+
+def _curve_server_key(config_path: str) -> Converter[str]:
+    """A private ZeroMQ certificate holding the server's secret key."""
+    beside = _path_beside(config_path)
+
+    def convert(value: object, at: _At) -> str:
+        path = beside(value, at)
+        try:
+            raw = read_regular_file(path, curve.MAX_CERT_BYTES, private=True)
+        except FileNotFoundError:
+            at.fail(f"{path}: file not found (make one with: python -m feedsup.curve server)")
+        except OSError as exc:
+            at.fail(f"{path}: {exc.strerror or exc}")
+        try:
+            _, secret = curve.parse_certificate(raw, path)
+        except curve.CurveKeyError as exc:
+            at.fail(str(exc))
+        if secret is None:
+            at.fail(f"{path}: holds no secret-key (use the .key_secret file)")
+        return path
+    return convert
 
 
 def _load_binance(raw: object, at: _At) -> tuple[Endpoint, Endpoint]:

@@ -115,6 +115,7 @@ class Metrics:
         self._known_streams: set[str] = set()
         self._published_seen = 0.0
         self._suppressed_seen = 0.0
+        self._refused_seen = 0.0
         self._define_metrics()
 
     def _define_metrics(self) -> None:
@@ -137,6 +138,9 @@ class Metrics:
         self.suppressed = Counter("feedsup_duplicates_suppressed_total",
                                   "Duplicate frames suppressed (overlapping workers)", registry=r)
         self.uptime = Gauge("feedsup_uptime_seconds", "Seconds since the parent started", registry=r)
+        self.curve_refused = Counter("feedsup_curve_refused_total",
+                                     "Connections refused by CURVE authentication (unknown client key)",
+                                     registry=r)
 
     # -- serving -------------------------------------------------------------
 
@@ -186,6 +190,7 @@ class Metrics:
             _set_if_number(self.uptime, status.get("uptime"))
             self._published_seen = _add_delta(self.published, self._published_seen, status.get("published"))
             self._suppressed_seen = _add_delta(self.suppressed, self._suppressed_seen, status.get("suppressed"))
+            self._refused_seen = _add_delta(self.curve_refused, self._refused_seen, status.get("curve_refused"))
 
     def observe_lag(self, stream: str, lag_ms: float) -> None:
         """One exchange lag sample; non-numbers are ignored.

@@ -23,8 +23,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from feedsup import logs
-from feedsup.config import Config
+from feedsup import curve, endpoints, logs
+from feedsup.config import Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
@@ -82,6 +82,8 @@ class Parent:
         self._state_due = 0.0
         self._marks_behind: dict[str, Any] = {}
         self._origins = saved.Origins(config)    # where each topic's marks come from
+        self._auth: Any = None                      # CURVE: the ZAP handler thread, and
+        self._gate: curve.Gatekeeper | None = None  # its allow-list and refusal count
 
     # -- public surface used by control commands ------------------------------
 
@@ -111,6 +113,7 @@ class Parent:
             "uptime": now - self.started,
             "published": self.published,
             "suppressed": self.sequencer.suppressed,
+            "curve_refused": self._gate.refused if self._gate is not None else None,
             "streams": rows,
         }
 
@@ -130,6 +133,7 @@ class Parent:
             # pub, control or metrics_port is taken or invalid: say which, exit 69.
             logs.event(log, "bind failed", logging.ERROR, error=str(exc), pub=self.config.pub,
                        control=self.config.control, metrics_port=self.config.metrics_port or None)
+            self._stop_auth()
             ctx.destroy(linger=0)
             shutil.rmtree(self.rundir, ignore_errors=True)
             return EXIT_UNAVAILABLE
@@ -167,6 +171,7 @@ class Parent:
             self._save_state(exact=True)
             for sock in sockets:
                 sock.close(linger=0)
+            self._stop_auth()
             ctx.term()
             shutil.rmtree(self.rundir, ignore_errors=True)
             for signum, handler in old_handlers.items():
@@ -183,6 +188,7 @@ class Parent:
         pub.setsockopt(zmq.LINGER, 0)
         ctl = ctx.socket(zmq.ROUTER)
         ctl.setsockopt(zmq.LINGER, 0)
+        keys = self._curve_keys(ctx)
         for sock in (pub, ctl):
             # A peer that never completes the ZeroMQ handshake (an idle TCP
             # connection, a port scanner) is dropped after this, not kept
@@ -190,9 +196,29 @@ class Parent:
             sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
-        pub.bind(self.config.pub)
-        ctl.bind(self.config.control)
+            if keys is not None:
+                curve.serve(sock, *keys)
+        endpoints.bind_private(pub, self.config.pub)
+        endpoints.bind_private(ctl, self.config.control)
         return pull, pub, ctl
+
+    def _curve_keys(self, ctx: zmq.Context) -> tuple[bytes, bytes] | None:
+        """The server key pair, with the ZAP handler started (before any bind)."""
+        if not self.config.curve_server_key_file:
+            return None
+        try:
+            public, secret = curve.parse_certificate(
+                read_regular_file(self.config.curve_server_key_file, curve.MAX_CERT_BYTES, private=True),
+                self.config.curve_server_key_file)
+        except curve.CurveKeyError as exc:
+            raise OSError(str(exc)) from None
+        self._auth, self._gate = curve.start_authenticator(ctx, self.config.curve_allowed_clients)
+        return public, secret
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def _install_signals(self) -> dict[int, Any]:
         def on_signal(signum: int, frame: Any) -> None:
