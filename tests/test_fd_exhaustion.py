@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from feedsup.procs import rss_mb
+from feedsup.supervisor.fdlimit import raise_fd_limit
 from harness import REPO, Collector, tied, wait_for, write_config
 from feedsup.ipc.client import request
 
@@ -38,6 +39,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def limited(start_sim, tmp_path):
+    raise_fd_limit()    # this test process holds 2 x IDLE sockets itself
     sim = start_sim(speed=1, symbols=("BTCUSDT",), trade_rate=20)
     pub, metrics = free_port(), free_port()
     config = write_config(tmp_path, sim, [PRICE], feedsup={"pub": f"tcp://127.0.0.1:{pub}",
