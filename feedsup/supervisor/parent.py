@@ -47,6 +47,7 @@ PUB_FLUSH_MS = 1000
 # subscribers of the previous parent reconnect (ZeroMQ retries every 100 ms)
 # before the backfill of the outage is published, or PUB would drop it.
 REJOIN_GRACE_S = 1.0
+STATE_DROPS_LOGGED = 20
 # A client gets this long to complete the ZeroMQ (and CURVE) handshake.
 HANDSHAKE_MS = 5000
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
@@ -440,7 +441,7 @@ class Parent:
         if state is None:
             return False
         marks, dropped = saved.usable_marks(state, self._origins, time.time_ns() // 1_000_000)
-        for topic, reason in dropped:
+        for topic, reason in dropped[:STATE_DROPS_LOGGED]:   # the total is in "state restored"
             logs.event(log, "state mark dropped", logging.WARNING, file=self.config.state_file, topic=topic,
                        mark=state.marks[topic], reason=reason)
         self.sequencer.restore(marks)
