@@ -221,6 +221,12 @@ def test_only_allowed_clients_receive_and_refusals_are_counted(start_sim, tmp_pa
             wait_for(lambda: _curve_status(ctl, alice)["curve_refused"] >= 1, 10, "the refusal counted")
         with pytest.raises(ControlError):
             request(ctl, "status", timeout=1, curve=mallory)      # nor controls the parent
+        # feedsup status reads the client keys from the environment.
+        env = {**os.environ, curve.ENV_SERVER_KEY: keys["server"][0],
+               curve.ENV_CLIENT_KEY_FILE: keys["alice"][1]}
+        out = subprocess.run([sys.executable, "-m", "feedsup.cli", "status", "--control", ctl, "--json"],
+                             cwd=REPO, capture_output=True, text=True, timeout=30, env=env)
+        assert out.returncode == 0 and '"curve_refused"' in out.stdout, out.stderr
     finally:
         fs.close()
 
