@@ -653,12 +653,23 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
     if values["curve_allowed_clients"] and not values["curve_server_key_file"]:
         at.dot("curve_server_key_file").fail("required with curve_allowed_clients")
     for key in ("pub", "control"):
-        path = endpoints.ipc_path(values[key])
-        if path is not None and os.path.dirname(path) == endpoints.runtime_dir():
-            problem = endpoints.check_private_folder(os.path.dirname(path))
-            if problem:
-                at.dot(key).fail(f"folder {os.path.dirname(path)} {problem}")
+        _check_ipc_folder(values[key], at.dot(key))
     return values
+
+
+def _check_ipc_folder(endpoint: str, at: _At) -> None:
+    """The folder of an ipc socket: the private default one is created at bind
+    and must be ours alone; any other must exist, or bind() fails in run."""
+    path = endpoints.ipc_path(endpoint)
+    if path is None:
+        return
+    folder = os.path.dirname(path) or "."
+    if folder == endpoints.runtime_dir():
+        problem = endpoints.check_private_folder(folder)
+        if problem:
+            at.fail(f"folder {folder} {problem}")
+    elif not os.path.isdir(folder):
+        at.fail(f"folder {folder} does not exist")
 
 
 def _curve_public_key(value: object, at: _At) -> str:

@@ -157,6 +157,11 @@ def test_an_open_default_folder_is_refused(tmp_path, monkeypatch):
     assert err.key == "feedsup.pub" and "chmod 700" in err.reason
 
 
+def test_an_ipc_endpoint_in_a_missing_folder_is_refused(tmp_path):
+    err = load_error(tmp_path, f'[feedsup]\ncontrol = "ipc://{tmp_path}/nowhere/ctl"\n' + STREAM)
+    assert err.key == "feedsup.control" and "does not exist" in err.reason
+
+
 def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
