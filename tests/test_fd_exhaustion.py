@@ -16,10 +16,10 @@ import urllib.request
 
 import pytest
 
+from feedsup.ipc.client import request
 from feedsup.procs import rss_mb
 from feedsup.supervisor.fdlimit import raise_fd_limit
 from harness import REPO, Collector, tied, wait_for, write_config
-from feedsup.ipc.client import request
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
 SOFT_LIMIT = 256
