@@ -8,16 +8,19 @@ turns it into exit code 78 (EX_CONFIG).
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+from feedsup import curve, endpoints
 from feedsup.ipc.topics import stream_topics
 
 EX_CONFIG = 78
@@ -111,14 +114,19 @@ class Stream:
 @dataclass(frozen=True)
 class Config:
     path: str
-    pub: str = "tcp://127.0.0.1:7780"
-    control: str = "ipc:///tmp/feedsup-ctl"
+    # Default: ipc sockets in a private per-user folder (feedsup/endpoints.py).
+    pub: str = field(default_factory=endpoints.default_pub)
+    control: str = field(default_factory=endpoints.default_control)
     log_format: str = "logfmt"       # logfmt | json
     metrics_port: int = 0            # 0 = no Prometheus endpoint
     pub_hwm: int = 100_000
     # Where the parent keeps watermarks and connection attempts across its own
     # restarts; empty = nothing kept (a new parent starts from live data).
     state_file: str = ""
+    # CURVE on pub and control (feedsup/curve.py): the server's certificate
+    # with its secret key, and the Z85 public keys of the clients let in.
+    curve_server_key_file: str = ""
+    curve_allowed_clients: tuple[str, ...] = ()
     spot: Endpoint = SPOT_DEFAULT
     usdm: Endpoint = USDM_DEFAULT
     connection: Connection = field(default_factory=Connection)
@@ -168,6 +176,33 @@ BINANCE_CONNECT_WINDOW = 300.0
 # A Binance connection is closed at 24 h; rotation must happen before.
 BINANCE_MAX_CONNECTION_AGE = 24 * 3600.0
 MAX_DEPTH_LEVELS = 1000  # largest snapshot limit both markets serve
+# A config file is a few kB; the cap keeps /dev/zero or a huge file from
+# eating memory, and bounds the work of every check below.
+MAX_CONFIG_BYTES = 1 << 20
+
+# Sane range of every number, (low, high) inclusive, by (section, key).
+# Beyond them values are typos or units mix-ups (ms for s), and some break
+# the runtime: a 1e-9 s liveness period floods the parent, a 1e300 s timeout
+# overflows websocket-client, a pub_hwm >= 2^31 does not fit ZeroMQ's int.
+# stale_after also takes 0 (off) and max_age stays below 24 h (checked apart).
+BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    ("feedsup", "pub_hwm"): (1, 10_000_000),
+    ("connection", "ping_interval"): (0.1, 3600.0),
+    ("connection", "ping_timeout"): (0.1, 3600.0),
+    ("connection", "stale_after"): (0.1, 86400.0),
+    ("connection", "liveness_interval"): (0.05, 60.0),
+    ("connection", "liveness_timeout"): (0.1, 3600.0),
+    ("connection", "connect_timeout"): (0.1, 300.0),
+    ("connection", "max_age"): (1.0, 86400.0),
+    ("restart", "backoff_initial"): (0.001, 3600.0),
+    ("restart", "backoff_max"): (0.001, 86400.0),
+    ("restart", "intensity"): (1, 100_000),
+    ("restart", "period"): (0.1, 604800.0),
+    ("restart", "connect_budget"): (1, 100_000),
+    ("restart", "budget_window"): (1.0, 86400.0),
+    ("restart", "stable_after"): (0.1, 86400.0),
+    ("restart", "stop_timeout"): (0.1, 600.0),
+}
 
 _SYMBOL = {
     "spot": re.compile(r"[A-Z0-9]{2,20}"),
@@ -183,7 +218,8 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_IPC_PATH = 107
 
 _TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
-_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file")
+_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
+                 "curve_server_key_file", "curve_allowed_clients")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
@@ -250,27 +286,66 @@ def _type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _show(value: object) -> str:
+    """A number as an error message shows it: huge integers by their size."""
+    if isinstance(value, int) and not -10**18 < value < 10**18:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _number(value: object, at: _At) -> float:
     # bool is an int subclass in Python; `true` is never a valid duration.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         at.fail(f"must be a number, got {_type_name(value)}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         at.fail("must be a finite number")
+    if isinstance(value, int) and not -2**53 <= value <= 2**53:
+        return math.inf if value > 0 else -math.inf   # beyond any bound; float() would overflow
     return float(value)
 
 
 def _positive(value: object, at: _At) -> float:
     number = _number(value, at)
     if number <= 0:
-        at.fail(f"must be greater than 0, got {value}")
+        at.fail(f"must be greater than 0, got {_show(value)}")
     return number
 
 
 def _non_negative(value: object, at: _At) -> float:
     number = _number(value, at)
     if number < 0:
-        at.fail(f"must be 0 or greater, got {value}")
+        at.fail(f"must be 0 or greater, got {_show(value)}")
     return number
+
+
+def _within(number: float, value: object, at: _At, low: float, high: float, unit: str) -> None:
+    if number < low:
+        at.fail(f"must be at least {low:g}{unit}, got {_show(value)}")
+    if number > high:
+        at.fail(f"must be at most {high:g}{unit}, got {_show(value)}")
+
+
+def _duration(section: str, key: str, zero: bool = False) -> Converter[float]:
+    """Seconds within ``BOUNDS[section, key]``; ``zero`` also lets 0 through (off)."""
+    low, high = BOUNDS[(section, key)]
+
+    def convert(value: object, at: _At) -> float:
+        number = _non_negative(value, at) if zero else _positive(value, at)
+        if not (zero and number == 0):
+            _within(number, value, at, low, high, " s")
+        return number
+    return convert
+
+
+def _count(section: str, key: str) -> Converter[int]:
+    """An integer within ``BOUNDS[section, key]`` (all of them start at 1)."""
+    low, high = BOUNDS[(section, key)]
+
+    def convert(value: object, at: _At) -> int:
+        number = _positive_int(value, at)
+        _within(number, value, at, low, high, "")
+        return number
+    return convert
 
 
 def _integer(value: object, at: _At) -> int:
@@ -283,7 +358,7 @@ def _int_range(low: int, high: int) -> Converter[int]:
     def convert(value: object, at: _At) -> int:
         number = _integer(value, at)
         if not low <= number <= high:
-            at.fail(f"must be between {low} and {high}, got {number}")
+            at.fail(f"must be between {low} and {high}, got {_show(number)}")
         return number
     return convert
 
@@ -291,13 +366,16 @@ def _int_range(low: int, high: int) -> Converter[int]:
 def _positive_int(value: object, at: _At) -> int:
     number = _integer(value, at)
     if number <= 0:
-        at.fail(f"must be greater than 0, got {number}")
+        at.fail(f"must be greater than 0, got {_show(number)}")
     return number
 
 
 def _string(value: object, at: _At) -> str:
     if not isinstance(value, str):
         at.fail(f"must be a string, got {_type_name(value)}")
+    # No path, endpoint, URL or name can hold one: open() and bind() reject it.
+    if "\0" in value:
+        at.fail("must not contain a NUL character")
     return value
 
 
@@ -327,14 +405,13 @@ def _array(item: Converter[T]) -> Converter[tuple[T, ...]]:
             at.fail(f"must be an array, got {_type_name(value)}")
         if not value:
             at.fail("must not be empty")
-        items: list[T] = []
+        first: dict[T, int] = {}
         for i, raw in enumerate(value):
             converted = item(raw, at.index(i))
-            if converted in items:
-                first = items.index(converted)
-                at.index(i).fail(f'duplicate "{converted}" (also at index {first})')
-            items.append(converted)
-        return tuple(items)
+            if converted in first:
+                at.index(i).fail(f'duplicate "{converted}" (also at index {first[converted]})')
+            first[converted] = i
+        return tuple(first)
     return convert
 
 
@@ -348,7 +425,12 @@ def _url(schemes: tuple[str, ...], allow_empty: bool = False) -> Converter[str]:
         expected = " or ".join(f"{s}://" for s in schemes)
         if any(c.isspace() for c in text):
             at.fail(f'malformed URL "{text}": contains whitespace')
-        parts = urlsplit(text)
+        if not text.isascii() or not text.isprintable():
+            at.fail(f'malformed URL "{text}": only printable ASCII (IDNA-encode host names)')
+        try:
+            parts = urlsplit(text)
+        except ValueError as exc:   # e.g. an unbalanced [ in an IPv6 host
+            at.fail(f'malformed URL "{text}": {exc}')
         if parts.scheme not in schemes:
             at.fail(f'malformed URL "{text}": must start with {expected}')
         if not parts.hostname:
@@ -388,7 +470,8 @@ def _check_tcp_address(text: str, address: str, at: _At) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host:
         at.fail(f'invalid ZeroMQ endpoint "{text}": expected tcp://host:port')
-    if port != "*" and not (port.isdigit() and 0 <= int(port) <= 65535):
+    # ASCII digits only, and few: int() of "\u0663" or of 5000 digits raises.
+    if port != "*" and not (re.fullmatch(r"[0-9]{1,5}", port) and int(port) <= 65535):
         at.fail(f'invalid ZeroMQ endpoint "{text}": port must be 0-65535 or *')
     if host.startswith("["):
         if not host.endswith("]"):
@@ -442,6 +525,10 @@ def _state_path(config_path: str) -> Converter[str]:
         path = beside(value, at)
         if not os.path.isdir(os.path.dirname(path)):
             at.fail(f"folder {os.path.dirname(path)} does not exist")
+        # The parent reads and replaces it; a FIFO would hang it, a device
+        # (/dev/zero) fill its memory.
+        if os.path.lexists(path) and not os.path.isfile(path):
+            at.fail(f"{path} exists and is not a regular file")
         return path
     return convert
 
@@ -464,20 +551,70 @@ def load_config(path: str) -> Config:
     if _reaches_beyond_loopback(config):
         _check_connect_budget(restart, section("restart"))
     _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
+    _check_account_exposure(config, section("feedsup"))
     return config
+
+
+def _check_account_exposure(config: Config, at: _At) -> None:
+    """Account data (balances, orders) never goes on plain TCP, where every
+    local user, or the network, can subscribe or ask for the last values."""
+    accounts = [s.name for s in config.streams if s.channel == "account"]
+    if not accounts or config.curve_server_key_file:
+        return
+    for key in ("pub", "control"):
+        if getattr(config, key).startswith("tcp://"):
+            at.dot(key).fail(
+                f'account stream "{accounts[0]}" would be readable by anyone who can reach this tcp:// '
+                "endpoint; use an ipc:// endpoint (the default) or set curve_server_key_file and "
+                "curve_allowed_clients (see README, Security)")
+
+
+def read_regular_file(path: str, limit: int, private: bool = False) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Opened non-blocking, so a FIFO cannot hang us in open(), and checked on
+    the open descriptor (no race with a rename); /dev/zero or a huge file
+    cannot fill memory. ``private``: it must also be the user's own and
+    closed to group and others (it holds a secret). Raises ``OSError`` with a
+    readable ``strerror``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        if private and info.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, f"owned by uid {info.st_uid}, not by the user running "
+                                  f"feedsup (uid {os.geteuid()}); fix: chown {os.geteuid()} {path}")
+        if private and info.st_mode & 0o077:
+            raise PermissionError(errno.EPERM, f"accessible by group or others (mode "
+                                  f"{stat.S_IMODE(info.st_mode):04o}); fix: chmod 600 {path}")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:               # grew since fstat
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_toml(path: str) -> dict[str, object]:
     at = _At(path, "(file)")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode())
     except FileNotFoundError:
         at.fail("file not found")
     except IsADirectoryError:
         at.fail("is a directory, not a file")
     except OSError as e:
-        at.fail(f"cannot read: {e.strerror or e}")
+        reason = e.strerror or str(e)
+        at.fail(reason if e.errno in (errno.EINVAL, errno.EFBIG) else f"cannot read: {reason}")
     except UnicodeDecodeError:
         at.fail("not valid UTF-8")
     except tomllib.TOMLDecodeError as e:
@@ -488,6 +625,10 @@ def _read_toml(path: str) -> dict[str, object]:
             location = f"line {where.group(2)}, column {where.group(3)}"
         detail = message[: where.start()].strip() if where else message
         _At(path, location).fail(f"TOML syntax error: {detail}")
+    except RecursionError:
+        at.fail("arrays or tables nested too deeply")
+    except ValueError as e:     # an integer of more than 4300 digits, say
+        at.fail(f"unreadable value: {e}")
 
 
 def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
@@ -499,12 +640,65 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         "log_format": table.get("log_format", _choice(LOG_FORMATS), default.log_format),
         "metrics_port": table.get("metrics_port", _int_range(0, 65535), default.metrics_port),
         # 0 would mean "unlimited" to ZeroMQ: unbounded memory, never on purpose.
-        "pub_hwm": table.get("pub_hwm", _positive_int, default.pub_hwm),
+        "pub_hwm": table.get("pub_hwm", _count("feedsup", "pub_hwm"), default.pub_hwm),
         "state_file": table.get("state_file", _state_path(config_path), default.state_file),
+        "curve_server_key_file": table.get("curve_server_key_file", _curve_server_key(config_path), ""),
+        "curve_allowed_clients": table.get("curve_allowed_clients", _array(_curve_public_key), ()),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")
+    if values["curve_server_key_file"] and not values["curve_allowed_clients"]:
+        at.dot("curve_allowed_clients").fail(
+            "required with curve_server_key_file: the public keys of the clients to let in")
+    if values["curve_allowed_clients"] and not values["curve_server_key_file"]:
+        at.dot("curve_server_key_file").fail("required with curve_allowed_clients")
+    for key in ("pub", "control"):
+        _check_ipc_folder(values[key], at.dot(key))
     return values
+
+
+def _check_ipc_folder(endpoint: str, at: _At) -> None:
+    """The folder of an ipc socket: the private default one is created at bind
+    and must be ours alone; any other must exist, or bind() fails in run."""
+    path = endpoints.ipc_path(endpoint)
+    if path is None:
+        return
+    folder = os.path.dirname(path) or "."
+    if folder == endpoints.runtime_dir():
+        problem = endpoints.check_private_folder(folder)
+        if problem:
+            at.fail(f"folder {folder} {problem}")
+    elif not os.path.isdir(folder):
+        at.fail(f"folder {folder} does not exist")
+
+
+def _curve_public_key(value: object, at: _At) -> str:
+    text = _string(value, at)
+    if not curve.is_z85_key(text):
+        at.fail("not a CURVE public key: 40 Z85 characters, as python -m feedsup.curve prints")
+    return text
+
+
+def _curve_server_key(config_path: str) -> Converter[str]:
+    """A private ZeroMQ certificate holding the server's secret key."""
+    beside = _path_beside(config_path)
+
+    def convert(value: object, at: _At) -> str:
+        path = beside(value, at)
+        try:
+            raw = read_regular_file(path, curve.MAX_CERT_BYTES, private=True)
+        except FileNotFoundError:
+            at.fail(f"{path}: file not found (make one with: python -m feedsup.curve server)")
+        except OSError as exc:
+            at.fail(f"{path}: {exc.strerror or exc}")
+        try:
+            _, secret = curve.parse_certificate(raw, path)
+        except curve.CurveKeyError as exc:
+            at.fail(str(exc))
+        if secret is None:
+            at.fail(f"{path}: holds no secret-key (use the .key_secret file)")
+        return path
+    return convert
 
 
 def _load_binance(raw: object, at: _At) -> tuple[Endpoint, Endpoint]:
@@ -527,11 +721,10 @@ def _load_endpoint(raw: object, at: _At, default: Endpoint, keys: tuple[str, ...
 
 
 def _connection_converter(key: str) -> Converter[float]:
-    if key == "stale_after":
-        return _non_negative  # 0 disables the staleness check
     if key == "max_age":
         return _max_age
-    return _positive
+    # stale_after = 0 disables the staleness check
+    return _duration("connection", key, zero=key == "stale_after")
 
 
 def _max_age(value: object, at: _At) -> float:
@@ -539,7 +732,7 @@ def _max_age(value: object, at: _At) -> float:
     if age >= BINANCE_MAX_CONNECTION_AGE:
         at.fail(f"must be below {BINANCE_MAX_CONNECTION_AGE:g} s: Binance closes "
                 "every connection at 24 h, so rotation must come first")
-    return age
+    return _duration("connection", "max_age")(value, at)
 
 
 def _connection_overrides(table: _Table) -> dict[str, float]:
@@ -584,16 +777,12 @@ def _check_order(connection: Connection, small: str, big: str, blame: str,
 def _load_restart(raw: object, at: _At) -> Restart:
     table = _Table(raw, at, tuple(f.name for f in fields(Restart)))
     default = Restart()
-    restart = Restart(
-        backoff_initial=table.get("backoff_initial", _positive, default.backoff_initial),
-        backoff_max=table.get("backoff_max", _positive, default.backoff_max),
-        intensity=table.get("intensity", _positive_int, default.intensity),
-        period=table.get("period", _positive, default.period),
-        connect_budget=table.get("connect_budget", _positive_int, default.connect_budget),
-        budget_window=table.get("budget_window", _positive, default.budget_window),
-        stable_after=table.get("stable_after", _positive, default.stable_after),
-        stop_timeout=table.get("stop_timeout", _positive, default.stop_timeout),
-    )
+    values = {
+        f.name: table.get(f.name, (_count if f.type == "int" else _duration)("restart", f.name),
+                          getattr(default, f.name))
+        for f in fields(Restart)
+    }
+    restart = Restart(**values)
     if restart.backoff_max < restart.backoff_initial:
         at.dot("backoff_max").fail(
             f"must be at least backoff_initial ({restart.backoff_initial:g})")
@@ -651,29 +840,28 @@ def _load_streams(raw: object, at: _At, config: Config) -> tuple[Stream, ...]:
         at.fail("no streams configured: add at least one [[stream]] table")
     streams: list[Stream] = []
     first_index: dict[str, int] = {}
+    owners: dict[str, str] = {}
     for i, item in enumerate(raw):
         stream = _load_stream(item, at.index(i), config)
         if stream.name in first_index:
             at.index(i).dot("name").fail(
                 f'duplicate stream name "{stream.name}" (also stream[{first_index[stream.name]}])')
         first_index[stream.name] = i
-        _check_topics_unique(stream, streams, _At(at.file, f'stream "{stream.name}"'))
+        _check_topics_unique(stream, owners, _At(at.file, f'stream "{stream.name}"'))
         streams.append(stream)
     return tuple(streams)
 
 
-def _check_topics_unique(stream: Stream, earlier: list[Stream], at: _At) -> None:
+def _check_topics_unique(stream: Stream, owners: dict[str, str], at: _At) -> None:
     """Two streams on one topic would look like duplicates of each other to the
-    parent, which would drop one of them."""
-    mine = set(stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix))
-    for other in earlier:
-        if other.channel == "account":
-            continue
-        shared = mine & set(stream_topics(other.channel, other.symbols, other.intervals, other.topic_prefix))
-        if shared:
-            at.dot("topic_prefix").fail(
-                f'topic "{sorted(shared)[0]}" is also published by stream "{other.name}"; give one of them '
-                f'a topic_prefix (for example "{stream.market}.") or drop the duplicate symbol')
+    parent, which would drop one of them. ``owners``: topic -> stream so far."""
+    mine = stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
+    shared = sorted(t for t in mine if t in owners)
+    if shared:
+        at.dot("topic_prefix").fail(
+            f'topic "{shared[0]}" is also published by stream "{owners[shared[0]]}"; give one of them '
+            f'a topic_prefix (for example "{stream.market}.") or drop the duplicate symbol')
+    owners.update(dict.fromkeys(mine, stream.name))
 
 
 def _stream_name(value: object, at: _At) -> str:

@@ -60,3 +60,12 @@ def start_feedsup(tmp_path):
     finally:
         for thing in reversed(started):
             thing.close()
+
+
+# Property tests: a fixed seed in CI (reproducible runs), random locally.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+import os as _os  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+_hypothesis_settings.register_profile("dev", deadline=None)
+_hypothesis_settings.load_profile("ci" if _os.environ.get("CI") else "dev")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from feedsup import endpoints
 from feedsup.config import (
     CHANNELS_BY_MARKET, KLINE_INTERVALS, Config, ConfigError, Connection, Restart, SPOT_DEFAULT,
     USDM_DEFAULT, load_config,
@@ -83,10 +84,13 @@ def test_example_config_loads_with_its_streams():
 def test_example_shows_every_key_with_its_default():
     text = EXAMPLE.read_text()
     keys = [f.name for dataclass in (Connection, Restart) for f in fields(dataclass)]
-    keys += ["pub", "control", "log_format", "metrics_port", "pub_hwm",
-             "ws_url", "rest_url", "ws_api_url"]
+    keys += ["pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
+             "curve_server_key_file", "curve_allowed_clients", "ws_url", "rest_url", "ws_api_url"]
     for key in keys:
-        assert re.search(rf"(?m)^{key} = ", text), f"{key} missing from the example"
+        # "#key = " marks a key whose default cannot be written literally (or
+        # which is off by default); the "# key = " stream examples are
+        # uncommented by the next test, these are not.
+        assert re.search(rf"(?m)^#?{key} = ", text), f"{key} missing from the example"
     config = load_config(str(EXAMPLE))
     default = Config(path=config.path, streams=config.streams)
     assert config == default
@@ -106,7 +110,8 @@ def test_example_commented_streams_load_when_uncommented(tmp_path):
 
 def test_minimal_config_gets_defaults(tmp_path):
     config = load(tmp_path, PRICE)
-    assert config.pub == "tcp://127.0.0.1:7780"
+    assert config.pub == endpoints.default_pub() and config.control == endpoints.default_control()
+    assert config.pub.startswith("ipc://")
     assert config.streams[0].connection == Connection()
     assert config.streams[0].depth_levels == 10
 

@@ -3,6 +3,7 @@ no parent ran, and the connection budget is not spent twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 import signal
@@ -90,3 +91,33 @@ def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, 
         for fs in (first, second):
             if fs is not None:
                 fs.close()
+
+
+@pytest.mark.parametrize("poison", ["2^62", "testnet"])
+def test_a_poisoned_state_file_does_not_silence_the_topic(sim, tmp_path, poison):
+    """A mark far beyond the live ids (corrupt, or saved against another
+    exchange) would suppress every live frame as a duplicate, and be saved
+    again. The parent drops it with a warning and publishes."""
+    from feedsup.config import load_config
+
+    state_path = tmp_path / "state"
+    config = write_config(tmp_path, sim, [PRICE], feedsup={"state_file": str(state_path)})
+    loaded = load_config(str(config))
+    if poison == "2^62":
+        marks, origins = {TOPIC: (2**62, 0, True)}, saved.Origins(loaded)
+    else:
+        marks = {TOPIC: (10**12, 0, True)}     # plausible, and far above the live ids
+        testnet = dataclasses.replace(loaded.spot, ws_url="wss://stream.testnet.binance.vision",
+                                      rest_url="https://testnet.binance.vision")
+        origins = saved.Origins(dataclasses.replace(loaded, spot=testnet))
+    saved.save(str(state_path), saved.SavedState(marks, [], time.time()), origins)
+    fs = Feedsup(config, tmp_path)
+    col = Collector(fs.pub)
+    try:
+        col.wait_count(5, timeout=20, topic_prefix=TOPIC)
+        assert "state mark dropped" in fs.log() and TOPIC in fs.log()
+        wait_for(lambda: 0 < _saved_marks(state_path).get(TOPIC, (2**62,))[0] < 2**40, 10,
+                 "a sane mark saved instead of the poisoned one")
+    finally:
+        col.close()
+        fs.close()

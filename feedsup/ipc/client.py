@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 import msgpack
 import zmq
 
+from feedsup.curve import CurveKeyError, CurveKeys
 from feedsup.ipc.topics import HELLO_PREFIX
 
 DEFAULT_RCVHWM = 1_000_000
@@ -64,13 +65,21 @@ class SeqTracker:
 
 
 class Subscriber:
+    """``curve``: client keys for a parent with CURVE on (``feedsup.curve``);
+    by default from ``FEEDSUP_CURVE_SERVER_KEY`` and ``FEEDSUP_CURVE_CLIENT_KEY_FILE``.
+    A refused key connects and receives nothing."""
+
     def __init__(self, endpoint: str, topics: Iterable[str] = ("",), *, ctx: zmq.Context | None = None,
-                 rcvhwm: int = DEFAULT_RCVHWM, on_gap: Callable[[Gap], None] | None = None) -> None:
+                 rcvhwm: int = DEFAULT_RCVHWM, on_gap: Callable[[Gap], None] | None = None,
+                 curve: CurveKeys | None = None) -> None:
+        self.curve = curve or CurveKeys.from_env()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(self.sock)
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.sock.connect(endpoint)
@@ -131,13 +140,14 @@ class Subscriber:
                 if time.monotonic() >= deadline:
                     raise ControlError(f"subscription not live within {timeout:g} s")
                 request(control, "hello", timeout=max(0.1, deadline - time.monotonic()),
-                        token=hello[len(HELLO_PREFIX):])
+                        curve=self.curve, token=hello[len(HELLO_PREFIX):])
                 self._buffer_until(hello, min(deadline, time.monotonic() + 0.2))
         finally:
             self.sock.setsockopt(zmq.UNSUBSCRIBE, hello.encode())
         snapshot = []
         for prefix in prefixes:
-            reply = request(control, "last", timeout=max(0.1, deadline - time.monotonic()), prefix=prefix)
+            reply = request(control, "last", timeout=max(0.1, deadline - time.monotonic()), curve=self.curve,
+                            prefix=prefix)
             snapshot += [msgpack.unpackb(p) for p in reply["frames"]]
         for frame in snapshot:
             self._skip_upto[frame["topic"]] = frame["seq"]
@@ -181,12 +191,19 @@ class ControlError(Exception):
     pass
 
 
-def request(endpoint: str, cmd: str, timeout: float = 3.0, **args: Any) -> dict[str, Any]:
+def request(endpoint: str, cmd: str, timeout: float = 3.0, *, curve: CurveKeys | None = None,
+            **args: Any) -> dict[str, Any]:
     """One request to the parent's control socket; raises ControlError on
-    timeout or on an ``{"ok": false}`` answer."""
+    timeout or on an ``{"ok": false}`` answer. ``curve`` as for ``Subscriber``."""
+    try:
+        keys = curve or CurveKeys.from_env()
+    except CurveKeyError as exc:
+        raise ControlError(str(exc)) from None
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(sock)
     try:
         sock.connect(endpoint)
         sock.send(msgpack.packb({"cmd": cmd, **args}))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -119,6 +120,7 @@ class Metrics:
         self._known_streams: set[str] = set()
         self._published_seen = 0.0
         self._suppressed_seen = 0.0
+        self._refused_seen = 0.0
         self._define_metrics()
 
     def _define_metrics(self) -> None:
@@ -141,6 +143,9 @@ class Metrics:
         self.suppressed = Counter("feedsup_duplicates_suppressed_total",
                                   "Duplicate frames suppressed (overlapping workers)", registry=r)
         self.uptime = Gauge("feedsup_uptime_seconds", "Seconds since the parent started", registry=r)
+        self.curve_refused = Counter("feedsup_curve_refused_total",
+                                     "Connections refused by CURVE authentication (unknown client key)",
+                                     registry=r)
 
     # -- serving -------------------------------------------------------------
 
@@ -190,6 +195,7 @@ class Metrics:
             _set_if_number(self.uptime, status.get("uptime"))
             self._published_seen = _add_delta(self.published, self._published_seen, status.get("published"))
             self._suppressed_seen = _add_delta(self.suppressed, self._suppressed_seen, status.get("suppressed"))
+            self._refused_seen = _add_delta(self.curve_refused, self._refused_seen, status.get("curve_refused"))
 
     def observe_lag(self, stream: str, lag_ms: float) -> None:
         """One exchange lag sample; non-numbers are ignored.
@@ -275,8 +281,54 @@ def _wake(host: str, port: int) -> None:
         pass  # the loop thread is a daemon; it cannot keep the process alive
 
 
+# A scrape is one short request; a few at a time is plenty. Connections past
+# the cap are closed at once, and a connection gets IO_TIMEOUT_S per read or
+# write, so idle or unfinished requests cannot pile up threads and fds.
+MAX_CONNECTIONS = 8
+IO_TIMEOUT_S = 5.0
+# After a failed accept (EMFILE: out of fds) wait before the next one, or the
+# still-readable listening socket spins this thread.
+ACCEPT_BACKOFF_S = 0.2
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a hung scraper must not keep the parent alive
+    block_on_close = False
+    request_queue_size = 64   # listen backlog: socketserver's 5 overflows in a burst (1 s SYN retries)
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError:
+            # socketserver drops the failed request and keeps serving; slow
+            # down so a full fd table does not spin this thread.
+            time.sleep(ACCEPT_BACKOFF_S)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)   # starts the handler thread
+        except Exception:          # no thread to start: socketserver closes the request
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out or hung up is not news (and no traceback on stderr)
 
 
 class _Server6(_Server):
@@ -284,5 +336,7 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IO_TIMEOUT_S    # per read/write: an unfinished request is dropped
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one access line per scrape would drown feedsup's structured log

@@ -24,11 +24,11 @@ from typing import Any
 import msgpack
 import zmq
 
-from feedsup import logs
-from feedsup.config import Config
+from feedsup import curve, endpoints, logs
+from feedsup.config import Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
-from feedsup.supervisor import control, policy as pol, state as saved
+from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
@@ -48,6 +48,9 @@ PUB_FLUSH_MS = 1000
 # subscribers of the previous parent reconnect (ZeroMQ retries every 100 ms)
 # before the backfill of the outage is published, or PUB would drop it.
 REJOIN_GRACE_S = 1.0
+STATE_DROPS_LOGGED = 20
+# A client gets this long to complete the ZeroMQ (and CURVE) handshake.
+HANDSHAKE_MS = 5000
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
 # Channels whose history Binance does not serve: when their source is lost
@@ -81,6 +84,9 @@ class Parent:
         self.pub: zmq.Socket | None = None
         self._state_due = 0.0
         self._marks_behind: dict[str, Any] = {}
+        self._origins = saved.Origins(config)    # where each topic's marks come from
+        self._auth: Any = None                      # CURVE: the ZAP handler thread, and
+        self._gate: curve.Gatekeeper | None = None  # its allow-list and refusal count
 
     # -- public surface used by control commands ------------------------------
 
@@ -110,12 +116,17 @@ class Parent:
             "uptime": now - self.started,
             "published": self.published,
             "suppressed": self.sequencer.suppressed,
+            "curve_refused": self._gate.refused if self._gate is not None else None,
             "streams": rows,
         }
 
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
+        fds_before, fds = fdlimit.raise_fd_limit()
+        if fds != fds_before or fds < 4096:
+            logs.event(log, "fd limit", logging.WARNING if fds < 4096 else logging.INFO, soft=fds,
+                       was=fds_before)
         ctx = zmq.Context()
         try:
             sockets = self._bind(ctx)
@@ -125,6 +136,7 @@ class Parent:
             # pub, control or metrics_port is taken or invalid: say which, exit 69.
             logs.event(log, "bind failed", logging.ERROR, error=str(exc), pub=self.config.pub,
                        control=self.config.control, metrics_port=self.config.metrics_port or None)
+            self._stop_auth()
             ctx.destroy(linger=0)
             shutil.rmtree(self.rundir, ignore_errors=True)
             return EXIT_UNAVAILABLE
@@ -162,6 +174,7 @@ class Parent:
             self._save_state(exact=True)
             for sock in sockets:
                 sock.close(linger=0)
+            self._stop_auth()
             ctx.term()
             shutil.rmtree(self.rundir, ignore_errors=True)
             for signum, handler in old_handlers.items():
@@ -176,11 +189,39 @@ class Parent:
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, self.config.pub_hwm)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(self.config.pub)
         ctl = ctx.socket(zmq.ROUTER)
         ctl.setsockopt(zmq.LINGER, 0)
-        ctl.bind(self.config.control)
+        keys = self._curve_keys(ctx)
+        for sock in (pub, ctl):
+            # A peer that never completes the ZeroMQ handshake (an idle TCP
+            # connection, a port scanner) is dropped after this, not kept
+            # holding an fd forever; dead peers are found by keepalive.
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+            if keys is not None:
+                curve.serve(sock, *keys)
+        endpoints.bind_private(pub, self.config.pub)
+        endpoints.bind_private(ctl, self.config.control)
         return pull, pub, ctl
+
+    def _curve_keys(self, ctx: zmq.Context) -> tuple[bytes, bytes] | None:
+        """The server key pair, with the ZAP handler started (before any bind)."""
+        if not self.config.curve_server_key_file:
+            return None
+        try:
+            public, secret = curve.parse_certificate(
+                read_regular_file(self.config.curve_server_key_file, curve.MAX_CERT_BYTES, private=True),
+                self.config.curve_server_key_file)
+        except curve.CurveKeyError as exc:
+            raise OSError(str(exc)) from None
+        self._auth, self._gate = curve.start_authenticator(ctx, self.config.curve_allowed_clients)
+        return public, secret
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def _install_signals(self) -> dict[int, Any]:
         def on_signal(signum: int, frame: Any) -> None:
@@ -417,13 +458,17 @@ class Parent:
             return False
         if state is None:
             return False
-        self.sequencer.restore(state.marks)
-        self._marks_behind = dict(state.marks)
+        marks, dropped = saved.usable_marks(state, self._origins, time.time_ns() // 1_000_000)
+        for topic, reason in dropped[:STATE_DROPS_LOGGED]:   # the total is in "state restored"
+            logs.event(log, "state mark dropped", logging.WARNING, file=self.config.state_file, topic=topic,
+                       mark=state.marks[topic], reason=reason)
+        self.sequencer.restore(marks)
+        self._marks_behind = dict(marks)
         now_wall, now_mono = time.time(), time.monotonic()
         self.policy.restore_connect_attempts(saved.to_monotonic(state.attempts, now_wall, now_mono), now_mono)
-        logs.event(log, "state restored", file=self.config.state_file, topics=len(state.marks),
+        logs.event(log, "state restored", file=self.config.state_file, topics=len(marks), dropped=len(dropped),
                    recent_attempts=len(state.attempts), age=f"{now_wall - state.saved_at:.1f}s")
-        return bool(state.marks)
+        return bool(marks)
 
     def _save_state(self, exact: bool = False) -> None:
         """Save watermarks and recent connection attempts.
@@ -442,7 +487,7 @@ class Parent:
         marks = current if exact else self._marks_behind
         self._marks_behind = current
         try:
-            saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall))
+            saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall), self._origins)
         except OSError as exc:
             logs.event(log, "state not saved", logging.WARNING, file=self.config.state_file, error=str(exc))
 
