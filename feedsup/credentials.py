@@ -146,9 +146,10 @@ def private_file_problem(mode: int, owner: int, user: int, path: str) -> str | N
 def read_private_file(path: str, key: str) -> bytes:
     """Read a secrets file after checking owner and mode on the open file
     (fstat, so the file checked is the file read; symlinks are followed, as
-    secret mounts use them)."""
+    secret mounts use them). Opened non-blocking: a FIFO would otherwise
+    hang us in open() until some writer came."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(path, key, "file not found") from None
     except OSError as e:

@@ -157,6 +157,17 @@ def test_directory_as_key_file_is_refused(tmp_path):
     assert "not a regular file" in err.reason
 
 
+@pytest.mark.timeout(10)
+def test_fifo_as_key_file_is_refused_without_hanging(tmp_path):
+    # open() of a FIFO blocks until a writer comes: a key file must be opened
+    # non-blocking and refused for what it is.
+    path = str(tmp_path / "fifo.key")
+    os.mkfifo(path, 0o600)
+    err = failure(account(key_file=path))
+    assert (err.file, err.key) == (path, "key_file")
+    assert "not a regular file" in err.reason
+
+
 def test_private_file_problem_rules():
     regular = stat.S_IFREG
     assert private_file_problem(regular | 0o600, 1000, 1000, "/k") is None
