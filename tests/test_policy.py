@@ -784,14 +784,20 @@ def test_old_worker_dying_first_hands_over_to_the_successor():
     assert policy.on_streaming(new, 8.0) == []
 
 
-def test_a_ready_successor_takes_over_without_a_state_change():
+def test_a_ready_successor_that_is_not_streaming_yet_takes_over_as_starting():
+    # Subscribed is not serving: until the successor streams (caught up and
+    # publishing), nothing reaches consumers, so the stream leaves RUNNING and
+    # the parent announces the loss on topics without history.
     policy = make()
     old = running(policy)
     new = one(policy.on_notice(old, "serverShutdown", 5.0), Spawn).instance
     policy.on_ready(new, 5.5)
+    reason = "successor took over (server closed 1001)"
     actions = policy.on_exit(old, 75, "server closed 1001", False, 6.0)
-    assert actions == [Restarted("s1", "successor took over (server closed 1001)")]
-    assert info(policy, 6.0)["instance"] == new and state(policy) == "RUNNING"
+    assert actions == [Restarted("s1", reason), StateChanged("s1", State.RUNNING, State.STARTING, reason)]
+    assert info(policy, 6.0)["instance"] == new
+    assert policy.on_streaming(new, 7.0) == [StateChanged("s1", State.STARTING, State.RUNNING, "streaming")]
+    assert info(policy, 7.5)["uptime"] == 0.5
 
 
 def test_failed_successor_keeps_the_old_worker_and_retries_with_backoff():
@@ -877,11 +883,14 @@ def test_successor_streaming_rescues_a_stream_whose_old_worker_hung():
     policy.on_ready(new, 2.0)
     policy.on_liveness(new, {"idle": None}, 5.0)
     actions = policy.tick(5.0)
-    # The hung worker is killed; the READY successor takes over at once.
+    # The hung worker is killed; the READY successor takes over at once, and
+    # the stream is RUNNING again once the successor streams.
     assert one(actions, Kill) == Kill(old, "liveness timeout")
-    assert of(actions, Spawn) == [] and of(actions, StateChanged) == []
-    assert info(policy, 5.0)["instance"] == new and state(policy) == "RUNNING"
-    assert policy.on_streaming(new, 5.5) == []
+    assert of(actions, Spawn) == []
+    assert one(actions, StateChanged) == StateChanged("s1", State.RUNNING, State.STARTING,
+                                                      "successor took over (liveness timeout)")
+    assert info(policy, 5.0)["instance"] == new
+    assert policy.on_streaming(new, 5.5) == [StateChanged("s1", State.STARTING, State.RUNNING, "streaming")]
     assert policy.on_exit(old, -9, "killed by SIGKILL", False, 6.0) == []
     assert info(policy, 6.0)["instance"] == new and state(policy) == "RUNNING"
 

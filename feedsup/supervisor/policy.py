@@ -332,10 +332,14 @@ class Policy:
         worker = self._workers.get(instance)
         if worker is None:
             return out
+        rec = self._streams[worker.stream]
         if worker.ready_at is None:  # STREAMING implies subscribed
             self._mark_ready(worker, now, out)
+        elif worker.role is Role.ACTIVE and rec.state is State.STARTING and not worker.terminating:
+            # A promoted successor that was READY already: serving from now on.
+            rec.running_since = now
+            out.append(rec.change_state(State.RUNNING, "streaming"))
         worker.streaming = True
-        rec = self._streams[worker.stream]
         if worker.role is Role.SUCCESSOR and not self._stopping:
             self._hand_over(rec, worker, now, out)
         return out
@@ -660,9 +664,10 @@ class Policy:
         reason = f"successor took over ({cause})"
         rec.last_reason = reason
         out.append(Restarted(rec.name, reason))
-        new = State.STARTING if successor.ready_at is None else State.RUNNING
-        if rec.state is not new:
-            out.append(rec.change_state(new, reason))
+        # A successor is never streaming here (streaming hands over at once),
+        # so it serves nobody yet: STARTING until it streams.
+        if rec.state is not State.STARTING:
+            out.append(rec.change_state(State.STARTING, reason))
 
     # --- helpers: time ----------------------------------------------------------
 
