@@ -91,3 +91,22 @@ class WeightLimiter:
     def used(self, ip: str, now: float) -> int:
         st = self._ips.get(ip)
         return st.used if st and st.window_id == int(now // self.window) else 0
+
+
+class OrderCounter:
+    """Orders placed per account in the ORDERS rate-limit windows, for the
+    ``X-MBX-ORDER-COUNT-<n><unit>`` headers (rest-api.md "Unfilled Order Count":
+    spot 10S and 1D; USD-M 10S and 1M). ``now`` is wall seconds."""
+
+    def __init__(self, windows: dict[str, tuple[float, int]]) -> None:
+        self.windows = {name: (SlidingWindow(limit, seconds), limit) for name, (seconds, limit) in windows.items()}
+
+    def count(self, now: float) -> tuple[dict[str, str], str | None]:
+        """Record one order; (headers, name of the window exceeded or None)."""
+        headers, over = {}, None
+        for name, (win, limit) in self.windows.items():
+            within = win.hit(now)
+            headers[f"X-MBX-ORDER-COUNT-{name}"] = str(len(win._hits))
+            if not within and over is None:
+                over = name
+        return headers, over

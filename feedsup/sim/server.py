@@ -22,7 +22,7 @@ from .hub import Hub
 from .limits import AttemptCounter, WeightLimiter
 from .options import SimOptions
 from .streams import SPOT, USDM
-from .userdata import UserData
+from .userdata import SIM_HEADERS, UserData
 from .wsserver import stream_handler
 
 log = logging.getLogger("feedsup.sim")
@@ -151,8 +151,8 @@ class SimCore:
             else:
                 body = await signed[0](self, market, request, query)
         except rest.RestError as exc:
-            return _json(exc.body(), exc.status, headers)
-        return _json(body, 200, headers)
+            return _json(exc.body(), exc.status, {**headers, **request.get(SIM_HEADERS, {})})
+        return _json(body, 200, {**headers, **request.get(SIM_HEADERS, {})})  # X-MBX-ORDER-COUNT-* (h7)
 
     def _fault_response(self, fault: Fault) -> web.Response:
         status = fault.params["status"]
