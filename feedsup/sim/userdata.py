@@ -42,7 +42,8 @@ from .limits import OrderCounter
 from .options import SimOptions
 from .orders import check_notional, check_price, check_qty, parse_new_order, triggered, walk
 from .rest import RestError, mandatory
-from .signing import check_api_key, check_timestamp, hmac_hex, verify_rest, ws_api_payload
+from .signing import check_api_key, verify_rest
+from .wsapi import ws_api_handler
 from .streams import SPOT, USDM
 
 if TYPE_CHECKING:
@@ -553,7 +554,6 @@ class UserData:
         self.spot = Account(SPOT, hub)
         self.futures_account = Account(USDM, hub)
         self.futures = FuturesUserData(options, self.futures_account)
-        self._subscription_ids = 0
         self.sockets: set[web.WebSocketResponse] = set()   # open WebSocket API sessions
         # The ORDERS limits exchangeInfo advertises (spot 100/10s, 200000/day; USD-M 300/10s, 1200/min).
         self.order_counts = {SPOT: OrderCounter({"10S": (10.0, 100), "1D": (86_400.0, 200_000)}),
@@ -589,90 +589,10 @@ class UserData:
                            self.options.api_secret, self.hub.advance(), int(time.time() * 1000),
                            self.options.recv_window_ms)
 
-    # -- WebSocket API (spot) ------------------------------------------------------------
+    # -- WebSocket API (spot): wsapi.py ---------------------------------------------------
 
     async def ws_api_handler(self, core: "SimCore", request: web.Request) -> web.StreamResponse:
-        refused = core.admit(request)
-        if refused is not None:
-            return refused
-        ws = web.WebSocketResponse(autoping=True, compress=False, timeout=2.0)
-        await ws.prepare(request)
-        subscriptions: dict[int, Callable[[dict[str, Any]], None]] = {}
-        self.sockets.add(ws)
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                reply = self._ws_api_request(msg.data, ws, subscriptions)
-                await ws.send_frame(orjson.dumps(reply), WSMsgType.TEXT)
-        finally:
-            self.sockets.discard(ws)
-            for listener in subscriptions.values():
-                if listener in self.spot.listeners:
-                    self.spot.listeners.remove(listener)
-        return ws
-
-    def _ws_api_request(self, text: str, ws: web.WebSocketResponse,
-                        subscriptions: dict[int, Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
-        try:
-            req = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return _ws_error(None, 400, -1000, "Malformed request.")
-        if not isinstance(req, dict):
-            return _ws_error(None, 400, -1000, "Malformed request.")
-        req_id, method, params = req.get("id"), req.get("method"), req.get("params") or {}
-        now = self.hub.advance()
-        try:
-            if method == "ping":
-                return _ws_ok(req_id, {})
-            if method == "time":
-                return _ws_ok(req_id, {"serverTime": now})
-            if method == "userDataStream.subscribe.signature":
-                self._verify_ws(params, now)
-                self._subscription_ids += 1
-                sub_id = self._subscription_ids
-                listener = _ws_forwarder(ws, sub_id)
-                subscriptions[sub_id] = listener
-                self.spot.listeners.append(listener)
-                return _ws_ok(req_id, {"subscriptionId": sub_id})
-            if method == "userDataStream.unsubscribe":
-                wanted = params.get("subscriptionId")
-                for sub_id in [s for s in subscriptions if wanted is None or s == wanted]:
-                    listener = subscriptions.pop(sub_id)
-                    self.spot.listeners.remove(listener)
-                return _ws_ok(req_id, {})
-            if method == "session.subscriptions":
-                return _ws_ok(req_id, [{"subscriptionId": s} for s in subscriptions])
-        except RestError as exc:
-            return _ws_error(req_id, exc.status, exc.code, exc.msg)
-        return _ws_error(req_id, 400, -1102 if not method else -1000, f"Unknown method: {method}")
-
-    def _verify_ws(self, params: Mapping[str, Any], now: int) -> None:
-        check_api_key(params.get("apiKey"), self.options.api_key)
-        signature = params.get("signature")
-        if not signature:
-            raise mandatory("signature")
-        expected = hmac_hex(self.options.api_secret, ws_api_payload(params))
-        if not isinstance(signature, str) or signature != expected:
-            raise RestError(400, -1022, "Signature for this request is not valid.")
-        check_timestamp({k: str(v) for k, v in params.items()}, now, int(time.time() * 1000),
-                        self.options.recv_window_ms)
-
-
-def _ws_ok(req_id: Any, result: Any) -> dict[str, Any]:
-    return {"id": req_id, "status": 200, "result": result}
-
-
-def _ws_error(req_id: Any, status: int, code: int, msg: str) -> dict[str, Any]:
-    return {"id": req_id, "status": status, "error": {"code": code, "msg": msg}}
-
-
-def _ws_forwarder(ws: web.WebSocketResponse, sub_id: int) -> Callable[[dict[str, Any]], None]:
-    def forward(event: dict[str, Any]) -> None:
-        if not ws.closed:
-            frame = orjson.dumps({"subscriptionId": sub_id, "event": event})
-            asyncio.ensure_future(ws.send_frame(frame, WSMsgType.TEXT))
-    return forward
+        return await ws_api_handler(core, request)
 
 
 # -- signed REST handlers: (core, market, request, query) -> body -------------------------------
@@ -768,7 +688,11 @@ async def _avg_price(core: "SimCore", market: str, request: web.Request, query: 
 
 async def _spot_account(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
     await core.userdata.signed_params(core, request)
-    acct = core.userdata.spot
+    return spot_account_body(core.userdata.spot)
+
+
+def spot_account_body(acct: Account) -> dict[str, Any]:
+    """GET /api/v3/account, and the WebSocket API's account.status."""
     return {"makerCommission": 0, "takerCommission": 0, "buyerCommission": 0, "sellerCommission": 0,
             "commissionRates": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000",
                                 "seller": "0.00000000"},

@@ -114,9 +114,15 @@ def test_spot_subscribe_rejections(usim, ws_factory, case, code):
 
 def test_unsubscribe_stops_events(usim, ws_factory):
     ws, reply = ws_api_subscribe(usim, ws_factory)
-    ws.send(json.dumps({"id": 2, "method": "userDataStream.unsubscribe",
-                        "params": {"subscriptionId": reply["result"]["subscriptionId"]}}))
-    assert json.loads(ws.recv()) == {"id": 2, "status": 200, "result": {}}
+    sub_id = reply["result"]["subscriptionId"]
+    ws.send(json.dumps({"id": 2, "method": "userDataStream.unsubscribe", "params": {"subscriptionId": sub_id},
+                        }))
+    answer = json.loads(ws.recv())
+    assert (answer["id"], answer["status"], answer["result"]) == (2, 200, {})
+    assert answer["rateLimits"][0]["rateLimitType"] == "REQUEST_WEIGHT"   # shown by default
+    # user-data-stream.md "Event Stream Terminated": sent when unsubscribed.
+    ended = json.loads(ws.recv())
+    assert ended["subscriptionId"] == sub_id and ended["event"]["e"] == "eventStreamTerminated"
     signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001")
     assert [f for f in read_frames(ws, 0.2) if f[0] == websocket.ABNF.OPCODE_TEXT] == []
 
