@@ -130,3 +130,21 @@ def leverage_bracket(symbol: str) -> dict[str, Any]:
     return {"symbol": symbol, "notionalCoef": 1.0, "brackets": [
         {"bracket": 1, "initialLeverage": int(LEVERAGE), "notionalCap": int(MAX_NOTIONAL), "notionalFloor": 0,
          "maintMarginRatio": 0.004, "cum": 0.0}]}
+
+
+def position_risk_v3(acct: "Account", symbol: str | None) -> list[dict[str, Any]]:
+    """``GET /fapi/v3/positionRisk``: only symbols with a position or open orders."""
+    rows = []
+    for row in position_risk(acct, symbol):
+        sym = row["symbol"]
+        orders = acct.open_orders(sym)
+        if Decimal(row["positionAmt"]) == 0 and not orders:
+            continue
+        rows.append({"symbol": sym, "positionSide": "BOTH", "positionAmt": row["positionAmt"],
+                     "entryPrice": row["entryPrice"], "breakEvenPrice": row["breakEvenPrice"],
+                     "markPrice": row["markPrice"], "unRealizedProfit": d8(ZERO), "liquidationPrice": "0",
+                     "isolatedMargin": "0", "notional": row["notional"], "marginAsset": TOTALS_ASSET,
+                     "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
+                     "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 0,
+                     "bidNotional": "0", "askNotional": "0", "updateTime": row["updateTime"]})
+    return rows

@@ -35,7 +35,8 @@ from aiohttp import WSMsgType, web
 from .conn import Connection
 from .decimals import d8, plain
 from .exchange_info import futures_symbol, spot_symbol
-from .futures_account import futures_account, futures_open_order, leverage_bracket, position_risk
+from .futures_account import (futures_account, futures_open_order, leverage_bracket, position_risk,
+                              position_risk_v3)
 from .hub import Hub
 from .market import SymbolMarket
 from .limits import OrderCounter
@@ -764,7 +765,8 @@ async def _futures_position_risk(core: "SimCore", market: str, request: web.Requ
     acct = core.userdata.futures_account
     if params.get("symbol"):
         acct.market_of(params["symbol"])
-    return position_risk(acct, params.get("symbol"))
+    version3 = request.path.startswith("/fapi/v3/")
+    return (position_risk_v3 if version3 else position_risk)(acct, params.get("symbol"))
 
 
 async def _futures_leverage_bracket(core: "SimCore", market: str, request: web.Request,
@@ -825,6 +827,7 @@ _USER_ROUTES: dict[tuple[str, str], tuple[Callable[..., Awaitable[Any]], Weight]
     ("DELETE", "/fapi/v1/order"): (_futures_cancel, _fixed(1)),
     ("GET", "/fapi/v1/order"): (_futures_get_order, _fixed(1)),
     ("GET", "/fapi/v2/positionRisk"): (_futures_position_risk, _fixed(5)),
+    ("GET", "/fapi/v3/positionRisk"): (_futures_position_risk, _fixed(5)),
     ("GET", "/fapi/v1/leverageBracket"): (_futures_leverage_bracket, _fixed(1)),
     ("GET", "/fapi/v2/account"): (_futures_account_v2, _fixed(5)),
     ("GET", "/fapi/v3/account"): (_futures_account_v3, _fixed(5)),

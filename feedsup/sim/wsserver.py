@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from . import extra_rest
 from .blast import run_blast
 from .conn import Connection
 from .live import LiveState, handle_request
@@ -43,9 +44,12 @@ def parse_ws_path(path: str, query: dict[str, str]) -> tuple[str, str, list[str]
 
 
 async def stream_handler(core: "SimCore", request: web.Request) -> web.StreamResponse:
+    served = await extra_rest.handle(core, request)
+    if served is not None:
+        return served
     parsed = parse_ws_path(request.path, dict(request.query))
     if parsed is None:
-        return web.json_response({"code": -1, "msg": "Not found."}, status=404)
+        return extra_rest.not_found()
     market, route, names, combined = parsed
     rules = core.rules[market]
     refused = core.admit(request)
