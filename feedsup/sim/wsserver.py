@@ -17,7 +17,7 @@ from . import extra_rest
 from .blast import run_blast
 from .conn import Connection
 from .live import LiveState, handle_request
-from .streams import PRIVATE, SPOT, USDM
+from .streams import LEGACY, PRIVATE, SPOT, USDM
 
 if TYPE_CHECKING:
     from .server import SimCore
@@ -31,6 +31,10 @@ def parse_ws_path(path: str, query: dict[str, str]) -> tuple[str, str, list[str]
     market, route = SPOT, "ws"
     if parts and parts[0] in FUTURES_ROUTES:
         market, route = USDM, parts[0]
+        parts = parts[1:]
+    elif parts and parts[0] == "usdm":
+        # fstream.binance.com/ws and /stream: the legacy paths, every USD-M stream.
+        market, route = USDM, LEGACY
         parts = parts[1:]
     if not parts:
         return None
@@ -64,6 +68,11 @@ async def stream_handler(core: "SimCore", request: web.Request) -> web.StreamRes
         names = []
         if not core.userdata.futures.key_valid(listen_key, core.hub.advance()):
             return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
+    elif route == LEGACY:
+        # The legacy path takes a listenKey as a stream name (USD-M "User Data Streams").
+        keys = [n for n in names if core.userdata.futures.key_valid(n, core.hub.advance())]
+        if keys:
+            listen_key, names = keys[0], [n for n in names if n not in keys]
     ws = web.WebSocketResponse(autoping=False, compress=False, timeout=2.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     conn = Connection(core.new_conn_id(), ws, request, market, route, rules, core.faults, combined, time.monotonic())
