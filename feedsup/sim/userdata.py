@@ -588,7 +588,7 @@ class UserData:
         total = request.query_string + body
         return verify_rest(total, request.headers.get("X-MBX-APIKEY"), self.options.api_key,
                            self.options.api_secret, self.hub.advance(), int(time.time() * 1000),
-                           self.options.recv_window_ms)
+                           self.options.recv_window_ms, query=request.query_string, body=body)
 
     # -- WebSocket API (spot): wsapi.py ---------------------------------------------------
 
