@@ -17,6 +17,7 @@ from . import rest
 from .clock import SimClock
 from .conn import Connection, Rules, reset_transport
 from .control import control_handler
+from .extra_rest import not_found
 from .faults import Fault, FaultRegistry
 from .hub import Hub
 from .limits import AttemptCounter, WeightLimiter
@@ -130,7 +131,7 @@ class SimCore:
         signed = self.userdata.rest_route(request)
         route = routes.get(request.path) if request.method == "GET" else None
         if route is None and signed is None:
-            return _json({"code": -1, "msg": f"Unknown endpoint {request.method} {request.path}."}, 404)
+            return not_found()  # Binance's HTML 404 for an unknown path (extra_rest.py, h7)
         query = dict(request.query)
         if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
             form = await request.post()

@@ -250,5 +250,6 @@ def test_endpoints_clients_call(frozen):
     assert risk[0]["symbol"] == "BTCUSDT" and risk[0]["positionAmt"] == "0"
     bracket = signed(frozen, "GET", "/fapi/v1/leverageBracket", symbol="BTCUSDT").body
     assert bracket["symbol"] == "BTCUSDT" and bracket["brackets"][0]["initialLeverage"] == 20
-    unknown = http("GET", frozen.base_url + "/sapi/v1/asset/nothing")
-    assert unknown.status == 404 and unknown.raw == b"<html><body><h2>404 Not found</h2></body></html>"
+    for path in ("/sapi/v1/asset/nothing", "/api/v3/nothing", "/fapi/v1/nothing"):
+        unknown = http("GET", frozen.base_url + path)
+        assert unknown.status == 404 and unknown.raw == b"<html><body><h2>404 Not found</h2></body></html>"
