@@ -21,7 +21,6 @@ when the market reaches it.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .conn import Connection
 from .decimals import d8, plain
@@ -38,14 +37,14 @@ from .exchange_info import futures_symbol, spot_symbol
 from .futures_account import (futures_account, futures_open_order, leverage_bracket, position_risk,
                               position_risk_v3)
 from .hub import Hub
-from .market import SymbolMarket
 from .limits import OrderCounter
+from .market import SymbolMarket
 from .options import SimOptions
 from .orders import check_notional, check_price, check_qty, parse_new_order, triggered, walk
 from .rest import RestError, mandatory
 from .signing import check_api_key, verify_rest
-from .wsapi import ws_api_handler
 from .streams import SPOT, USDM
+from .wsapi import ws_api_handler
 
 if TYPE_CHECKING:
     from .server import SimCore

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from . import rest
+from .decimals import d8
 from .exchange_info import spot_rate_limits
 from .rest import RestError, mandatory
 from .signing import check_api_key, check_timestamp, hmac_hex, ws_api_payload
@@ -47,6 +48,12 @@ _PUBLIC = {
 def _text(v: Any) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else orjson.dumps(v).decode() if isinstance(
         v, (list, dict)) else str(v)
+
+
+class RateLimited(RestError):
+    def __init__(self, status: int, code: int, msg: str, data: dict[str, int]) -> None:
+        super().__init__(status, code, msg)
+        self.data = data
 
 
 class Session:
@@ -88,7 +95,6 @@ class Session:
             elif method == "avgPrice":
                 acct = self.core.userdata.spot
                 m = acct.market_of(params.get("symbol"))
-                from .decimals import d8
                 result = {"mins": 5, "price": d8(acct.avg_price(m)), "closeTime": self.core.hub.advance()}
             elif method in _SIGNED:
                 p = self._verify(params)
@@ -98,8 +104,10 @@ class Session:
                                 else "Mandatory parameter 'method' was not sent, was empty/null, or malformed.")
         except RestError as exc:
             reply = _error(req_id, exc.status, exc.code, exc.msg)
+            if isinstance(exc, RateLimited):
+                reply["error"]["data"] = exc.data
             if show is not False:
-                reply["rateLimits"] = self._rate_limits(False)
+                reply["rateLimits"] = self._rate_limits()
             return reply, []
         reply = {"id": req_id, "status": 200, "result": result}
         if show is not False:
@@ -114,18 +122,16 @@ class Session:
                                                         else 1)
 
     def _charge(self, weight: int) -> list[dict[str, Any]]:
-        verdict = self.core.weights[SPOT].charge(self.ip, weight, time.time())
-        if verdict.status == 429:
-            raise RestError(429, -1003, f"Too much request weight used; current limit is "
-                                        f"{self.core.options.rest_weight_limit} request weight per 1 MINUTE. "
-                                        "Please use WebSocket Streams for live updates to avoid polling the API.")
-        if verdict.status == 418:
-            until = int((time.time() + verdict.retry_after) * 1000)
-            raise RestError(418, -1003, f"Way too much request weight used; IP banned until {until}. "
-                                        "Please use WebSocket Streams for live updates to avoid bans.")
-        return self._rate_limits(True)
+        now = time.time()
+        verdict = self.core.weights[SPOT].charge(self.ip, weight, now)
+        if verdict.status != 200:
+            # web-socket-api.md "IP limits": 429/418 with "data": {serverTime, retryAfter (ms)}.
+            retry_at = verdict.banned_until if verdict.status == 418 else now + verdict.retry_after
+            raise RateLimited(verdict.status, -1003, verdict.message(),
+                              {"serverTime": self.core.hub.advance(), "retryAfter": int(retry_at * 1000)})
+        return self._rate_limits()
 
-    def _rate_limits(self, _: bool) -> list[dict[str, Any]]:
+    def _rate_limits(self) -> list[dict[str, Any]]:
         lim = spot_rate_limits(self.core.options)[0]
         return [{**lim, "count": self.core.weights[SPOT].used(self.ip, time.time())}]
 
