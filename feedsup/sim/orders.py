@@ -212,6 +212,16 @@ def check_notional(notional: Decimal, filters: list[dict[str, Any]], market: str
                                     "(unless you choose reduce only).")
 
 
+def check_open_orders(open_count: int, filters: list[dict[str, Any]], market: str) -> None:
+    """MAX_NUM_ORDERS: open orders per symbol (filters.md; USD-M -2025)."""
+    f = _filter(filters, "MAX_NUM_ORDERS")
+    limit = f.get("maxNumOrders", f.get("limit"))
+    if open_count >= int(limit):
+        if market == SPOT:
+            raise RestError(400, -1013, "Filter failure: MAX_NUM_ORDERS")
+        raise RestError(400, -2025, "Reach max open order limit.")
+
+
 def _has(filters: list[dict[str, Any]], name: str) -> bool:
     return any(f["filterType"] == name for f in filters)
 

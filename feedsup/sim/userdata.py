@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 
 import orjson
 from aiohttp import web
@@ -40,7 +40,7 @@ from .hub import Hub
 from .limits import OrderCounter
 from .market import SymbolMarket
 from .options import SimOptions
-from .orders import check_notional, check_price, check_qty, parse_new_order, triggered, walk
+from .orders import check_notional, check_open_orders, check_price, check_qty, parse_new_order, triggered, walk
 from .rest import RestError, mandatory
 from .signing import check_api_key, verify_rest
 from .streams import SPOT, USDM
@@ -78,6 +78,7 @@ class Order:
     reserved: Decimal = ZERO        # spot: what this order still holds locked
     has_price: bool = True
     stop_loss: bool = False
+    book_seen: int = 0              # the book's update id when last matched
 
 
 class Account:
@@ -125,10 +126,14 @@ class Account:
         # The very filters GET exchangeInfo advertises (filters.md).
         return spot_symbol(m)["filters"] if self.market == SPOT else futures_symbol(m, 0)["filters"]
 
-    def levels(self, m: SymbolMarket, side: str) -> list[tuple[Decimal, Decimal]]:
-        """The book a taker on ``side`` walks, best first."""
-        book = sorted(m.asks.items()) if side == "BUY" else sorted(m.bids.items(), reverse=True)
-        return [(self.price_of(m, t), Decimal(u).scaleb(-m.qty_decimals)) for t, u in book if u > 0]
+    def levels(self, m: SymbolMarket, side: str) -> Iterator[tuple[Decimal, Decimal]]:
+        """The book a taker on ``side`` walks, best first (lazily: a taker
+        usually needs a level or two of thousands)."""
+        book = m.asks if side == "BUY" else m.bids
+        for ticks in sorted(book, reverse=side != "BUY"):
+            units = book[ticks]
+            if units > 0:
+                yield self.price_of(m, ticks), Decimal(units).scaleb(-m.qty_decimals)
 
     def step_of(self, m: SymbolMarket) -> Decimal:
         return Decimal(1).scaleb(-m.qty_decimals)
@@ -152,6 +157,7 @@ class Account:
         ref = req.price if kind.has_price else (req.stop if kind.has_stop else self.avg_price(m))
         notional = req.qty * ref if req.qty is not None else (req.quote_qty or ZERO)
         check_notional(notional, filters, self.market, is_market)
+        check_open_orders(len(self.open_orders(m.spec.symbol)), filters, self.market)
         client_id = params.get("newClientOrderId") or _client_id()
         if any(o.client_id == client_id and o.status in OPEN for o in self.orders.values()):
             raise RestError(400, -2010 if self.market == SPOT else -4116,
@@ -174,6 +180,7 @@ class Account:
         if req.tif == "GTX" and fills:
             fills = []   # USD-M post-only: a crossing GTX order is accepted and expires at once
         self._reserve(m, order, fills)
+        order.book_seen = m.update_id
         self._next_order += 1
         self.orders[order.order_id] = order
         snapshot = futures_order_response(order) if self.market != SPOT else {}
@@ -259,14 +266,17 @@ class Account:
         if not order.working:
             if not triggered(order.stop_loss, order.side, order.stop, self.price_of(m, m.last_price)):
                 return
-            order.working, order.working_time = True, now
+            order.working, order.working_time, order.book_seen = True, now, m.update_id
             remaining = order.qty - order.filled
             fills = self._taker_fills(m, order.side, remaining, None, order.price if order.has_price else None,
                                       order.tif)
             self._execute(m, order, fills, now, maker=False)
             return
-        if not order.has_price:
+        if not order.has_price or m.update_id == order.book_seen:
+            # The levels it crossed when placed were taken by it: only a book that
+            # changed since can fill it (our fills do not remove simulated liquidity).
             return
+        order.book_seen = m.update_id
         bid, ask = self.price_of(m, m.center - 1), self.price_of(m, m.center + 1)
         if (order.side == "BUY" and order.price >= ask) or (order.side == "SELL" and order.price <= bid):
             self._execute(m, order, [(order.price, order.qty - order.filled)], now, maker=True)

@@ -253,3 +253,15 @@ def test_endpoints_clients_call(frozen):
     for path in ("/sapi/v1/asset/nothing", "/api/v3/nothing", "/fapi/v1/nothing"):
         unknown = http("GET", frozen.base_url + path)
         assert unknown.status == 404 and unknown.raw == b"<html><body><h2>404 Not found</h2></body></html>"
+
+
+def test_max_num_orders(frozen):
+    def fill_up(core):
+        for _ in range(200):
+            core.userdata.spot.place({"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                      "quantity": "0.001", "price": "80000.00"}, core.hub.advance())
+    frozen.call(fill_up)
+    over = order(frozen, side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.001", price="80000.00")
+    assert over.body == {"code": -1013, "msg": "Filter failure: MAX_NUM_ORDERS"}
+    assert order(frozen, symbol="ETHUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.01",
+                 price="2000.00").status == 200          # per symbol
