@@ -265,3 +265,50 @@ def test_max_num_orders(frozen):
     assert over.body == {"code": -1013, "msg": "Filter failure: MAX_NUM_ORDERS"}
     assert order(frozen, symbol="ETHUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.01",
                  price="2000.00").status == 200          # per symbol
+
+
+# -- the pure rules ------------------------------------------------------------------------------
+
+
+def test_walk_takes_levels_best_first_up_to_the_limit():
+    from feedsup.sim.orders import walk
+    d = Decimal
+    asks = [(d("10.0"), d("1")), (d("10.1"), d("2")), (d("10.2"), d("5"))]
+    step = d("0.01")
+    assert walk(asks, "BUY", d("2.5"), None, None, step) == [(d("10.0"), d("1")), (d("10.1"), d("1.5"))]
+    assert walk(asks, "BUY", d("9"), None, d("10.1"), step) == [(d("10.0"), d("1")), (d("10.1"), d("2"))]
+    # by quote amount: whole steps only, never more than the amount
+    fills = walk(asks, "BUY", None, d("20.5"), None, step)
+    assert fills == [(d("10.0"), d("1")), (d("10.1"), d("1.03"))] and sum(p * q for p, q in fills) <= d("20.5")
+    bids = [(d("9.9"), d("1")), (d("9.8"), d("1"))]
+    assert walk(bids, "SELL", d("5"), None, d("9.85"), step) == [(d("9.9"), d("1"))]
+
+
+@pytest.mark.parametrize("stop_loss,side,last,fires", [
+    (True, "SELL", "99", True), (True, "SELL", "101", False),     # stop-loss sell: price falls to it
+    (True, "BUY", "101", True), (True, "BUY", "99", False),       # stop-loss buy: price rises to it
+    (False, "SELL", "101", True), (False, "SELL", "99", False),   # take-profit sell: price rises to it
+    (False, "BUY", "99", True), (False, "BUY", "101", False),
+])
+def test_stop_triggers(stop_loss, side, last, fires):
+    from feedsup.sim.orders import triggered
+    assert triggered(stop_loss, side, Decimal("100"), Decimal(last)) is fires
+
+
+def test_time_zone_parameter():
+    from feedsup.sim.rest import RestError
+    from feedsup.sim.rest_more import time_zone_ms
+    assert [time_zone_ms(t) for t in ("0", "8", "-1:00", "05:45", "+14:00")] == [
+        0, 8 * 3_600_000, -3_600_000, 20_700_000, 14 * 3_600_000]
+    for bad in ("15", "-13:00", "abc", "5:75"):
+        with pytest.raises(RestError):
+            time_zone_ms(bad)
+
+
+def test_order_counter_windows():
+    from feedsup.sim.limits import OrderCounter
+    counter = OrderCounter({"10S": (10.0, 2), "1D": (86_400.0, 100)})
+    assert counter.count(0.0) == ({"X-MBX-ORDER-COUNT-10S": "1", "X-MBX-ORDER-COUNT-1D": "1"}, None)
+    counter.count(1.0)
+    assert counter.count(2.0)[1] == "10S"
+    assert counter.count(11.5)[0]["X-MBX-ORDER-COUNT-10S"] == "2"     # the first two left the window
