@@ -96,6 +96,9 @@ def test_python_binance_streams_and_user_data(csim):
 
     async def scenario() -> None:
         client = await SimAsyncClient.create(KEY, SECRET)
+        # Not a protocol setting: its read loop polls for shutdown every TIMEOUT
+        # seconds (10), which would make close_connection() take that long.
+        client.ws_api.TIMEOUT = 0.2
         try:
             bsm = binance.BinanceSocketManager(client)
             bsm.STREAM_URL = csim.ws_url + "/"
