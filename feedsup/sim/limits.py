@@ -49,8 +49,14 @@ class WeightVerdict:
     window: float = 60.0
     banned_until: float = 0.0   # wall seconds, for 418
 
-    def message(self) -> str:
-        """The -1003 message Binance writes (errors.md)."""
+    def message(self, futures: bool = False) -> str:
+        """The -1003 message Binance writes (spot errors.md; USD-M "Error Codes")."""
+        if futures:
+            if self.status == 418:
+                return (f"Way too many requests; IP banned until {int(self.banned_until * 1000)}. "
+                        "Please use the websocket for live updates to avoid bans.")
+            return (f"Too many requests; current limit is {self.limit} requests per minute. "
+                    "Please use the websocket for live updates to avoid polling the API.")
         if self.status == 418:
             return (f"Way too much request weight used; IP banned until {int(self.banned_until * 1000)}. "
                     "Please use WebSocket Streams for live updates to avoid bans.")

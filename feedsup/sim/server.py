@@ -143,7 +143,7 @@ class SimCore:
         verdict = self.weights[market].charge(request.remote or "?", weight, time.time())
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
         if verdict.status != 200:
-            code, msg = -1003, verdict.message()  # limits.py: Binance's 429/418 text, ban end (h7)
+            code, msg = -1003, verdict.message(market == USDM)  # limits.py: Binance's 429/418 text (h7)
             headers["Retry-After"] = str(verdict.retry_after)
             return _json({"code": code, "msg": msg}, verdict.status, headers)
         try:

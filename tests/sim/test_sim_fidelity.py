@@ -202,6 +202,11 @@ def test_rest_418_over_http(make_sim):
     assert [r.status for r in statuses] == [429, 418, 418]
     assert statuses[0].body["msg"].startswith("Too much request weight used; current limit is 3 ")
     assert "IP banned until " in statuses[1].body["msg"] and int(statuses[1].headers["Retry-After"]) > 0
+    futures = make_sim(futures_rest_weight_limit=1, ban_after=1, **QUIET)
+    over = [get(futures.base_url + "/fapi/v1/exchangeInfo") for _ in range(3)]
+    assert [r.status for r in over] == [200, 429, 418]
+    assert over[1].body["msg"].startswith("Too many requests; current limit is 1 requests per minute.")
+    assert over[2].body["msg"].startswith("Way too many requests; IP banned until ")
 
 
 def test_signed_request_details(usim):
