@@ -273,5 +273,6 @@ FUTURES_ROUTES: dict[str, Route] = {
 }
 
 # Spot REST details (kline startTime/timeZone, aggTrades span, ticker symbols/type): rest_more.py (h7).
-from .rest_more import SPOT_OVERRIDES  # noqa: E402
+from .rest_more import FUTURES_OVERRIDES, SPOT_OVERRIDES  # noqa: E402
 SPOT_ROUTES.update(SPOT_OVERRIDES)
+FUTURES_ROUTES.update(FUTURES_OVERRIDES)

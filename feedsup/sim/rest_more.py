@@ -15,6 +15,7 @@ from .hub import Hub
 from .intervals import INTERVALS, next_open, open_time
 from .market import Kline, SymbolMarket
 from .rest import RestError
+from .streams import SPOT
 
 _TZ = re.compile(r"^([+-]?)(\d{1,2})(?::(\d{2}))?$")
 
@@ -44,8 +45,8 @@ def klines(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
         raise rest.mandatory("interval")
     if interval not in INTERVALS:
         raise RestError(400, -1120, "Invalid interval.")
-    limit = rest._limit(q, 500, 1000)
-    offset = time_zone_ms(q.get("timeZone"))
+    limit = rest._limit(q, 500, 1000 if market == SPOT else 1500)
+    offset = time_zone_ms(q.get("timeZone")) if market == SPOT else 0   # timeZone is spot's
     start, end = rest._int(q, "startTime"), rest._int(q, "endTime")
     hub.advance()
     series = m.klines[interval].klines if not offset or _unshifted(interval, offset) else _shifted(m, interval,
@@ -165,6 +166,11 @@ def price_weight(q: Mapping[str, str]) -> int:
     """ticker/price and ticker/bookTicker: symbol 2, symbols or none 4."""
     return 2 if q.get("symbol") else 4
 
+
+# USD-M klines, too, start at or after startTime.
+FUTURES_OVERRIDES: dict[str, rest.Route] = {
+    "/fapi/v1/klines": (klines, rest.futures_klines_weight),
+}
 
 SPOT_OVERRIDES: dict[str, rest.Route] = {
     "/api/v3/klines": (klines, rest._fixed(2)),
