@@ -142,7 +142,13 @@ class Connection:
             self.close_soon(1001, "Connection lifetime expired")
 
     def on_pong(self, payload: bytes) -> None:
-        """A pong keeps the connection alive only if it echoes a ping we sent."""
+        """Spot: a pong keeps the connection alive only if it echoes a ping we sent
+        (web-socket-streams.md: unsolicited pongs "will not prevent disconnection").
+        USD-M: any pong is a keepalive (USD-M "Websocket Market Streams": "Unsolicited
+        pong frames are allowed")."""
+        if self.market == "usdm":
+            self.pings.clear()
+            return
         sent_at = self.pings.get(bytes(payload))
         if sent_at is None:
             return
@@ -150,7 +156,12 @@ class Connection:
 
     def begin_shutdown(self, now: float, sim_ms: int, delay: float) -> None:
         self.shutdown_at = now + delay
-        self._spawn(self.send_json({"e": "serverShutdown", "E": sim_ms}))
+        event = {"e": "serverShutdown", "E": sim_ms}
+        if self.combined:
+            # web-socket-streams.md "Server Shutdown": combined streams get it wrapped.
+            self._spawn(self.send_json({"stream": "!serverShutdown", "data": event}))
+        else:
+            self._spawn(self.send_json(event))
 
     # -- ending --------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ from .options import SimOptions
 
 _SPOT_ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT",
                      "TAKE_PROFIT_LIMIT"]
-_FUT_ORDER_TYPES = ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
-                    "TRAILING_STOP_MARKET"]
+# Only what the simulator's matching engine serves (orders.py): OCO/OTO lists,
+# trailing stops, icebergs, amend and cancel-replace are not advertised.
+_FUT_ORDER_TYPES = ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET"]
 
 
 def _unit(decimals: int, out: int) -> str:
@@ -35,13 +36,14 @@ def spot_symbol(m: SymbolMarket) -> dict[str, Any]:
     return {
         "symbol": s.symbol, "status": "TRADING", "baseAsset": s.base, "baseAssetPrecision": 8,
         "quoteAsset": s.quote, "quotePrecision": 8, "quoteAssetPrecision": 8, "baseCommissionPrecision": 8,
-        "quoteCommissionPrecision": 8, "orderTypes": _SPOT_ORDER_TYPES, "icebergAllowed": True,
-        "ocoAllowed": True, "otoAllowed": True, "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": True,
-        "cancelReplaceAllowed": True, "amendAllowed": True, "pegInstructionsAllowed": True,
+        "quoteCommissionPrecision": 8, "orderTypes": _SPOT_ORDER_TYPES, "icebergAllowed": False,
+        "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False,
+        "cancelReplaceAllowed": False, "amendAllowed": False, "pegInstructionsAllowed": False,
         "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
         "filters": [
             {"filterType": "PRICE_FILTER", "minPrice": tick, "maxPrice": "1000000.00000000", "tickSize": tick},
             {"filterType": "LOT_SIZE", "minQty": step, "maxQty": "9000.00000000", "stepSize": step},
+            {"filterType": "MARKET_LOT_SIZE", "minQty": step, "maxQty": "100.00000000", "stepSize": step},
             {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True,
              "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
             {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
@@ -75,7 +77,7 @@ def futures_symbol(m: SymbolMarket, onboard_ms: int) -> dict[str, Any]:
             {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500",
              "multiplierDecimal": "4"},
         ],
-        "orderTypes": _FUT_ORDER_TYPES, "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+        "orderTypes": _FUT_ORDER_TYPES, "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
     }
 
 

@@ -197,3 +197,6 @@ def make_feed(spec: StreamSpec, now: int, markets: dict[str, SymbolMarket]) -> F
     if spec.kind == "allBookTicker":
         return AllBookTickerFeed(spec, now, everything)
     return AllMarketFeed(spec, now, everything)
+
+from .feeds_usdm import ContinuousKlineFeed  # noqa: E402  (USD-M continuousKline; h7)
+_SYMBOL_FEEDS["continuousKline"] = ContinuousKlineFeed

@@ -104,3 +104,47 @@ def _position_v3(acct: "Account", symbol: str, amount: Decimal, entry: Decimal) 
             "unrealizedProfit": d8(ZERO), "isolatedMargin": "0", "notional": d8(amount * entry),
             "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
             "updateTime": acct.position_times.get(symbol, 0)}
+
+
+def position_risk(acct: "Account", symbol: str | None) -> list[dict[str, Any]]:
+    """``GET /fapi/v2/positionRisk``: one row per symbol (one-way mode), marked at
+    the entry price as everywhere in the simulator (no unrealized profit, no liquidation)."""
+    rows = []
+    for sym in sorted(acct.hub.markets[acct.market]):
+        if symbol and sym != symbol.upper():
+            continue
+        amount, entry = acct.positions.get(sym, [ZERO, ZERO])
+        m = acct.hub.markets[acct.market][sym]
+        mark = acct.price_of(m, m.center)
+        rows.append({"entryPrice": d8(entry), "breakEvenPrice": d8(entry), "marginType": "cross",
+                     "isAutoAddMargin": "false", "isolatedMargin": d8(ZERO), "leverage": LEVERAGE,
+                     "liquidationPrice": "0", "markPrice": d8(mark), "maxNotionalValue": MAX_NOTIONAL,
+                     "positionAmt": plain(amount), "notional": d8(amount * entry), "isolatedWallet": "0",
+                     "symbol": sym, "unRealizedProfit": d8(ZERO), "positionSide": "BOTH",
+                     "updateTime": acct.position_times.get(sym, 0)})
+    return rows
+
+
+def leverage_bracket(symbol: str) -> dict[str, Any]:
+    """``GET /fapi/v1/leverageBracket``: one bracket, the default leverage's."""
+    return {"symbol": symbol, "notionalCoef": 1.0, "brackets": [
+        {"bracket": 1, "initialLeverage": int(LEVERAGE), "notionalCap": int(MAX_NOTIONAL), "notionalFloor": 0,
+         "maintMarginRatio": 0.004, "cum": 0.0}]}
+
+
+def position_risk_v3(acct: "Account", symbol: str | None) -> list[dict[str, Any]]:
+    """``GET /fapi/v3/positionRisk``: only symbols with a position or open orders."""
+    rows = []
+    for row in position_risk(acct, symbol):
+        sym = row["symbol"]
+        orders = acct.open_orders(sym)
+        if Decimal(row["positionAmt"]) == 0 and not orders:
+            continue
+        rows.append({"symbol": sym, "positionSide": "BOTH", "positionAmt": row["positionAmt"],
+                     "entryPrice": row["entryPrice"], "breakEvenPrice": row["breakEvenPrice"],
+                     "markPrice": row["markPrice"], "unRealizedProfit": d8(ZERO), "liquidationPrice": "0",
+                     "isolatedMargin": "0", "notional": row["notional"], "marginAsset": TOTALS_ASSET,
+                     "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
+                     "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 0,
+                     "bidNotional": "0", "askNotional": "0", "updateTime": row["updateTime"]})
+    return rows

@@ -39,7 +39,7 @@ def _valid_id(req_id: Any) -> bool:
     if isinstance(req_id, bool):
         return False
     if isinstance(req_id, int):
-        return 0 <= req_id < 2**64
+        return -(2**63) <= req_id < 2**63   # web-socket-streams.md: "64-bit signed integer"
     return isinstance(req_id, str) and len(req_id) <= 36
 
 

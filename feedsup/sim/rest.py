@@ -271,3 +271,8 @@ FUTURES_ROUTES: dict[str, Route] = {
     "/fapi/v1/ticker/price": (ticker_price, _by_symbol(1, 2)),
     "/fapi/v1/premiumIndex": (premium_index, _fixed(1)),
 }
+
+# Spot REST details (kline startTime/timeZone, aggTrades span, ticker symbols/type): rest_more.py (h7).
+from .rest_more import FUTURES_OVERRIDES, SPOT_OVERRIDES  # noqa: E402
+SPOT_ROUTES.update(SPOT_OVERRIDES)
+FUTURES_ROUTES.update(FUTURES_OVERRIDES)

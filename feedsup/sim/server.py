@@ -17,12 +17,13 @@ from . import rest
 from .clock import SimClock
 from .conn import Connection, Rules, reset_transport
 from .control import control_handler
+from .extra_rest import not_found
 from .faults import Fault, FaultRegistry
 from .hub import Hub
 from .limits import AttemptCounter, WeightLimiter
 from .options import SimOptions
 from .streams import SPOT, USDM
-from .userdata import UserData
+from .userdata import SIM_HEADERS, UserData
 from .wsserver import stream_handler
 
 log = logging.getLogger("feedsup.sim")
@@ -130,7 +131,7 @@ class SimCore:
         signed = self.userdata.rest_route(request)
         route = routes.get(request.path) if request.method == "GET" else None
         if route is None and signed is None:
-            return _json({"code": -1, "msg": f"Unknown endpoint {request.method} {request.path}."}, 404)
+            return not_found()  # Binance's HTML 404 for an unknown path (extra_rest.py, h7)
         query = dict(request.query)
         if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
             form = await request.post()
@@ -142,7 +143,7 @@ class SimCore:
         verdict = self.weights[market].charge(request.remote or "?", weight, time.time())
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
         if verdict.status != 200:
-            code, msg = _REST_ERROR_BODIES[verdict.status]
+            code, msg = -1003, verdict.message(market == USDM)  # limits.py: Binance's 429/418 text (h7)
             headers["Retry-After"] = str(verdict.retry_after)
             return _json({"code": code, "msg": msg}, verdict.status, headers)
         try:
@@ -151,8 +152,8 @@ class SimCore:
             else:
                 body = await signed[0](self, market, request, query)
         except rest.RestError as exc:
-            return _json(exc.body(), exc.status, headers)
-        return _json(body, 200, headers)
+            return _json(exc.body(), exc.status, {**headers, **request.get(SIM_HEADERS, {})})
+        return _json(body, 200, {**headers, **request.get(SIM_HEADERS, {})})  # X-MBX-ORDER-COUNT-* (h7)
 
     def _fault_response(self, fault: Fault) -> web.Response:
         status = fault.params["status"]

@@ -13,12 +13,17 @@ from .intervals import INTERVALS
 
 SPOT, USDM = "spot", "usdm"
 PUBLIC, MARKET, PRIVATE = "public", "market", "private"
+# USD-M's legacy ``/ws`` and ``/stream`` paths on the futures host, which serve
+# every USD-M market stream (and a listenKey as a stream name); the simulator
+# serves them under the ``/usdm`` prefix, its stand-in for fstream.binance.com.
+LEGACY = "legacy"
 
 # kind -> futures route that serves it
 _FUTURES_ROUTE = {
     "bookTicker": PUBLIC, "allBookTicker": PUBLIC, "depth": PUBLIC, "partialDepth": PUBLIC,
     "aggTrade": MARKET, "kline": MARKET, "markPrice": MARKET, "allMarkPrice": MARKET,
     "miniTicker": MARKET, "ticker": MARKET, "allMiniTicker": MARKET, "allTicker": MARKET,
+    "continuousKline": MARKET,
 }
 _SPOT_KINDS = {"trade", "aggTrade", "bookTicker", "miniTicker", "ticker", "kline", "depth", "partialDepth",
                "allMiniTicker"}
@@ -35,14 +40,28 @@ class StreamSpec:
 
 
 def parse_stream(name: str, market: str, symbols: frozenset[str]) -> StreamSpec | None:
-    """Parse a stream name for ``market``; None when it can never deliver."""
+    """Parse a stream name for ``market``; None when it can never deliver.
+
+    Names are case-sensitive: web-socket-streams.md "All symbols for streams are
+    lowercase", and Binance acknowledges ``BTCUSDT@trade`` but never delivers it.
+    """
     if name.startswith("!"):
         return _parse_all_market(name, market)
     sym, sep, rest = name.partition("@")
-    if not sep or sym.upper() not in symbols:
+    if not sep or sym != sym.lower():
+        return None
+    if market == USDM and rest.startswith("continuousKline_"):
+        # USD-M "Continuous Contract Kline": <pair>_<contractType>@continuousKline_<interval>;
+        # only perpetual contracts are simulated.
+        pair, _, contract = sym.partition("_")
+        interval = rest[len("continuousKline_"):]
+        if contract != "perpetual" or pair.upper() not in symbols or interval not in INTERVALS:
+            return None
+        return StreamSpec(name, "continuousKline", pair.upper(), interval, 1000 if interval == "1s" else 2000)
+    if sym.upper() not in symbols:
         return None
     symbol = sym.upper()
-    canonical = f"{sym.lower()}@{rest}"
+    canonical = name
     spec = _parse_symbol_stream(rest, market)
     if spec is None:
         return None
@@ -87,6 +106,8 @@ def _parse_depth(rest: str, futures: bool) -> tuple[str, str, int, int] | None:
 
 def _parse_all_market(name: str, market: str) -> StreamSpec | None:
     table = {"!miniTicker@arr": ("allMiniTicker", 1000)}
+    if market == SPOT:
+        table["!miniTicker@arr@1000ms"] = ("allMiniTicker", 1000)   # the name python-binance subscribes
     if market == USDM:
         table.update({"!bookTicker": ("allBookTicker", 0), "!ticker@arr": ("allTicker", 1000),
                       "!markPrice@arr": ("allMarkPrice", 3000), "!markPrice@arr@1s": ("allMarkPrice", 1000)})
@@ -102,10 +123,12 @@ def deliverable(spec: StreamSpec | None, market: str, route: str) -> bool:
         return False
     if market == SPOT:
         return spec.kind in _SPOT_KINDS
+    if route == LEGACY:
+        return spec.kind in _FUTURES_ROUTE
     return _FUTURES_ROUTE.get(spec.kind) == route
 
 
 def canonical_name(name: str) -> str:
-    """Symbol part lower-cased: Binance stream names use lower-case symbols."""
-    sym, sep, rest = name.partition("@")
-    return f"{sym.lower()}{sep}{rest}" if sep and not name.startswith("!") else name
+    """The name as sent: stream names are case-sensitive (an upper-case symbol is
+    kept, listed by LIST_SUBSCRIPTIONS, and never delivers, as on Binance)."""
+    return name

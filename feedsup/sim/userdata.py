@@ -12,52 +12,47 @@ connections receiving ``ACCOUNT_UPDATE``, ``ORDER_TRADE_UPDATE`` and
 Every change of a spot balance (free or locked) sends an
 ``outboundAccountPosition`` whose ``u`` is also the account's ``updateTime``.
 
-Orders fill against the simulated book's best price: MARKET at once, LIMIT at
-once when marketable, otherwise when the market reaches the limit price.
+Orders follow the matching engine's rules (``orders.py``): the symbol filters
+of the simulator's own exchangeInfo, timeInForce GTC/IOC/FOK (and USD-M GTX),
+takers walking the simulated book level by level (one trade per level), stop
+orders triggering on the last price; a resting limit order fills at its price
+when the market reaches it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .conn import Connection
 from .decimals import d8, plain
-from .futures_account import futures_account, futures_open_order
+from .exchange_info import futures_symbol, spot_symbol
+from .futures_account import (futures_account, futures_open_order, leverage_bracket, position_risk,
+                              position_risk_v3)
 from .hub import Hub
+from .limits import OrderCounter
 from .market import SymbolMarket
 from .options import SimOptions
+from .orders import check_notional, check_open_orders, check_price, check_qty, parse_new_order, triggered, walk
 from .rest import RestError, mandatory
-from .signing import check_api_key, check_timestamp, hmac_hex, verify_rest, ws_api_payload
+from .signing import check_api_key, verify_rest
 from .streams import SPOT, USDM
+from .wsapi import ws_api_handler
 
 if TYPE_CHECKING:
     from .server import SimCore
 
 ZERO = Decimal(0)
+# Extra response headers a handler leaves for server.py (X-MBX-ORDER-COUNT-*).
+SIM_HEADERS = web.RequestKey("sim_headers", dict)
 OPEN = ("NEW", "PARTIALLY_FILLED")
-
-
-def dec(params: Mapping[str, str], name: str, required: bool = True) -> Decimal | None:
-    text = params.get(name)
-    if text is None or text == "":
-        if required:
-            raise mandatory(name)
-        return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise RestError(400, -1100, f"Illegal characters found in parameter '{name}'.") from None
-    if value <= 0:
-        raise RestError(400, -1013, f"Invalid {name}.")
-    return value
 
 
 @dataclass
@@ -76,10 +71,19 @@ class Order:
     quote: Decimal = ZERO
     updated: int = 0
     trades: list[dict[str, Any]] = field(default_factory=list)
+    stop: Decimal = ZERO
+    quote_qty: Decimal = ZERO       # origQuoteOrderQty (spot MARKET by quote)
+    working: bool = True            # False while a stop order waits for its trigger
+    working_time: int = -1
+    reserved: Decimal = ZERO        # spot: what this order still holds locked
+    has_price: bool = True
+    stop_loss: bool = False
+    book_seen: int = 0              # the book's update id when last matched
 
 
 class Account:
-    """Balances and orders of one market; fills against the simulated book."""
+    """Balances and orders of one market; orders take the simulated book level by
+    level (the simulated market's own liquidity is not consumed by them)."""
 
     def __init__(self, market: str, hub: Hub) -> None:
         self.market = market
@@ -99,6 +103,8 @@ class Account:
         self.position_times: dict[str, int] = {}
         self._next_order = 1_000_001
         self._next_trade = 9_000_001
+        self._next_exec = 1
+        self.my_trades: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -116,89 +122,191 @@ class Account:
     def price_of(self, m: SymbolMarket, ticks: int) -> Decimal:
         return Decimal(ticks).scaleb(-m.price_decimals)
 
+    def filters_of(self, m: SymbolMarket) -> list[dict[str, Any]]:
+        # The very filters GET exchangeInfo advertises (filters.md).
+        return spot_symbol(m)["filters"] if self.market == SPOT else futures_symbol(m, 0)["filters"]
+
+    def levels(self, m: SymbolMarket, side: str) -> Iterator[tuple[Decimal, Decimal]]:
+        """The book a taker on ``side`` walks, best first (lazily: a taker
+        usually needs a level or two of thousands)."""
+        book = m.asks if side == "BUY" else m.bids
+        for ticks in sorted(book, reverse=side != "BUY"):
+            units = book[ticks]
+            if units > 0:
+                yield self.price_of(m, ticks), Decimal(units).scaleb(-m.qty_decimals)
+
+    def step_of(self, m: SymbolMarket) -> Decimal:
+        return Decimal(1).scaleb(-m.qty_decimals)
+
     # -- placing orders ---------------------------------------------------------------
 
-    def place(self, params: Mapping[str, str], now: int) -> Order:
+    def place(self, params: Mapping[str, str], now: int, test: bool = False) -> tuple[Order | None, dict[str, Any]]:
+        """Validate and (unless ``test``) place an order. Returns the order and the
+        futures ACK snapshot (its state when accepted, before any fill)."""
         m = self.market_of(params.get("symbol"))
-        side = params.get("side") or ""
-        otype = params.get("type") or ""
-        if side not in ("BUY", "SELL"):
-            raise mandatory("side")
-        if otype not in ("MARKET", "LIMIT"):
-            raise RestError(400, -1116, "Invalid orderType.")
-        qty = dec(params, "quantity")
-        assert qty is not None
-        price = dec(params, "price", required=otype == "LIMIT") or ZERO
-        tif = params.get("timeInForce", "GTC" if otype == "LIMIT" else "")
-        if otype == "LIMIT" and not params.get("timeInForce"):
-            raise mandatory("timeInForce")
-        order = Order(m.spec.symbol, self._next_order, params.get("newClientOrderId") or secrets.token_hex(11),
-                      side, otype, tif, qty, price, now, updated=now)
+        req = parse_new_order(params, self.market)
+        kind = req.kind
+        filters = self.filters_of(m)
+        if kind.has_price:
+            check_price(req.price, filters, self.market)
+        if kind.has_stop:
+            check_price(req.stop, filters, self.market)
+        is_market = not kind.has_price
+        if req.qty is not None:
+            check_qty(req.qty, filters, self.market, is_market)
+        ref = req.price if kind.has_price else (req.stop if kind.has_stop else self.avg_price(m))
+        notional = req.qty * ref if req.qty is not None else (req.quote_qty or ZERO)
+        check_notional(notional, filters, self.market, is_market)
+        check_open_orders(len(self.open_orders(m.spec.symbol)), filters, self.market)
+        client_id = params.get("newClientOrderId") or _client_id()
+        if any(o.client_id == client_id and o.status in OPEN for o in self.orders.values()):
+            raise RestError(400, -2010 if self.market == SPOT else -4116,
+                            "Duplicate order sent." if self.market == SPOT else "ClientOrderId is duplicated.")
+        last = self.price_of(m, m.last_price)
+        if kind.has_stop and triggered(kind.stop_loss, req.side, req.stop, last):
+            if self.market == SPOT:
+                raise RestError(400, -2010, "Stop price would trigger immediately.")
+            raise RestError(400, -2021, "Order would immediately trigger.")
+        fills = [] if kind.has_stop else self._taker_fills(m, req.side, req.qty, req.quote_qty,
+                                                            req.price if kind.has_price else None, req.tif)
+        if req.type == "LIMIT_MAKER" and fills:
+            raise RestError(400, -2010, "Order would immediately match and take.")
+        if test:
+            return None, {}
+        order = Order(m.spec.symbol, self._next_order, client_id, req.side, req.type, req.tif,
+                      req.qty if req.qty is not None else sum((q for _, q in fills), ZERO), req.price, now,
+                      updated=now, stop=req.stop, quote_qty=req.quote_qty or ZERO, working=not kind.has_stop,
+                      working_time=-1 if kind.has_stop else now, has_price=kind.has_price, stop_loss=kind.stop_loss)
+        if req.tif == "GTX" and fills:
+            fills = []   # USD-M post-only: a crossing GTX order is accepted and expires at once
+        self._reserve(m, order, fills)
+        order.book_seen = m.update_id
         self._next_order += 1
-        locked = self._reserve(m, order)
         self.orders[order.order_id] = order
+        snapshot = futures_order_response(order) if self.market != SPOT else {}
         self.report(order, "NEW", now)
-        self.match(m, order, now)
-        if locked is not None and order.status in OPEN:
-            # Binance reports every free/locked change; a fill reports its own.
-            self.position_changed(None, now, [locked])
-        return order
+        self._execute(m, order, fills, now, maker=False)
+        return order, snapshot
 
-    def _reserve(self, m: SymbolMarket, order: Order) -> str | None:
-        """Lock what the order may spend; returns the asset locked (spot only)."""
+    def avg_price(self, m: SymbolMarket) -> Decimal:
+        """GET /api/v3/avgPrice, approximated by the mid price (the simulator keeps no
+        5-minute trade window)."""
+        return self.price_of(m, m.center)
+
+    def _taker_fills(self, m: SymbolMarket, side: str, qty: Decimal | None, quote: Decimal | None,
+                     limit: Decimal | None, tif: str) -> list[tuple[Decimal, Decimal]]:
+        fills = walk(self.levels(m, side), side, qty, quote, limit, self.step_of(m))
+        if tif == "FOK" and qty is not None and sum((q for _, q in fills), ZERO) < qty:
+            return []   # "Fill or Kill": all or nothing (enums.md timeInForce)
+        return fills
+
+    def _rests(self, order: Order) -> bool:
+        return order.has_price and order.tif in ("GTC", "GTX", "")
+
+    def _reserve(self, m: SymbolMarket, order: Order, fills: list[tuple[Decimal, Decimal]]) -> None:
+        """Spot: lock what the order may spend, or refuse it (-2010)."""
         if self.market != SPOT:
-            return None  # futures margin is not modelled: the wallet only pays commission
+            return  # futures margin is not modelled: the wallet only pays commission
         if order.side == "BUY":
-            ask = self.price_of(m, m.center + 1)
-            asset, amount = m.spec.quote, order.qty * (order.price if order.type == "LIMIT" else ask)
+            filled = sum((q for _, q in fills), ZERO)
+            rest = order.qty - filled if self._rests(order) or not order.working else ZERO
+            amount = sum((p * q for p, q in fills), ZERO) + rest * (order.price if order.has_price else order.stop)
+            asset = m.spec.quote
         else:
-            asset, amount = m.spec.base, order.qty
+            amount, asset = order.qty, m.spec.base
         free_locked = self.balances.setdefault(asset, [ZERO, ZERO])
         if free_locked[0] < amount:
             raise RestError(400, -2010, "Account has insufficient balance for requested action.")
         free_locked[0] -= amount
         free_locked[1] += amount
-        return asset
+        order.reserved = amount
+
+    def _execute(self, m: SymbolMarket, order: Order, fills: list[tuple[Decimal, Decimal]], now: int,
+                 maker: bool) -> None:
+        """Book the fills (one trade each), then expire what may not rest."""
+        for price, qty in fills:
+            self._fill(m, order, price, qty, now, maker)
+        if order.status in OPEN and order.working and not self._rests(order):
+            # IOC remainder, FOK not fillable, MARKET beyond the book (enums.md).
+            order.status, order.updated = "EXPIRED", now
+            self.report(order, "EXPIRED", now)
+        elif order.status in OPEN and order.tif == "GTX" and fills == [] and self._crosses(m, order):
+            order.status, order.updated = "EXPIRED", now
+            self.report(order, "EXPIRED", now)
+        released = self._release(m, order)
+        if fills:
+            self.position_changed(m, now)
+        elif released or (self.market == SPOT and order.status in OPEN and order.reserved):
+            self.position_changed(None, now, [m.spec.quote if order.side == "BUY" else m.spec.base])
+
+    def _crosses(self, m: SymbolMarket, order: Order) -> bool:
+        ask, bid = self.price_of(m, m.center + 1), self.price_of(m, m.center - 1)
+        return order.price >= ask if order.side == "BUY" else order.price <= bid
+
+    def _release(self, m: SymbolMarket, order: Order) -> bool:
+        """Spot: unlock what the order no longer needs; True if anything moved."""
+        if self.market != SPOT:
+            return False
+        left = order.qty - order.filled if order.status in OPEN else ZERO
+        keep = left * (order.price if order.has_price else order.stop) if order.side == "BUY" else left
+        excess = order.reserved - keep
+        if excess <= 0:
+            return False
+        asset = m.spec.quote if order.side == "BUY" else m.spec.base
+        self.balances[asset][0] += excess
+        self.balances[asset][1] -= excess
+        order.reserved = keep
+        return True
 
     def match(self, m: SymbolMarket, order: Order, now: int) -> None:
-        """Fill ``order`` if the book allows it (whole quantity, one price)."""
-        if order.status not in ("NEW", "PARTIALLY_FILLED"):
+        """A resting order against the moving market: stops trigger on the last
+        price; a resting limit fills at its own price once the market reaches it."""
+        if order.status not in OPEN:
             return
+        if not order.working:
+            if not triggered(order.stop_loss, order.side, order.stop, self.price_of(m, m.last_price)):
+                return
+            order.working, order.working_time, order.book_seen = True, now, m.update_id
+            remaining = order.qty - order.filled
+            fills = self._taker_fills(m, order.side, remaining, None, order.price if order.has_price else None,
+                                      order.tif)
+            self._execute(m, order, fills, now, maker=False)
+            return
+        if not order.has_price or m.update_id == order.book_seen:
+            # The levels it crossed when placed were taken by it: only a book that
+            # changed since can fill it (our fills do not remove simulated liquidity).
+            return
+        order.book_seen = m.update_id
         bid, ask = self.price_of(m, m.center - 1), self.price_of(m, m.center + 1)
-        if order.type == "MARKET":
-            fill = ask if order.side == "BUY" else bid
-        elif order.side == "BUY" and order.price >= ask:
-            fill = ask if order.created == now else order.price
-        elif order.side == "SELL" and order.price <= bid:
-            fill = bid if order.created == now else order.price
-        else:
-            return
-        self._fill(m, order, fill, now)
+        if (order.side == "BUY" and order.price >= ask) or (order.side == "SELL" and order.price <= bid):
+            self._execute(m, order, [(order.price, order.qty - order.filled)], now, maker=True)
 
-    def _fill(self, m: SymbolMarket, order: Order, price: Decimal, now: int) -> None:
-        qty = order.qty - order.filled
-        quote = qty * price
+    def _fill(self, m: SymbolMarket, order: Order, price: Decimal, qty: Decimal, now: int, maker: bool) -> None:
         order.filled += qty
-        order.quote += quote
-        order.status = "FILLED"
+        order.quote += qty * price
+        order.status = "FILLED" if order.filled >= order.qty else "PARTIALLY_FILLED"
         order.updated = now
-        trade = {"price": price, "qty": qty, "tradeId": self._next_trade, "maker": order.created != now}
+        received = (m.spec.base if order.side == "BUY" else m.spec.quote) if self.market == SPOT else m.spec.quote
+        trade = {"price": price, "qty": qty, "tradeId": self._next_trade, "maker": maker, "asset": received}
         self._next_trade += 1
         order.trades.append(trade)
+        self.my_trades.append({"symbol": order.symbol, "id": trade["tradeId"], "orderId": order.order_id,
+                               "orderListId": -1, "price": d8(price), "qty": d8(qty), "quoteQty": d8(qty * price),
+                               "commission": d8(ZERO), "commissionAsset": received, "time": now,
+                               "isBuyer": order.side == "BUY", "isMaker": maker, "isBestMatch": True})
         self._settle(m, order, qty, price)
         self.report(order, "TRADE", now, trade)
-        self.position_changed(m, now)
 
     def _settle(self, m: SymbolMarket, order: Order, qty: Decimal, price: Decimal) -> None:
         if self.market == SPOT:
             base, quote = self.balances.setdefault(m.spec.base, [ZERO, ZERO]), self.balances[m.spec.quote]
             if order.side == "BUY":
-                reserved = qty * (order.price if order.type == "LIMIT" else price)
-                quote[1] -= reserved
-                quote[0] += reserved - qty * price   # a better fill than the limit refunds the rest
+                quote[1] -= qty * price
+                order.reserved -= qty * price
                 base[0] += qty
             else:
                 base[1] -= qty
+                order.reserved -= qty
                 quote[0] += qty * price
             return
         amount, entry = self.positions.get(m.spec.symbol, [ZERO, ZERO])
@@ -210,33 +318,43 @@ class Account:
             entry = (abs(amount) * entry + qty * price) / abs(new_amount)
         self.positions[m.spec.symbol] = [new_amount, entry]
 
-    def cancel(self, params: Mapping[str, str], now: int) -> Order:
-        m = self.market_of(params.get("symbol"))
-        order = None
-        if params.get("orderId", "").isdigit():
-            order = self.orders.get(int(params["orderId"]))
-        elif params.get("origClientOrderId"):
-            order = next((o for o in self.orders.values() if o.client_id == params["origClientOrderId"]), None)
+    def find(self, params: Mapping[str, str], m: SymbolMarket) -> Order | None:
+        """By orderId, else origClientOrderId; when both are sent they must agree
+        (rest-api.md "Cancel order": "orderId is searched first, then the
+        origClientOrderId from that result is checked against that order")."""
+        oid, cid = params.get("orderId", ""), params.get("origClientOrderId")
+        if not oid and not cid:
+            raise RestError(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+        if oid:
+            if not oid.isdigit():
+                raise RestError(400, -1100, "Illegal characters found in parameter 'orderId'; "
+                                            "legal range is '^[0-9]{1,20}$'.")
+            order = self.orders.get(int(oid))
+            if order is not None and cid and order.client_id != cid:
+                order = None
         else:
-            raise mandatory("orderId")
-        if order is None or order.symbol != m.spec.symbol or order.status not in ("NEW", "PARTIALLY_FILLED"):
+            order = next((o for o in reversed(list(self.orders.values())) if o.client_id == cid), None)
+        return order if order is not None and order.symbol == m.spec.symbol else None
+
+    def cancel(self, params: Mapping[str, str], now: int) -> tuple[Order, str]:
+        """Cancel; returns the order and the cancel's own client id (``newClientOrderId``)."""
+        m = self.market_of(params.get("symbol"))
+        order = self.find(params, m)
+        if order is None or order.status not in OPEN:
             raise RestError(400, -2011, "Unknown order sent.")
+        cancel_id = params.get("newClientOrderId") or _client_id()
         order.status, order.updated = "CANCELED", now
-        self.report(order, "CANCELED", now)
-        if self.market == SPOT:   # futures: no balance or position changes, so no ACCOUNT_UPDATE
-            asset, amount = ((m.spec.quote, (order.qty - order.filled) * order.price) if order.side == "BUY"
-                             else (m.spec.base, order.qty - order.filled))
-            self.balances[asset][0] += amount
-            self.balances[asset][1] -= amount
-            self.position_changed(None, now, [asset])
-        return order
+        self.report(order, "CANCELED", now, cancel_id=cancel_id)
+        if self._release(m, order):   # futures: no balance or position changes, so no ACCOUNT_UPDATE
+            self.position_changed(None, now, [m.spec.quote if order.side == "BUY" else m.spec.base])
+        return order, cancel_id
 
     def tick(self, now: int) -> None:
         for order in list(self.orders.values()):
-            if order.status in ("NEW", "PARTIALLY_FILLED"):
+            if order.status in OPEN:
                 self.match(self.market_of(order.symbol), order, now)
         if len(self.orders) > 10_000:  # keep finished orders bounded
-            for oid in [o for o, v in self.orders.items() if v.status in ("FILLED", "CANCELED")][:5000]:
+            for oid in [o for o, v in self.orders.items() if v.status not in OPEN][:5000]:
                 del self.orders[oid]
 
     def open_orders(self, symbol: str | None) -> list[Order]:
@@ -254,9 +372,14 @@ class Account:
 
     # -- events (spot and futures shapes) --------------------------------------------------
 
-    def report(self, order: Order, exec_type: str, now: int, trade: dict[str, Any] | None = None) -> None:
-        self.emit(spot_execution_report(order, exec_type, now, trade) if self.market == SPOT
-                  else futures_order_update(order, exec_type, now, trade))
+    def report(self, order: Order, exec_type: str, now: int, trade: dict[str, Any] | None = None,
+               cancel_id: str | None = None) -> None:
+        if self.market == SPOT:
+            exec_id = self._next_exec   # user-data-stream.md: "I": execution id, unique per report
+            self._next_exec += 1
+            self.emit(spot_execution_report(order, exec_type, now, trade, exec_id, cancel_id))
+        else:
+            self.emit(futures_order_update(order, exec_type, now, trade, cancel_id))
 
     def position_changed(self, m: SymbolMarket | None, now: int, assets: list[str] | None = None) -> None:
         self.update_time = now
@@ -279,51 +402,79 @@ class Account:
                    "a": {"m": "ORDER" if m is not None else "DEPOSIT", "B": wallets, "P": positions}})
 
 
-def spot_execution_report(o: Order, exec_type: str, now: int, trade: dict[str, Any] | None) -> dict[str, Any]:
+def _client_id() -> str:
+    # Binance generates 22-character ids for orders (and cancels) sent without one.
+    return "x-sim" + secrets.token_urlsafe(13)[:17]
+
+
+def spot_execution_report(o: Order, exec_type: str, now: int, trade: dict[str, Any] | None, exec_id: int = 0,
+                          cancel_id: str | None = None) -> dict[str, Any]:
     last_qty = trade["qty"] if trade else ZERO
     last_price = trade["price"] if trade else ZERO
     return {
-        "e": "executionReport", "E": now, "s": o.symbol, "c": o.client_id, "S": o.side, "o": o.type,
-        "f": o.tif or "GTC", "q": d8(o.qty), "p": d8(o.price), "P": d8(ZERO), "F": d8(ZERO), "g": -1, "C": "",
+        # user-data-stream.md "Order Update": on a cancel, "c" is the cancel's client id
+        # and "C" the original client order id; "C" is empty otherwise.
+        "e": "executionReport", "E": now, "s": o.symbol, "c": cancel_id or o.client_id, "S": o.side, "o": o.type,
+        "f": o.tif or "GTC", "q": d8(o.qty), "p": d8(o.price), "P": d8(o.stop), "F": d8(ZERO), "g": -1,
+        "C": o.client_id if cancel_id else "",
         "x": exec_type, "X": o.status, "r": "NONE", "i": o.order_id, "l": d8(last_qty), "z": d8(o.filled),
-        "L": d8(last_price), "n": d8(ZERO), "N": None, "T": now, "t": trade["tradeId"] if trade else -1,
-        "I": 0, "w": o.status in ("NEW", "PARTIALLY_FILLED"), "m": bool(trade and trade["maker"]), "M": False,
-        "O": o.created, "Z": d8(o.quote), "Y": d8(last_qty * last_price), "Q": d8(ZERO), "W": o.created,
-        "V": "EXPIRE_MAKER",
+        "L": d8(last_price), "n": d8(ZERO), "N": trade["asset"] if trade else None, "T": now,
+        "t": trade["tradeId"] if trade else -1, "I": exec_id, "w": o.status in OPEN and o.working,
+        "m": bool(trade and trade["maker"]), "M": False, "O": o.created, "Z": d8(o.quote),
+        "Y": d8(last_qty * last_price), "Q": d8(o.quote_qty), "W": o.working_time, "V": "EXPIRE_MAKER",
     }
 
 
-def futures_order_update(o: Order, exec_type: str, now: int, trade: dict[str, Any] | None) -> dict[str, Any]:
+def futures_order_update(o: Order, exec_type: str, now: int, trade: dict[str, Any] | None,
+                         cancel_id: str | None = None) -> dict[str, Any]:
     last_qty = trade["qty"] if trade else ZERO
     last_price = trade["price"] if trade else ZERO
     avg = (o.quote / o.filled) if o.filled else ZERO
     return {"e": "ORDER_TRADE_UPDATE", "E": now, "T": now, "o": {
         "s": o.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif or "GTC", "q": plain(o.qty),
-        "p": plain(o.price), "ap": d8(avg), "sp": "0", "x": exec_type, "X": o.status, "i": o.order_id,
-        "l": plain(last_qty), "z": plain(o.filled), "L": plain(last_price), "n": "0", "N": "USDT", "T": now,
-        "t": trade["tradeId"] if trade else 0, "b": "0", "a": "0", "m": bool(trade and trade["maker"]), "R": False,
-        "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": "0", "pP": False, "si": 0, "ss": 0,
-        "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0}}
+        "p": plain(o.price), "ap": d8(avg), "sp": plain(o.stop) if o.stop else "0", "x": exec_type, "X": o.status,
+        "i": o.order_id, "l": plain(last_qty), "z": plain(o.filled), "L": plain(last_price), "n": "0", "N": "USDT",
+        "T": now, "t": trade["tradeId"] if trade else 0, "b": "0", "a": "0", "m": bool(trade and trade["maker"]),
+        "R": False, "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": "0", "pP": False,
+        "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0}}
 
 
 def spot_order_json(o: Order) -> dict[str, Any]:
+    """GET /api/v3/order, openOrders and allOrders rows."""
     return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_id,
             "price": d8(o.price), "origQty": d8(o.qty), "executedQty": d8(o.filled),
             "cummulativeQuoteQty": d8(o.quote), "status": o.status, "timeInForce": o.tif or "GTC", "type": o.type,
-            "side": o.side, "stopPrice": d8(ZERO), "icebergQty": d8(ZERO), "time": o.created,
-            "updateTime": o.updated, "isWorking": True, "workingTime": o.created, "origQuoteOrderQty": d8(ZERO),
-            "selfTradePreventionMode": "EXPIRE_MAKER"}
+            "side": o.side, "stopPrice": d8(o.stop), "icebergQty": d8(ZERO), "time": o.created,
+            "updateTime": o.updated, "isWorking": o.working, "workingTime": o.working_time,
+            "origQuoteOrderQty": d8(o.quote_qty), "selfTradePreventionMode": "EXPIRE_MAKER"}
 
 
-def spot_order_response(o: Order) -> dict[str, Any]:
-    body = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_id,
-            "transactTime": o.updated, "price": d8(o.price), "origQty": d8(o.qty), "executedQty": d8(o.filled),
-            "origQuoteOrderQty": d8(ZERO), "cummulativeQuoteQty": d8(o.quote), "status": o.status,
-            "timeInForce": o.tif or "GTC", "type": o.type, "side": o.side, "workingTime": o.created,
-            "selfTradePreventionMode": "EXPIRE_MAKER"}
-    body["fills"] = [{"price": d8(t["price"]), "qty": d8(t["qty"]), "commission": d8(ZERO),
-                      "commissionAsset": "BNB", "tradeId": t["tradeId"]} for t in o.trades]
+def spot_order_response(o: Order, resp_type: str = "FULL") -> dict[str, Any]:
+    """POST /api/v3/order in its three shapes (rest-api.md "New order": ACK, RESULT, FULL)."""
+    body: dict[str, Any] = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1,
+                            "clientOrderId": o.client_id, "transactTime": o.created}
+    if resp_type == "ACK":
+        return body
+    body.update({"price": d8(o.price), "origQty": d8(o.qty), "executedQty": d8(o.filled),
+                 "origQuoteOrderQty": d8(o.quote_qty), "cummulativeQuoteQty": d8(o.quote), "status": o.status,
+                 "timeInForce": o.tif or "GTC", "type": o.type, "side": o.side})
+    if o.stop:
+        body["stopPrice"] = d8(o.stop)
+    body.update({"workingTime": o.working_time, "selfTradePreventionMode": "EXPIRE_MAKER"})
+    if resp_type == "FULL":
+        body["fills"] = [{"price": d8(t["price"]), "qty": d8(t["qty"]), "commission": d8(ZERO),
+                          "commissionAsset": t["asset"], "tradeId": t["tradeId"]} for t in o.trades]
     return body
+
+
+def spot_cancel_response(o: Order, cancel_id: str, now: int) -> dict[str, Any]:
+    """DELETE /api/v3/order (rest-api.md "Cancel order"): ``origClientOrderId`` is the
+    order's, ``clientOrderId`` the cancel's own."""
+    return {"symbol": o.symbol, "origClientOrderId": o.client_id, "orderId": o.order_id, "orderListId": -1,
+            "clientOrderId": cancel_id, "transactTime": now, "price": d8(o.price), "origQty": d8(o.qty),
+            "executedQty": d8(o.filled), "origQuoteOrderQty": d8(o.quote_qty), "cummulativeQuoteQty": d8(o.quote),
+            "status": o.status, "timeInForce": o.tif or "GTC", "type": o.type, "side": o.side,
+            "selfTradePreventionMode": "EXPIRE_MAKER"}
 
 
 def futures_order_response(o: Order) -> dict[str, Any]:
@@ -331,9 +482,10 @@ def futures_order_response(o: Order) -> dict[str, Any]:
     return {"orderId": o.order_id, "symbol": o.symbol, "status": o.status, "clientOrderId": o.client_id,
             "price": plain(o.price), "avgPrice": d8(avg), "origQty": plain(o.qty), "executedQty": plain(o.filled),
             "cumQty": plain(o.filled), "cumQuote": d8(o.quote), "timeInForce": o.tif or "GTC", "type": o.type,
-            "reduceOnly": False, "closePosition": False, "side": o.side, "positionSide": "BOTH", "stopPrice": "0",
-            "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": o.type, "priceMatch": "NONE",
-            "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0, "updateTime": o.updated}
+            "reduceOnly": False, "closePosition": False, "side": o.side, "positionSide": "BOTH",
+            "stopPrice": plain(o.stop) if o.stop else "0", "workingType": "CONTRACT_PRICE", "priceProtect": False,
+            "origType": o.type, "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0,
+            "updateTime": o.updated}
 
 
 class FuturesUserData:
@@ -412,8 +564,20 @@ class UserData:
         self.spot = Account(SPOT, hub)
         self.futures_account = Account(USDM, hub)
         self.futures = FuturesUserData(options, self.futures_account)
-        self._subscription_ids = 0
         self.sockets: set[web.WebSocketResponse] = set()   # open WebSocket API sessions
+        # The ORDERS limits exchangeInfo advertises (spot 100/10s, 200000/day; USD-M 300/10s, 1200/min).
+        self.order_counts = {SPOT: OrderCounter({"10S": (10.0, 100), "1D": (86_400.0, 200_000)}),
+                             USDM: OrderCounter({"10S": (10.0, 300), "1M": (60.0, 1200)})}
+
+    def count_order(self, request: web.Request, market: str) -> None:
+        """Count a new order; the headers go on the response (server.py reads
+        ``request["sim_headers"]``). Over a limit: 429 -1015 (errors.md)."""
+        headers, over = self.order_counts[market].count(time.monotonic())
+        request[SIM_HEADERS] = headers
+        if over is not None:
+            limit = self.order_counts[market].windows[over][1]
+            unit = {"10S": "10 SECOND", "1D": "1 DAY", "1M": "1 MINUTE"}[over]
+            raise RestError(429, -1015, f"Too many new orders; current limit is {limit} orders per {unit}.")
 
     def tick(self, sim_ms: int) -> None:
         self.spot.tick(sim_ms)
@@ -433,92 +597,12 @@ class UserData:
         total = request.query_string + body
         return verify_rest(total, request.headers.get("X-MBX-APIKEY"), self.options.api_key,
                            self.options.api_secret, self.hub.advance(), int(time.time() * 1000),
-                           self.options.recv_window_ms)
+                           self.options.recv_window_ms, query=request.query_string, body=body)
 
-    # -- WebSocket API (spot) ------------------------------------------------------------
+    # -- WebSocket API (spot): wsapi.py ---------------------------------------------------
 
     async def ws_api_handler(self, core: "SimCore", request: web.Request) -> web.StreamResponse:
-        refused = core.admit(request)
-        if refused is not None:
-            return refused
-        ws = web.WebSocketResponse(autoping=True, compress=False, timeout=2.0)
-        await ws.prepare(request)
-        subscriptions: dict[int, Callable[[dict[str, Any]], None]] = {}
-        self.sockets.add(ws)
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                reply = self._ws_api_request(msg.data, ws, subscriptions)
-                await ws.send_frame(orjson.dumps(reply), WSMsgType.TEXT)
-        finally:
-            self.sockets.discard(ws)
-            for listener in subscriptions.values():
-                if listener in self.spot.listeners:
-                    self.spot.listeners.remove(listener)
-        return ws
-
-    def _ws_api_request(self, text: str, ws: web.WebSocketResponse,
-                        subscriptions: dict[int, Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
-        try:
-            req = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return _ws_error(None, 400, -1000, "Malformed request.")
-        if not isinstance(req, dict):
-            return _ws_error(None, 400, -1000, "Malformed request.")
-        req_id, method, params = req.get("id"), req.get("method"), req.get("params") or {}
-        now = self.hub.advance()
-        try:
-            if method == "ping":
-                return _ws_ok(req_id, {})
-            if method == "time":
-                return _ws_ok(req_id, {"serverTime": now})
-            if method == "userDataStream.subscribe.signature":
-                self._verify_ws(params, now)
-                self._subscription_ids += 1
-                sub_id = self._subscription_ids
-                listener = _ws_forwarder(ws, sub_id)
-                subscriptions[sub_id] = listener
-                self.spot.listeners.append(listener)
-                return _ws_ok(req_id, {"subscriptionId": sub_id})
-            if method == "userDataStream.unsubscribe":
-                wanted = params.get("subscriptionId")
-                for sub_id in [s for s in subscriptions if wanted is None or s == wanted]:
-                    listener = subscriptions.pop(sub_id)
-                    self.spot.listeners.remove(listener)
-                return _ws_ok(req_id, {})
-            if method == "session.subscriptions":
-                return _ws_ok(req_id, [{"subscriptionId": s} for s in subscriptions])
-        except RestError as exc:
-            return _ws_error(req_id, exc.status, exc.code, exc.msg)
-        return _ws_error(req_id, 400, -1102 if not method else -1000, f"Unknown method: {method}")
-
-    def _verify_ws(self, params: Mapping[str, Any], now: int) -> None:
-        check_api_key(params.get("apiKey"), self.options.api_key)
-        signature = params.get("signature")
-        if not signature:
-            raise mandatory("signature")
-        expected = hmac_hex(self.options.api_secret, ws_api_payload(params))
-        if not isinstance(signature, str) or signature != expected:
-            raise RestError(400, -1022, "Signature for this request is not valid.")
-        check_timestamp({k: str(v) for k, v in params.items()}, now, int(time.time() * 1000),
-                        self.options.recv_window_ms)
-
-
-def _ws_ok(req_id: Any, result: Any) -> dict[str, Any]:
-    return {"id": req_id, "status": 200, "result": result}
-
-
-def _ws_error(req_id: Any, status: int, code: int, msg: str) -> dict[str, Any]:
-    return {"id": req_id, "status": status, "error": {"code": code, "msg": msg}}
-
-
-def _ws_forwarder(ws: web.WebSocketResponse, sub_id: int) -> Callable[[dict[str, Any]], None]:
-    def forward(event: dict[str, Any]) -> None:
-        if not ws.closed:
-            frame = orjson.dumps({"subscriptionId": sub_id, "event": event})
-            asyncio.ensure_future(ws.send_frame(frame, WSMsgType.TEXT))
-    return forward
+        return await ws_api_handler(core, request)
 
 
 # -- signed REST handlers: (core, market, request, query) -> body -------------------------------
@@ -526,18 +610,99 @@ def _ws_forwarder(ws: web.WebSocketResponse, sub_id: int) -> Callable[[dict[str,
 
 async def _spot_order(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
     params = await core.userdata.signed_params(core, request)
-    order = core.userdata.spot.place(params, core.hub.advance())
-    return spot_order_response(order)
+    core.userdata.count_order(request, SPOT)
+    order, _ = core.userdata.spot.place(params, core.hub.advance())
+    assert order is not None
+    resp_type = params.get("newOrderRespType") or ("FULL" if order.type in ("MARKET", "LIMIT") else "ACK")
+    return spot_order_response(order, resp_type)
+
+
+async def _spot_order_test(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    # rest-api.md "Test new order": validated like a new order, never sent to the engine.
+    params = await core.userdata.signed_params(core, request)
+    core.userdata.spot.place(params, core.hub.advance(), test=True)
+    if params.get("computeCommissionRates") == "true":
+        rate = {"maker": "0.00000000", "taker": "0.00000000"}
+        return {"standardCommissionForOrder": rate, "specialCommissionForOrder": rate,
+                "taxCommissionForOrder": rate, "discount": {"enabledForAccount": False, "enabledForSymbol": False,
+                                                            "discountAsset": "BNB", "discount": "0.00000000"}}
+    return {}
 
 
 async def _spot_cancel(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
     params = await core.userdata.signed_params(core, request)
-    return spot_order_json(core.userdata.spot.cancel(params, core.hub.advance()))
+    now = core.hub.advance()
+    order, cancel_id = core.userdata.spot.cancel(params, now)
+    return spot_cancel_response(order, cancel_id, now)
+
+
+async def _spot_cancel_all(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct, now = core.userdata.spot, core.hub.advance()
+    m = acct.market_of(params.get("symbol"))
+    out = []
+    for o in acct.open_orders(m.spec.symbol):
+        order, cancel_id = acct.cancel({"symbol": o.symbol, "orderId": str(o.order_id)}, now)
+        out.append(spot_cancel_response(order, cancel_id, now))
+    return out
+
+
+async def _spot_get_order(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.spot
+    order = acct.find(params, acct.market_of(params.get("symbol")))
+    if order is None:
+        raise RestError(400, -2013, "Order does not exist.")
+    return spot_order_json(order)
+
+
+async def _spot_all_orders(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.spot
+    symbol = acct.market_of(params.get("symbol")).spec.symbol
+    rows = [o for o in acct.orders.values() if o.symbol == symbol]
+    return [spot_order_json(o) for o in _window(rows, params, "order_id", "orderId", "created")]
+
+
+async def _spot_my_trades(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.spot
+    symbol = acct.market_of(params.get("symbol")).spec.symbol
+    rows = [t for t in acct.my_trades if t["symbol"] == symbol]
+    if params.get("orderId"):
+        rows = [t for t in rows if str(t["orderId"]) == params["orderId"]]
+    return _window(rows, params, "id", "fromId", "time")
+
+
+def _window(rows: list[Any], params: Mapping[str, str], id_attr: str, from_param: str, time_attr: str) -> list[Any]:
+    """startTime/endTime/fromId/limit as the list endpoints take them (oldest first)."""
+    def get(row: Any, attr: str) -> int:
+        return row[attr] if isinstance(row, dict) else getattr(row, attr)
+    limit = min(int(params.get("limit") or 500), 1000)
+    if params.get(from_param):
+        rows = [r for r in rows if get(r, id_attr) >= int(params[from_param])]
+        return rows[:limit]
+    if params.get("startTime"):
+        rows = [r for r in rows if get(r, time_attr) >= int(params["startTime"])]
+    if params.get("endTime"):
+        rows = [r for r in rows if get(r, time_attr) <= int(params["endTime"])]
+    return rows[:limit] if params.get("startTime") else rows[-limit:]
+
+
+async def _avg_price(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    # rest-api.md "Current average price"; public, not signed.
+    m = core.userdata.spot.market_of(query.get("symbol"))
+    now = core.hub.advance()
+    return {"mins": 5, "price": d8(core.userdata.spot.avg_price(m)), "closeTime": now}
 
 
 async def _spot_account(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
     await core.userdata.signed_params(core, request)
-    acct = core.userdata.spot
+    return spot_account_body(core.userdata.spot)
+
+
+def spot_account_body(acct: Account) -> dict[str, Any]:
+    """GET /api/v3/account, and the WebSocket API's account.status."""
     return {"makerCommission": 0, "takerCommission": 0, "buyerCommission": 0, "sellerCommission": 0,
             "commissionRates": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000",
                                 "seller": "0.00000000"},
@@ -581,8 +746,46 @@ async def _futures_open_orders(core: "SimCore", market: str, request: web.Reques
 
 async def _futures_order(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
     params = await core.userdata.signed_params(core, request)
-    order = core.userdata.futures_account.place(params, core.hub.advance())
+    core.userdata.count_order(request, USDM)
+    order, ack = core.userdata.futures_account.place(params, core.hub.advance())
+    assert order is not None
+    # USD-M "New Order": newOrderRespType defaults to ACK, the order as accepted.
+    return futures_order_response(order) if params.get("newOrderRespType") == "RESULT" else ack
+
+
+async def _futures_cancel(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    order, _ = core.userdata.futures_account.cancel(params, core.hub.advance())
     return futures_order_response(order)
+
+
+async def _futures_get_order(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.futures_account
+    order = acct.find(params, acct.market_of(params.get("symbol")))
+    if order is None:
+        raise RestError(400, -2013, "Order does not exist.")
+    row = futures_open_order(order)
+    return row
+
+
+async def _futures_position_risk(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.futures_account
+    if params.get("symbol"):
+        acct.market_of(params["symbol"])
+    version3 = request.path.startswith("/fapi/v3/")
+    return (position_risk_v3 if version3 else position_risk)(acct, params.get("symbol"))
+
+
+async def _futures_leverage_bracket(core: "SimCore", market: str, request: web.Request,
+                                    query: dict[str, str]) -> Any:
+    params = await core.userdata.signed_params(core, request)
+    acct = core.userdata.futures_account
+    if params.get("symbol"):
+        acct.market_of(params["symbol"])
+        return leverage_bracket(params["symbol"].upper())   # one object for ?symbol=
+    return [leverage_bracket(s) for s in sorted(acct.hub.markets[USDM])]
 
 
 def _api_key(core: "SimCore", request: web.Request) -> None:
@@ -620,10 +823,21 @@ def _fixed(weight: int) -> Weight:
 # (handler, request weight as Binance documents it for the request's parameters)
 _USER_ROUTES: dict[tuple[str, str], tuple[Callable[..., Awaitable[Any]], Weight]] = {
     ("POST", "/api/v3/order"): (_spot_order, _fixed(1)),
+    ("POST", "/api/v3/order/test"): (_spot_order_test, _fixed(1)),
     ("DELETE", "/api/v3/order"): (_spot_cancel, _fixed(1)),
+    ("GET", "/api/v3/order"): (_spot_get_order, _fixed(4)),
+    ("DELETE", "/api/v3/openOrders"): (_spot_cancel_all, _fixed(1)),
+    ("GET", "/api/v3/allOrders"): (_spot_all_orders, _fixed(20)),
+    ("GET", "/api/v3/myTrades"): (_spot_my_trades, _fixed(20)),
+    ("GET", "/api/v3/avgPrice"): (_avg_price, _fixed(2)),
     ("GET", "/api/v3/account"): (_spot_account, _fixed(20)),
     ("GET", "/api/v3/openOrders"): (_spot_open_orders, _by_symbol(6, 80)),
     ("POST", "/fapi/v1/order"): (_futures_order, _fixed(1)),
+    ("DELETE", "/fapi/v1/order"): (_futures_cancel, _fixed(1)),
+    ("GET", "/fapi/v1/order"): (_futures_get_order, _fixed(1)),
+    ("GET", "/fapi/v2/positionRisk"): (_futures_position_risk, _fixed(5)),
+    ("GET", "/fapi/v3/positionRisk"): (_futures_position_risk, _fixed(5)),
+    ("GET", "/fapi/v1/leverageBracket"): (_futures_leverage_bracket, _fixed(1)),
     ("GET", "/fapi/v2/account"): (_futures_account_v2, _fixed(5)),
     ("GET", "/fapi/v3/account"): (_futures_account_v3, _fixed(5)),
     ("GET", "/fapi/v1/openOrders"): (_futures_open_orders, _by_symbol(1, 40)),

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from . import extra_rest
 from .blast import run_blast
 from .conn import Connection
 from .live import LiveState, handle_request
-from .streams import PRIVATE, SPOT, USDM
+from .streams import LEGACY, PRIVATE, SPOT, USDM
 
 if TYPE_CHECKING:
     from .server import SimCore
@@ -28,9 +29,24 @@ def parse_ws_path(path: str, query: dict[str, str]) -> tuple[str, str, list[str]
     """(market, route, stream names, combined) for a stream URL, or None."""
     parts = path.strip("/").split("/")
     market, route = SPOT, "ws"
+    if len(parts) > 1 and parts[0] == "host":
+        # /host/<Binance host>/...: a Binance stream host named in the path, for
+        # clients that tell spot from futures by the URL (ccxt.pro does).
+        host, parts = parts[1], parts[2:]
+        if host.startswith("fstream."):
+            parts = ["usdm"] + parts
+        elif not host.startswith(("stream.", "data-stream.")):
+            return None
     if parts and parts[0] in FUTURES_ROUTES:
         market, route = USDM, parts[0]
         parts = parts[1:]
+    elif parts and parts[0] == "usdm":
+        # /usdm stands for the fstream.binance.com host: its routed paths (/usdm/market/...)
+        # as above, and its legacy /ws and /stream serving every USD-M stream.
+        parts = parts[1:]
+        market, route = USDM, LEGACY
+        if parts and parts[0] in FUTURES_ROUTES:
+            route, parts = parts[0], parts[1:]
     if not parts:
         return None
     kind, rest = parts[0], [p for p in parts[1:] if p]
@@ -43,9 +59,12 @@ def parse_ws_path(path: str, query: dict[str, str]) -> tuple[str, str, list[str]
 
 
 async def stream_handler(core: "SimCore", request: web.Request) -> web.StreamResponse:
+    served = await extra_rest.handle(core, request)
+    if served is not None:
+        return served
     parsed = parse_ws_path(request.path, dict(request.query))
     if parsed is None:
-        return web.json_response({"code": -1, "msg": "Not found."}, status=404)
+        return extra_rest.not_found()
     market, route, names, combined = parsed
     rules = core.rules[market]
     refused = core.admit(request)
@@ -60,6 +79,12 @@ async def stream_handler(core: "SimCore", request: web.Request) -> web.StreamRes
         names = []
         if not core.userdata.futures.key_valid(listen_key, core.hub.advance()):
             return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
+    elif route == LEGACY:
+        # The legacy path takes a listenKey as a stream name (USD-M "User Data Streams").
+        names += [request.query["listenKey"]] if request.query.get("listenKey") else []
+        keys = [n for n in names if core.userdata.futures.key_valid(n, core.hub.advance())]
+        if keys:
+            listen_key, names = keys[0], [n for n in names if n not in keys]
     ws = web.WebSocketResponse(autoping=False, compress=False, timeout=2.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     conn = Connection(core.new_conn_id(), ws, request, market, route, rules, core.faults, combined, time.monotonic())

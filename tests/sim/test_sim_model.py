@@ -181,7 +181,9 @@ def test_live_requests():
     assert live('{"method":"GET_PROPERTY","params":["nope"],"id":5}').reply["error"]["code"] == 0
     assert live('{"method":"FOO","id":6}').reply["error"]["code"] == 2
     assert live('{"method":"SUBSCRIBE","params":"x","id":7}').reply["error"]["code"] == 2
-    assert live('{"method":"SUBSCRIBE","params":[],"id":-1}').reply["error"]["code"] == 2
+    # Request ids are 64-bit signed integers (web-socket-streams.md "Live Subscribing").
+    assert live('{"method":"LIST_SUBSCRIPTIONS","id":-9223372036854775808}').reply["id"] == -2**63
+    assert live('{"method":"LIST_SUBSCRIPTIONS","id":9223372036854775808}').reply["error"]["code"] == 2
     assert live('{"method":').reply == {"error": {"code": 3, "msg": live('{"method":').reply["error"]["msg"]},
                                         "id": None}
     too_many = live('{"method":"SUBSCRIBE","params":["a","b"],"id":8}', ["c", "d"])

@@ -78,12 +78,19 @@ def test_unsolicited_or_wrong_pongs_do_not_keep_alive(make_sim, ws_factory):
     pytest.fail("connection survived on unsolicited pongs")
 
 
-def test_lifetime_ends_with_server_shutdown_then_close(make_sim, ws_factory):
+@pytest.mark.parametrize("path,combined", [("/stream?streams=btcusdt@aggTrade", True),
+                                           ("/ws/btcusdt@aggTrade", False)])
+def test_lifetime_ends_with_server_shutdown_then_close(make_sim, ws_factory, path, combined):
     sim = make_sim(max_lifetime=0.4, shutdown_lead=0.3, **QUIET)
-    ws = ws_factory(sim.ws_url + "/stream?streams=btcusdt@aggTrade")
+    ws = ws_factory(sim.ws_url + path)
     code, _, frames = read_until_close(ws, timeout=5)
     assert code == 1001
     events = [json.loads(f) for f in frames]
+    if combined:
+        # web-socket-streams.md "Server Shutdown": wrapped on a combined stream.
+        assert all(set(e) == {"stream", "data"} for e in events)
+        assert [e["stream"] for e in events if e["data"].get("e") == "serverShutdown"] == ["!serverShutdown"]
+        events = [e["data"] for e in events]
     notices = [i for i, e in enumerate(events) if e.get("e") == "serverShutdown"]
     assert len(notices) == 1 and isinstance(events[notices[0]]["E"], int)
     assert set(events[notices[0]]) == {"e", "E"}

@@ -58,15 +58,18 @@ def test_spot_subscribe_order_and_events(usim, ws_factory):
     assert placed.body["status"] == "FILLED" and placed.body["executedQty"] == "0.01000000"
     assert placed.body["fills"] and set(placed.body["fills"][0]) == {"price", "qty", "commission", "commissionAsset",
                                                                      "tradeId"}
-    events = collect(ws, lambda m: len(m) >= 3)
+    events = collect(ws, lambda m: any(e["event"]["e"] == "outboundAccountPosition" for e in m))
     assert all(e["subscriptionId"] == sub_id for e in events)
     kinds = [(e["event"]["e"], e["event"].get("x")) for e in events]
-    assert kinds == [("executionReport", "NEW"), ("executionReport", "TRADE"), ("outboundAccountPosition", None)]
-    report = events[1]["event"]
+    # One TRADE report per book level the order took.
+    trades = len(placed.body["fills"])
+    assert kinds == [("executionReport", "NEW")] + [("executionReport", "TRADE")] * trades + [
+        ("outboundAccountPosition", None)]
+    report = events[-2]["event"]
     assert set(report) >= {"e", "E", "s", "c", "S", "o", "f", "q", "p", "x", "X", "i", "l", "z", "L", "n", "N", "T",
                            "t", "w", "m", "O", "Z", "Y", "Q"}
     assert (report["X"], report["i"], report["z"]) == ("FILLED", placed.body["orderId"], "0.01000000")
-    position = events[2]["event"]
+    position = events[-1]["event"]
     assert {b["a"] for b in position["B"]} == {"BTC", "USDT"}
     btc = next(b for b in position["B"] if b["a"] == "BTC")
     assert btc == {"a": "BTC", "f": "10.01000000", "l": "0.00000000"}
@@ -111,9 +114,15 @@ def test_spot_subscribe_rejections(usim, ws_factory, case, code):
 
 def test_unsubscribe_stops_events(usim, ws_factory):
     ws, reply = ws_api_subscribe(usim, ws_factory)
-    ws.send(json.dumps({"id": 2, "method": "userDataStream.unsubscribe",
-                        "params": {"subscriptionId": reply["result"]["subscriptionId"]}}))
-    assert json.loads(ws.recv()) == {"id": 2, "status": 200, "result": {}}
+    sub_id = reply["result"]["subscriptionId"]
+    ws.send(json.dumps({"id": 2, "method": "userDataStream.unsubscribe", "params": {"subscriptionId": sub_id},
+                        }))
+    answer = json.loads(ws.recv())
+    assert (answer["id"], answer["status"], answer["result"]) == (2, 200, {})
+    assert answer["rateLimits"][0]["rateLimitType"] == "REQUEST_WEIGHT"   # shown by default
+    # user-data-stream.md "Event Stream Terminated": sent when unsubscribed.
+    ended = json.loads(ws.recv())
+    assert ended["subscriptionId"] == sub_id and ended["event"]["e"] == "eventStreamTerminated"
     signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001")
     assert [f for f in read_frames(ws, 0.2) if f[0] == websocket.ABNF.OPCODE_TEXT] == []
 
@@ -124,7 +133,7 @@ def test_signed_rest_rejections(usim):
     assert (no_key.status, no_key.body["code"]) == (401, -2014)
     stale = signed(usim, "GET", "/api/v3/account", timestamp=1000)
     assert stale.body["code"] == -1021
-    poor = signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="1000")
+    poor = signed(usim, "POST", "/api/v3/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="50")
     assert poor.body == {"code": -2010, "msg": "Account has insufficient balance for requested action."}
 
 
@@ -137,12 +146,13 @@ def test_futures_listen_key_lifecycle_and_private_events(usim, ws_factory):
     assert listen_key(usim).body["listenKey"] == key  # POST again returns the active key
     ws = ws_factory(f"{usim.ws_url}/private/ws?listenKey={key}")
     placed = signed(usim, "POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.010")
-    assert placed.status == 200 and placed.body["status"] == "FILLED"
-    events = collect(ws, lambda m: len(m) >= 3)
-    assert [e["e"] for e in events] == ["ORDER_TRADE_UPDATE", "ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE"]
-    order = events[1]["o"]
+    # USD-M newOrderRespType defaults to ACK: the order as accepted, before it fills.
+    assert placed.status == 200 and (placed.body["status"], placed.body["executedQty"]) == ("NEW", "0")
+    events = collect(ws, lambda m: any(e["e"] == "ACCOUNT_UPDATE" for e in m))
+    assert [e["e"] for e in events][0] == "ORDER_TRADE_UPDATE" and events[-1]["e"] == "ACCOUNT_UPDATE"
+    order = events[-2]["o"]
     assert (order["x"], order["X"], order["s"], order["z"]) == ("TRADE", "FILLED", "BTCUSDT", "0.010")
-    position = events[2]["a"]["P"][0]
+    position = events[-1]["a"]["P"][0]
     assert (position["s"], position["pa"]) == ("BTCUSDT", "0.010")
     assert listen_key(usim, "PUT").status == 200
     assert listen_key(usim, "DELETE").body == {}
