@@ -256,8 +256,9 @@ class Parent:
             if misbehaving and inst in misbehaving:
                 continue                    # being restarted for what it sent
             worker = workers.get(inst)
-            # A reaped worker's last batches may still be queued: any stream's topics pass then.
-            stream = worker.stream if worker is not None else None
+            # A reaped worker's last batches may still be queued: any stream's
+            # topics pass then ("" is no stream's name, so _owns decides).
+            stream = worker.stream if worker is not None else ""
             pos = batch_start
             bad = None
             try:
@@ -302,11 +303,11 @@ class Parent:
                 self._reject(inst, bad)
         self.published += published
 
-    def _owns(self, stream: str | None, topic: bytes) -> bool:
+    def _owns(self, stream: str, topic: bytes) -> bool:
         """Slow path of the ownership check. Market topics are all in
         ``_owner_b``; account topics carry the stream's name,
         ``account.<event>.<stream>``."""
-        if stream is None:      # sender already reaped: any stream's topic
+        if not stream:          # sender already reaped: any stream's topic
             return topic in self._owner_b or any(self._owns(s, topic) for s in self._streams)
         conf = self._streams.get(stream)
         if conf is None or conf.channel != "account" or len(topic) > 256 or not topic.startswith(b"account."):
