@@ -127,10 +127,10 @@ def test_a_reaped_workers_last_batch_still_counts(parent):
 
 
 def test_account_topics_belong_to_the_stream_named_in_them(parent):
-    ok = data(5, topic=b"account.executionReport.acct")
-    other = data(6, topic=b"account.executionReport.other")
-    pub = drain(parent, frames.encode_batch(3, [ok]), frames.encode_batch(3, [other]))
-    assert [f["topic"] for f in pub.payloads()] == ["account.executionReport.acct"]
+    ok = [data(5, topic=b"account.executionReport.acct"), data(6, topic=b"account.ORDER_TRADE_UPDATE.acct")]
+    other = data(7, topic=b"account.executionReport.other")
+    pub = drain(parent, frames.encode_batch(3, ok), frames.encode_batch(3, [other]))
+    assert [f["topic"] for f in pub.payloads()] == ["account.executionReport.acct", "account.ORDER_TRADE_UPDATE.acct"]
     assert "does not own" in killed(parent)[3]
 
 

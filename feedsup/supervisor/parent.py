@@ -313,7 +313,7 @@ class Parent:
         if conf is None or conf.channel != "account" or len(topic) > 256 or not topic.startswith(b"account."):
             return False
         event, dot, name = topic[len(b"account."):].partition(b".")
-        return bool(dot) and event.isalnum() and name == stream.encode()
+        return bool(dot) and event.replace(b"_", b"").isalnum() and name == stream.encode()
 
     def _worker_gap(self, topic: bytes, body: bytes) -> str | None:
         """Publish a worker's gap record, or say why it is malformed."""
