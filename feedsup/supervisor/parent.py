@@ -336,6 +336,7 @@ class Parent:
                    instance=inst if worker else None, reason=reason)
         if worker is None or inst in self._misbehaving:
             return
+        self._misbehaving.intersection_update(self.workers)   # forget reaped ones: bounded
         self._misbehaving.add(inst)
         # The restart carries this reason: ``_reap`` takes it from the exit report.
         worker.exit_report = {"reason": f"refused: {reason}", "fatal": False}
