@@ -157,3 +157,19 @@ def test_a_stopped_parent_stays_bounded_and_every_drop_becomes_a_gap_notice(blas
     first = col.ids[0]
     assert sorted(col.ids + covered) == list(range(first, BLAST + 1)), "every id delivered or announced, once"
     assert vm_hwm_mb(fs.pid) < 150, "the parent's peak RSS stays bounded"
+
+
+def test_an_oversized_exchange_frame_ends_the_connection_with_a_clear_reason(start_sim, start_feedsup, timing):
+    sim = start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=20)
+    fs, col = start_feedsup(sim, [PRICE])
+    col.wait_count(5, timeout=20)
+    before = fs.wait_running("price")
+    t0 = time.monotonic()
+    sim.inject("malformed", target={"stream": "btcusdt@aggTrade"}, variant="oversized", size=5 << 20)
+    row = wait_for(lambda: (r := fs.stream("price"))["restarts"] > before["restarts"] and r, 15, "a restart")
+    assert "FrameTooLarge" in row["last_reason"] and "4194304-byte cap" in row["last_reason"]
+    col.wait_more(20, more=5)
+    timing("5 MiB exchange frame -> connection ended, data again", time.monotonic() - t0)
+    ids = [f["data"]["agg_id"] for f in list(col.frames) if f["data"] is not None]
+    assert ids == sorted(set(ids)), "backfill closed the hole: no loss, no duplicate"
+    assert ids[-1] - ids[0] + 1 == len(ids)
