@@ -457,7 +457,8 @@ class Parent:
         self.rates[inst] = (now, msgs, rate)
 
     def _serve_control(self, ctl: zmq.Socket) -> None:
-        while True:
+        # Bounded per wake-up, so a flood of requests cannot starve the workers.
+        for _ in range(DRAIN_BATCH):
             try:
                 parts = ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
