@@ -173,3 +173,33 @@ def test_an_oversized_exchange_frame_ends_the_connection_with_a_clear_reason(sta
     ids = [f["data"]["agg_id"] for f in list(col.frames) if f["data"] is not None]
     assert ids == sorted(set(ids)), "backfill closed the hole: no loss, no duplicate"
     assert ids[-1] - ids[0] + 1 == len(ids)
+
+
+def test_junk_on_the_control_socket_gets_an_answer_or_nothing(start_sim, start_feedsup):
+    sim = start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=20)
+    fs, col = start_feedsup(sim, [PRICE])
+    fs.wait_running("price")
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(fs.control)
+    try:
+        junk = [[b""], [b"", b""], [b"", b"\xc1"], [b"", msgpack.packb([1, 2])],
+                [b"", msgpack.packb({"cmd": "restart", "stream": [1]})], [b"", msgpack.packb({"cmd": "hello"})],
+                [b"", msgpack.packb({"cmd": "last", "prefix": 5})], [b"a", b"b", b"c", b"d", b"e", b"f"],
+                [b"", os.urandom(300)]]
+        for parts in junk:
+            dealer.send_multipart(parts)
+        answers = 0
+        while dealer.poll(1000):
+            reply = dealer.recv_multipart()
+            assert type(msgpack.unpackb(reply[-1])["ok"]) is bool
+            answers += 1
+        assert 0 < answers <= len(junk)
+        # Over the size cap: ZeroMQ drops that peer; the parent is unaffected.
+        dealer.send_multipart([b"", b"x" * (2 << 20)])
+        assert fs.status()["pid"] == fs.pid and fs.proc.poll() is None
+        col.wait_more(10, more=3)
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
