@@ -154,41 +154,37 @@ class Losses:
         self.owed = False
 
     def add(self, record: bytes, reason: str = LOSS_REASON) -> None:
+        # Runs for every dropped record while the parent is behind: only the
+        # header is read here; a span's first and last bodies are decoded once.
         kind, topic, major, _minor, _final, body = next(frames.iter_records(record))
         self.owed = True
         if kind == frames.GAP:
             if len(self.resend) < MAX_RESEND:
                 self.resend.append(record)
             return
-        try:
-            fields = msgpack.unpackb(body)
-            data = fields.get("data") or {}
-            when = data.get("time") or data.get("open_time") or data.get("event_time") \
-                or fields["recv_ns"] // 1_000_000
-            stream = fields.get("stream", "")
-        except Exception:
-            when, stream, data = None, "", {}
         span = self.spans.get(topic)
         if span is None:
-            span = self.spans[topic] = {"stream": stream, "from_ms": when, "to_ms": when, "lost": 0,
-                                        "reason": reason, "ids": "agg_id" in data or "trade_id" in data,
-                                        "from_id": major, "to_id": major}
+            stream, when, data = _describe(body)
+            self.spans[topic] = {"stream": stream, "from_ms": when, "last": None, "lost": 1, "reason": reason,
+                                 "ids": "agg_id" in data or "trade_id" in data, "from_id": major,
+                                 "to_id": major}
+            return
         span["lost"] += 1
         span["to_id"] = major
-        if when is not None:
-            span["to_ms"] = when
-            if span["from_ms"] is None:
-                span["from_ms"] = when
+        span["last"] = body
 
     def records(self, now_ns: int) -> list[bytes]:
         """Gap records for every span, then the dropped gap records."""
         out = []
         for topic, span in self.spans.items():
+            to_ms = span["from_ms"] if span["last"] is None else _describe(span["last"])[1]
+            from_ms = span["from_ms"] if span["from_ms"] is not None else to_ms
             detail: dict[str, Any] = {"lost": span["lost"]}
             if span["ids"]:
                 detail.update(from_id=span["from_id"], to_id=span["to_id"])
             body = frames.encode_gap_body(topic.decode(errors="replace"), span["stream"], now_ns,
-                                          span["from_ms"], span["to_ms"], span["reason"], **detail)
+                                          from_ms, to_ms if to_ms is not None else from_ms, span["reason"],
+                                          **detail)
             out.append(frames.encode_gap(topic, body))
         return out + self.resend
 
@@ -196,3 +192,16 @@ class Losses:
         self.spans.clear()
         self.resend.clear()
         self.owed = False
+
+
+def _describe(body: bytes) -> tuple[str, int | None, dict[str, Any]]:
+    """(stream, exchange time in ms, data) of a record body, as far as it tells."""
+    try:
+        fields = msgpack.unpackb(body)
+        data = fields.get("data")
+        data = data if isinstance(data, dict) else {}
+        when = data.get("time") or data.get("open_time") or data.get("event_time") \
+            or fields["recv_ns"] // 1_000_000
+        return str(fields.get("stream", "")), when, data
+    except Exception:
+        return "", None, {}
