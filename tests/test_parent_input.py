@@ -68,8 +68,8 @@ def drain(parent: Parent, *messages: bytes) -> FakePub:
     return parent.pub
 
 
-def data(agg_id: int, topic: bytes = TOPIC, body: bytes | None = None) -> bytes:
-    body = body if body is not None else frames.encode_body(topic.decode(), "price", 1_000_000 * agg_id,
+def data(agg_id: int, topic: bytes = TOPIC, body: bytes | None = None, stream: str = "price") -> bytes:
+    body = body if body is not None else frames.encode_body(topic.decode(), stream, 1_000_000 * agg_id,
                                                             {"agg_id": agg_id})
     return frames.encode_data(topic, agg_id, 0, True, body)
 
@@ -92,6 +92,8 @@ def test_a_valid_batch_is_published_with_seq(parent):
     (frames.encode_batch(1, [data(1, topic=b"bookTicker.BTCUSDT")]), "does not own"),
     (frames.encode_batch(1, [data(1, topic=b"_feedsup.hello.x")]), "does not own"),
     (frames.encode_batch(1, [b"X" + data(1)[1:]]), "unknown kind"),
+    (frames.encode_batch(1, [data(1, body=b"\x84\xc1\xc1\xc1")]), "not msgpack"),        # first batch: decoded
+    (frames.encode_batch(1, [data(1, stream="book")]), "own topic and stream"),
     (frames.encode_batch(1, [frames.encode_gap(TOPIC, msgpack.packb({"data": None}))]), "gap"),
     (b"C" + msgpack.packb([1, 2, 3]), "not a map"),
     (b"C" + b"\xc1\xc1", "not msgpack"),
@@ -127,8 +129,9 @@ def test_a_reaped_workers_last_batch_still_counts(parent):
 
 
 def test_account_topics_belong_to_the_stream_named_in_them(parent):
-    ok = [data(5, topic=b"account.executionReport.acct"), data(6, topic=b"account.ORDER_TRADE_UPDATE.acct")]
-    other = data(7, topic=b"account.executionReport.other")
+    ok = [data(5, topic=b"account.executionReport.acct", stream="acct"),
+          data(6, topic=b"account.ORDER_TRADE_UPDATE.acct", stream="acct")]
+    other = data(7, topic=b"account.executionReport.other", stream="acct")
     pub = drain(parent, frames.encode_batch(3, ok), frames.encode_batch(3, [other]))
     assert [f["topic"] for f in pub.payloads()] == ["account.executionReport.acct", "account.ORDER_TRADE_UPDATE.acct"]
     assert "does not own" in killed(parent)[3]

@@ -93,7 +93,10 @@ class Parent:
         # What workers may send: the topics each stream owns (bytes, for the
         # hot loop), and who is being restarted for sending something else.
         self._owner_b = {t.encode(): s for t, s in self._topic_owner.items()}
+        self._owned: dict[str, frozenset[bytes]] = {
+            name: frozenset(t for t, s in self._owner_b.items() if s == name) for name in self._streams}
         self._misbehaving: set[int] = set()
+        self._vetted: set[int] = set()      # instances whose first batch was decoded in full
         self.rejected = 0
         self._hellos: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
@@ -233,9 +236,11 @@ class Parent:
         packb = msgpack.packb
         last_values = self.last_values
         open_gaps = self.open_gaps
-        owner_of = self._owner_b.get
+        owned_by = self._owned
+        nothing: frozenset[bytes] = frozenset()
         workers = self.workers
         misbehaving = self._misbehaving
+        vetted = self._vetted
         sndmore = zmq.SNDMORE
         DATA, GAP, BATCH = frames.DATA, frames.GAP, frames.BATCH
         max_map = 0x80 + frames.MAX_BODY_KEYS
@@ -259,8 +264,16 @@ class Parent:
             # A reaped worker's last batches may still be queued: any stream's
             # topics pass then ("" is no stream's name, so _owns decides).
             stream = worker.stream if worker is not None else ""
+            owned = owned_by.get(stream, nothing)
             pos = batch_start
             bad = None
+            if inst not in vetted and worker is not None:
+                # A worker's first batch is decoded in full, once: a wrong
+                # encoder shows at once, at no cost per frame afterwards.
+                bad = self._vet(inst, stream, message)
+                if bad:
+                    self._reject(inst, bad)
+                    continue
             try:
                 while pos < end:
                     kind = message[pos]
@@ -269,10 +282,11 @@ class Parent:
                     body_at = start + tlen
                     pos = body_at + blen
                     topic = message[start:body_at]
-                    if pos > end or not 0x80 <= message[body_at] <= max_map:
+                    head = message[body_at]
+                    if pos > end or not 0x80 <= head <= max_map:
                         bad = "record out of bounds, or its body is not a msgpack map of at most 14 keys"
                         break
-                    if owner_of(topic) != stream and not self._owns(stream, topic):
+                    if topic not in owned and not self._owns(stream, topic):
                         bad = "record on a topic its stream does not own"
                         break
                     if kind != DATA:
@@ -291,7 +305,7 @@ class Parent:
                         self._close_gap(topic, message[body_at:pos], seq)
                         seq = self.sequencer.next_seq(topic)
                     # Splice seq into the body's msgpack map (frames.with_seq, inlined).
-                    payload = b"".join((bytes((message[body_at] + 1,)), seq_key, packb(seq),
+                    payload = b"".join((bytes((head + 1,)), seq_key, packb(seq),
                                         message[body_at + 1:pos]))
                     send(topic, sndmore)
                     send(payload)
@@ -302,6 +316,36 @@ class Parent:
             if bad:
                 self._reject(inst, bad)
         self.published += published
+
+    def _vet(self, inst: int, stream: str, message: bytes) -> str | None:
+        """Decode every data record body of a batch in full; say what is
+        wrong with one, if anything. Framing (bounds, fixmap, ownership) and
+        gap records are left to ``_drain``'s own checks."""
+        pos, end = frames.BATCH_START, len(message)
+        try:
+            while pos < end:
+                kind = message[pos]
+                tlen, blen = frames.HEADER.unpack_from(message, pos + 1)[3:]
+                start = pos + frames.HEADER_END
+                pos = start + tlen + blen
+                topic, body = message[start:start + tlen], message[start + tlen:pos]
+                if pos > end:
+                    return None     # a framing error: _drain names it
+                if kind != frames.DATA or not body or not 0x80 <= body[0] <= 0x80 + frames.MAX_BODY_KEYS:
+                    continue
+                try:
+                    fields = msgpack.unpackb(body)
+                except Exception:
+                    return "record body is not msgpack"
+                if type(fields) is not dict or fields.get("topic") != topic.decode(errors="replace") \
+                        or fields.get("stream") != stream or type(fields.get("recv_ns")) is not int \
+                        or "data" not in fields:
+                    return "record body is not {topic, stream, recv_ns, data} of its own topic and stream"
+        except (struct.error, IndexError):
+            return None         # a framing error: _drain names it
+        self._vetted.intersection_update(self.workers)    # forget reaped ones: bounded
+        self._vetted.add(inst)
+        return None
 
     def _owns(self, stream: str, topic: bytes) -> bool:
         """Slow path of the ownership check. Market topics are all in
