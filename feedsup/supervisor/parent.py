@@ -99,6 +99,7 @@ class Parent:
         self._vetted: set[int] = set()      # instances whose first batch was decoded in full
         self.rejected = 0
         self._hellos: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._drains = 0
 
     # -- public surface used by control commands ------------------------------
 
@@ -153,7 +154,6 @@ class Parent:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
-        poller.register(pub, zmq.POLLIN)     # subscriptions (XPUB): catch_up's hello
         start_at = time.monotonic() + (REJOIN_GRACE_S if self._restore_state() else 0.0)
         logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
                    streams=len(self.config.streams))
@@ -171,8 +171,6 @@ class Parent:
                     self._drain(pull, pub)
                 if ctl in ready:
                     self._serve_control(ctl)
-                if pub in ready:
-                    self._note_subscriptions(pub)
                 code = self._housekeeping()
         finally:
             if self.metrics is not None:
@@ -245,6 +243,12 @@ class Parent:
         DATA, GAP, BATCH = frames.DATA, frames.GAP, frames.BATCH
         max_map = 0x80 + frames.MAX_BODY_KEYS
         published = 0
+        self._drains += 1
+        if not self._drains & 255:
+            # The XPUB's subscription messages queue until read; reading them
+            # here (and on control requests) keeps that queue short without
+            # polling one more socket per wake-up (0.45 us a poll).
+            self._note_subscriptions(pub)
         for _ in range(DRAIN_BATCH):
             try:
                 message = recv(zmq.NOBLOCK)
@@ -501,6 +505,8 @@ class Parent:
         self.rates[inst] = (now, msgs, rate)
 
     def _serve_control(self, ctl: zmq.Socket) -> None:
+        if self.pub is not None:
+            self._note_subscriptions(self.pub)
         # Bounded per wake-up, so a flood of requests cannot starve the workers.
         for _ in range(DRAIN_BATCH):
             try:
