@@ -9,7 +9,7 @@ import pytest
 import websocket
 from hypothesis import given, settings, strategies as st
 
-from feedsup.workers.fastrecv import OverReader, install
+from feedsup.workers.fastrecv import DEFAULT_MAX_FRAME, FrameTooLarge, OverReader, install
 
 
 def chunked_source(data: bytes, cuts: list[int]):
@@ -128,3 +128,85 @@ def test_before_block_runs_only_when_the_socket_must_be_read():
     assert len(calls) == 1
     assert reader.recv_strict(4) == b"efgh"    # buffer empty: read again
     assert len(calls) == 2
+
+
+# -- hostile frame sizes (the cap is checked before anything is allocated) ----
+
+def _serve_wire(wire: bytes):
+    """A one-shot WebSocket server writing ``wire`` after the handshake."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = [line.split(b": ")[1] for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key")][0]
+            conn.sendall(_handshake(key) + wire)
+            try:
+                conn.recv(1024)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _recv_all(wire: bytes, max_frame: int) -> tuple[list[bytes], Exception | None]:
+    listener, thread = _serve_wire(wire)
+    got: list[bytes] = []
+    try:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{listener.getsockname()[1]}/", timeout=5)
+        install(ws, chunk=4096, max_frame=max_frame)
+        try:
+            while True:
+                opcode, payload = ws.recv_data(True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    return got, None
+                got.append(payload)
+        except websocket.WebSocketException as exc:
+            return got, exc
+        finally:
+            ws.shutdown()
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_a_header_claiming_2_62_bytes_ends_the_connection_without_allocating():
+    wire = _server_frame(b"ok") + bytes([0x82, 127]) + (1 << 62).to_bytes(8, "big") + b"x" * 100
+    got, exc = _recv_all(wire, max_frame=1 << 20)
+    assert got == [b"ok"]
+    assert isinstance(exc, FrameTooLarge)
+    assert "4611686018427387904" in str(exc) and "1048576" in str(exc)
+
+
+def test_a_frame_over_the_cap_is_refused_and_one_at_the_cap_passes():
+    cap = 70_000
+    got, exc = _recv_all(_server_frame(b"a" * cap) + _server_frame(b"b" * (cap + 1)), max_frame=cap)
+    assert got == [b"a" * cap]
+    assert isinstance(exc, FrameTooLarge)
+
+
+def test_fragments_adding_up_past_the_cap_are_refused():
+    cap = 10_000
+    part = b"c" * 4000
+    # text frame without FIN, then continuation frames: 12,000 bytes in all
+    wire = bytes([0x01, 126]) + len(part).to_bytes(2, "big") + part
+    wire += bytes([0x00, 126]) + len(part).to_bytes(2, "big") + part
+    wire += bytes([0x80, 126]) + len(part).to_bytes(2, "big") + part
+    wire += _server_close(1000)
+    got, exc = _recv_all(wire, max_frame=cap)
+    assert got == []
+    assert isinstance(exc, FrameTooLarge)
+    ok, exc = _recv_all(wire, max_frame=12_000)
+    assert ok == [part * 3] and exc is None
+
+
+def test_default_cap_is_a_few_megabytes():
+    assert 1 << 20 <= DEFAULT_MAX_FRAME <= 16 << 20

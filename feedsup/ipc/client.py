@@ -31,6 +31,9 @@ from feedsup.curve import CurveKeyError, CurveKeys
 from feedsup.ipc.topics import HELLO_PREFIX
 
 DEFAULT_RCVHWM = 1_000_000
+# Larger frames are refused by ZeroMQ (it drops the connection): one frame
+# is one exchange message (at most fastrecv's cap) in its envelope.
+DEFAULT_MAXMSGSIZE = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,13 @@ class Subscriber:
 
     def __init__(self, endpoint: str, topics: Iterable[str] = ("",), *, ctx: zmq.Context | None = None,
                  rcvhwm: int = DEFAULT_RCVHWM, on_gap: Callable[[Gap], None] | None = None,
-                 curve: CurveKeys | None = None) -> None:
+                 curve: CurveKeys | None = None, maxmsgsize: int = DEFAULT_MAXMSGSIZE) -> None:
         self.curve = curve or CurveKeys.from_env()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
         self.sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.apply(self.sock)
@@ -87,7 +91,6 @@ class Subscriber:
         self.on_gap = on_gap
         self._pending: deque[dict[str, Any]] = deque()
         self._skip_upto: dict[str, int] = {}
-        self._hellos: set[str] = set()
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next frame, or None after ``timeout`` seconds."""
@@ -106,7 +109,7 @@ class Subscriber:
             return frame
 
     def _read(self, deadline: float | None) -> dict[str, Any] | None:
-        """One frame off the socket, hello markers included; None at the deadline."""
+        """One frame off the socket; None at the deadline."""
         if deadline is not None:
             wait = max(0, int((deadline - time.monotonic()) * 1000))
             if not self.sock.poll(wait):
@@ -117,33 +120,33 @@ class Subscriber:
     def _next(self, deadline: float | None) -> dict[str, Any] | None:
         if self._pending:
             return self._pending.popleft()
-        while True:
-            frame = self._read(deadline)
-            if frame is None or not frame["topic"].startswith(HELLO_PREFIX):
-                return frame
-            self._hellos.add(frame["topic"])
+        return self._read(deadline)
 
     def catch_up(self, control: str, prefixes: Iterable[str] = ("",), timeout: float = 5.0) -> list[dict[str, Any]]:
         """Latest frame of every topic under ``prefixes``, then live without a hole.
 
         First make sure this socket's subscriptions have reached the PUB
-        side: ask the parent to publish a one-off hello marker until it
-        arrives (subscriptions travel in order, so once the hello's is live,
-        the earlier ones are too). Only then take the snapshot: every frame
-        published after it has a higher seq and is already on its way here.
+        side: subscribe to a one-off hello topic and ask the parent until it
+        has seen that subscription (subscriptions travel in order, so once
+        the hello's is live, the earlier ones are too). Nothing is published
+        on the hello topic, so no consumer ever sees it. Only then take the
+        snapshot: every frame published after it has a higher seq and is
+        already on its way here.
         """
         deadline = time.monotonic() + timeout
-        hello = HELLO_PREFIX + secrets.token_hex(8)
-        self.sock.setsockopt(zmq.SUBSCRIBE, hello.encode())
+        token = secrets.token_hex(8)
+        hello = (HELLO_PREFIX + token).encode()
+        self.sock.setsockopt(zmq.SUBSCRIBE, hello)
         try:
-            while hello not in self._hellos:
+            pause = 0.001
+            while not request(control, "hello", timeout=max(0.1, deadline - time.monotonic()),
+                              curve=self.curve, token=token)["live"]:
                 if time.monotonic() >= deadline:
                     raise ControlError(f"subscription not live within {timeout:g} s")
-                request(control, "hello", timeout=max(0.1, deadline - time.monotonic()),
-                        curve=self.curve, token=hello[len(HELLO_PREFIX):])
-                self._buffer_until(hello, min(deadline, time.monotonic() + 0.2))
+                self._buffer(min(deadline, time.monotonic() + pause))
+                pause = min(0.05, pause * 2)
         finally:
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, hello.encode())
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, hello)
         snapshot = []
         for prefix in prefixes:
             reply = request(control, "last", timeout=max(0.1, deadline - time.monotonic()), curve=self.curve,
@@ -154,16 +157,10 @@ class Subscriber:
             self.tracker.last[frame["topic"]] = frame["seq"]
         return snapshot
 
-    def _buffer_until(self, hello: str, until: float) -> None:
-        """Keep what arrives for later delivery until ``hello`` shows up."""
-        while hello not in self._hellos:
-            frame = self._read(until)
-            if frame is None:
-                return
-            if frame["topic"].startswith(HELLO_PREFIX):
-                self._hellos.add(frame["topic"])
-            else:
-                self._pending.append(frame)
+    def _buffer(self, until: float) -> None:
+        """Keep what arrives until ``until`` for later delivery."""
+        while (frame := self._read(until)) is not None:
+            self._pending.append(frame)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:

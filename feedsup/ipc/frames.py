@@ -2,18 +2,26 @@
 
 Worker -> parent, over ZeroMQ PUSH. A message is either
 
-* one or more **records**, back to back (a worker batches the records it
-  already holds, which halves the per-message cost on both sides). Each record
-  is ``kind + <header> + topic + body``, ``kind`` being ``b"D"`` (data) or
+* a **batch**: ``b"B" + <instance: uint32> + records``, the records back to
+  back (a worker batches the records it already holds, which halves the
+  per-message cost on both sides). ``instance`` names the sending worker, so
+  the parent knows whom to restart when a record is malformed. Each record is
+  ``kind + <header> + topic + body``, ``kind`` being ``b"D"`` (data) or
   ``b"G"`` (gap). The header carries the exchange ordering key (major, minor,
   final) the parent uses to suppress duplicates, and the topic and body
-  lengths. ``body`` is the consumer payload minus ``seq``: a msgpack map
+  lengths. ``body`` is the consumer payload minus ``seq``: a msgpack fixmap
+  (at most ``MAX_BODY_KEYS`` keys, so ``seq`` can be spliced in)
   ``{topic, stream, recv_ns, data[, backfill]}``. A gap record says the worker
   lost data on this topic that it cannot recover; its body has a ``gap`` key
   (``encode_gap_body``) and ``data`` None, and the parent numbers it without
   the watermark check;
 * or one **control** message: ``b"C" + msgpack(map)`` with ``type`` in READY,
-  LIVE, STREAMING, NOTICE, EXIT (see ``Control``). Never batched.
+  LIVE, STREAMING, NOTICE, EXIT (see ``Control``), the sender's ``instance``
+  and ``stream``, and ``v``, the protocol version. Never batched.
+
+The parent checks everything it reads (``check_control``; the record checks
+are inlined in its hot loop): a worker of another ``PROTOCOL_VERSION``, or one
+that sends anything malformed, is refused and restarted.
 
 Parent -> consumer (PUB, two frames): ``[topic, payload]`` where payload is
 the body with ``seq`` spliced in front. Splicing bytes instead of
@@ -27,14 +35,28 @@ from typing import Any, Iterator
 
 import msgpack
 
+# Bump on any change to what workers and the parent exchange: a worker of
+# another version is refused (the parent logs both versions).
+PROTOCOL_VERSION = 2
+
 DATA = 0x44     # b"D"
 GAP = 0x47      # b"G"
 CONTROL = 0x43  # b"C"
+BATCH = 0x42    # b"B"
 
 # major, minor: int64; final: bool; topic length: uint16; body length: uint32
 HEADER = struct.Struct("<qq?HI")
 HEADER_END = 1 + HEADER.size
+# batch prefix after b"B": the sending worker's instance, uint32
+BATCH_HEAD = struct.Struct("<I")
+BATCH_START = 1 + BATCH_HEAD.size
 SEQ_KEY = msgpack.packb("seq")
+# A body is a msgpack fixmap; with seq spliced in it must still be one.
+MAX_BODY_KEYS = 14
+# Largest worker -> parent message (ZMQ_MAXMSGSIZE of the parent's PULL): a
+# batch of records, each at most one exchange frame (fastrecv's cap) plus
+# its envelope. Workers send an over-sized batch record by record.
+MAX_MESSAGE = 64 << 20
 
 
 class Control:
@@ -72,11 +94,29 @@ def encode_gap_body(topic: str, stream: str, recv_ns: int, from_ms: int | None, 
     return msgpack.packb({"topic": topic, "stream": stream, "recv_ns": recv_ns, "data": None, "gap": gap})
 
 
+def batch_prefix(instance: int) -> bytes:
+    return b"B" + BATCH_HEAD.pack(instance)
+
+
+def encode_batch(instance: int, records: "list[bytes] | tuple[bytes, ...]") -> bytes:
+    return batch_prefix(instance) + b"".join(records)
+
+
+def split_batch(message: bytes) -> tuple[int, bytes]:
+    """(instance, records) of a batch message."""
+    if not message or message[0] != BATCH or len(message) < BATCH_START:
+        raise ValueError("not a batch message")
+    return BATCH_HEAD.unpack_from(message, 1)[0], message[BATCH_START:]
+
+
 def iter_records(message: bytes) -> Iterator[tuple[int, bytes, int, int, bool, bytes]]:
-    """Yield (kind, topic, major, minor, final, body) for each record.
+    """Yield (kind, topic, major, minor, final, body) for each record of a
+    batch message (or of bare records back to back).
 
     The parent's hot loop inlines this; it is here for tests and tools.
     """
+    if message and message[0] == BATCH:
+        message = split_batch(message)[1]
     pos, end = 0, len(message)
     while pos < end:
         kind = message[pos]
@@ -88,6 +128,7 @@ def iter_records(message: bytes) -> Iterator[tuple[int, bytes, int, int, bool, b
 
 def encode_control(kind: str, **fields: Any) -> bytes:
     fields["type"] = kind
+    fields.setdefault("v", PROTOCOL_VERSION)
     return b"C" + msgpack.packb(fields)
 
 
@@ -95,10 +136,72 @@ def decode_control(frame: bytes) -> dict[str, Any]:
     return msgpack.unpackb(frame[1:])
 
 
+_CONTROL_TYPES = frozenset({Control.READY, Control.STREAMING, Control.LIVE, Control.NOTICE, Control.EXIT})
+# LIVE stats the parent, the policy and the metrics read: counters are
+# non-negative ints, durations numbers or None.
+_COUNTERS = ("msgs", "bytes", "malformed", "drops")
+_DURATIONS = ("idle", "lag_ms", "age")
+MAX_STATS_KEYS = 64
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float
+
+
+def check_control(msg: Any) -> str | None:
+    """Why a decoded control message cannot be acted on, or None if it can.
+
+    ``instance`` is checked first, so the caller can tell whom to restart;
+    a version mismatch is reported as such, before any other field.
+    """
+    if type(msg) is not dict:
+        return "control message is not a map"
+    if not _is_int(msg.get("instance")):
+        return "control message without an integer instance"
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        return f"protocol version mismatch: worker speaks {version!r}, parent {PROTOCOL_VERSION}"
+    kind = msg.get("type")
+    if kind not in _CONTROL_TYPES:
+        return f"unknown control type {kind!r}"[:200]
+    if type(msg.get("stream")) is not str:
+        return "control message without a stream name"
+    if kind == Control.LIVE:
+        return _check_stats(msg.get("stats"))
+    if kind == Control.NOTICE and type(msg.get("event")) is not str:
+        return "notice without an event name"
+    if kind == Control.EXIT:
+        if type(msg.get("reason")) is not str or type(msg.get("fatal")) is not bool:
+            return "exit without a reason string and a fatal flag"
+        if msg.get("close_code") is not None and not _is_int(msg["close_code"]):
+            return "exit close_code is not an integer"
+        if msg.get("stats") is not None:
+            return _check_stats(msg["stats"])
+    return None
+
+
+def _check_stats(stats: Any) -> str | None:
+    if type(stats) is not dict or len(stats) > MAX_STATS_KEYS:
+        return "liveness stats are not a map (of at most 64 keys)"
+    for key in _COUNTERS:
+        value = stats.get(key, 0)
+        if not _is_int(value) or value < 0:
+            return f"liveness stat {key!r} is not a non-negative integer"
+    for key in _DURATIONS:
+        value = stats.get(key)
+        if value is not None and not _is_number(value):
+            return f"liveness stat {key!r} is not a number"
+    return None
+
+
 def with_seq(body: bytes, seq: int) -> bytes:
     """Splice ``seq`` in front of a msgpack fixmap body (at most 14 keys)."""
     head = body[0]
-    if not 0x80 <= head < 0x8F:
+    if not 0x80 <= head <= 0x80 + MAX_BODY_KEYS:
         raise ValueError("body must be a msgpack fixmap with fewer than 15 keys")
     return bytes((head + 1,)) + SEQ_KEY + msgpack.packb(seq) + body[1:]
 

@@ -46,5 +46,7 @@ def stream_topics(channel: str, symbols: "tuple[str, ...] | list[str]",
     return [symbol_topic(channel, s, "", prefix) for s in symbols]
 
 
-# Topics the parent itself publishes; never clash with exchange channels.
+# catch_up subscribes to HELLO_PREFIX + a one-off token to prove its
+# subscription is live; the parent only watches for that subscription and
+# never publishes on it, so consumers never see such a topic.
 HELLO_PREFIX = "_feedsup.hello."

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from feedsup.ipc.topics import HELLO_PREFIX
+
 if TYPE_CHECKING:
     from feedsup.supervisor.parent import Parent
 
@@ -69,8 +71,9 @@ def last(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
 
 @command("hello")
 def hello(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+    """Has this client's subscription to ``_feedsup.hello.<token>`` reached
+    the PUB socket (``live``)? Nothing is ever published on that topic."""
     token = request.get("token")
-    if not isinstance(token, str) or not token or len(token) > 64:
-        raise CommandError("token must be a non-empty string of at most 64 characters")
-    parent.hello(token)
-    return {"topic": f"_feedsup.hello.{token}"}
+    if not isinstance(token, str) or not token or len(token.encode()) > 64:
+        raise CommandError("token must be a non-empty string of at most 64 bytes")
+    return {"topic": HELLO_PREFIX + token, "live": parent.hello(token)}

@@ -10,6 +10,7 @@ them facts and carries out their actions:
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
@@ -17,6 +18,7 @@ import random
 import shutil
 import signal
 import subprocess
+import struct
 import tempfile
 import time
 from typing import Any
@@ -53,6 +55,15 @@ STATE_DROPS_LOGGED = 20
 HANDSHAKE_MS = 5000
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
+# The parent's receive queue per worker, in messages (each a batch of up to
+# uplink.MAX_BATCH records): bounded, so a slow parent makes the workers
+# queue, then drop and report gaps, instead of growing without limit.
+UPLINK_RCVHWM = 1000
+# Control requests and subscriptions are small; anything bigger is refused by ZeroMQ.
+CONTROL_MAX_MESSAGE = 1 << 20
+# Recent hello tokens seen subscribing on the PUB socket (catch_up's proof
+# that a subscription is live); the oldest are forgotten past this.
+MAX_HELLOS = 1024
 # Channels whose history Binance does not serve: when their source is lost
 # the parent announces a gap, and closes it with the next regular frame.
 NO_HISTORY = frozenset({"bookTicker", "miniTicker", "ticker", "markPrice", "depth"})
@@ -87,6 +98,16 @@ class Parent:
         self._origins = saved.Origins(config)    # where each topic's marks come from
         self._auth: Any = None                      # CURVE: the ZAP handler thread, and
         self._gate: curve.Gatekeeper | None = None  # its allow-list and refusal count
+        # What workers may send: the topics each stream owns (bytes, for the
+        # hot loop), and who is being restarted for sending something else.
+        self._owner_b = {t.encode(): s for t, s in self._topic_owner.items()}
+        self._owned: dict[str, frozenset[bytes]] = {
+            name: frozenset(t for t, s in self._owner_b.items() if s == name) for name in self._streams}
+        self._misbehaving: set[int] = set()
+        self._vetted: set[int] = set()      # instances whose first batch was decoded in full
+        self.rejected = 0
+        self._hellos: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._drains = 0
 
     # -- public surface used by control commands ------------------------------
 
@@ -117,6 +138,7 @@ class Parent:
             "published": self.published,
             "suppressed": self.sequencer.suppressed,
             "curve_refused": self._gate.refused if self._gate is not None else None,
+            "rejected": self.rejected,
             "streams": rows,
         }
 
@@ -184,9 +206,11 @@ class Parent:
 
     def _bind(self, ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket]:
         pull = ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.RCVHWM, 0)          # workers hold the backlog, not us
+        pull.setsockopt(zmq.RCVHWM, UPLINK_RCVHWM)   # workers queue the rest, then drop and say so
+        pull.setsockopt(zmq.MAXMSGSIZE, frames.MAX_MESSAGE)
         pull.bind(self.uplink)
-        pub = ctx.socket(zmq.PUB)
+        # XPUB sends like PUB; it also shows us subscriptions (catch_up's hello).
+        pub = ctx.socket(zmq.XPUB)
         pub.setsockopt(zmq.SNDHWM, self.config.pub_hwm)
         pub.setsockopt(zmq.LINGER, 0)
         ctl = ctx.socket(zmq.ROUTER)
@@ -199,6 +223,8 @@ class Parent:
             sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+            # What a peer may send us: subscriptions (XPUB) and requests.
+            sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
             if keys is not None:
                 curve.serve(sock, *keys)
         endpoints.bind_private(pub, self.config.pub)
@@ -236,60 +262,183 @@ class Parent:
     def _drain(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
         # The hot path: kept flat, with locals, because every record passes
         # here. A message is one control map or a batch of records (frames.py).
+        # Nothing a worker sends is trusted: a record out of bounds, on a
+        # topic its stream does not own, or whose body is not a fixmap of at
+        # most 14 keys ends the batch and gets the worker restarted
+        # (``_reject``). The checks cost a few comparisons per record.
         recv = pull.recv
         send = pub.send
         admit = self.sequencer.admit
         unpack_header = frames.HEADER.unpack_from
+        unpack_batch = frames.BATCH_HEAD.unpack_from
         header_end = frames.HEADER_END
+        batch_start = frames.BATCH_START
         seq_key = frames.SEQ_KEY
         packb = msgpack.packb
         last_values = self.last_values
         open_gaps = self.open_gaps
+        owned_by = self._owned
+        nothing: frozenset[bytes] = frozenset()
+        workers = self.workers
+        misbehaving = self._misbehaving
+        vetted = self._vetted
         sndmore = zmq.SNDMORE
-        DATA, CONTROL = frames.DATA, frames.CONTROL
+        DATA, GAP, BATCH = frames.DATA, frames.GAP, frames.BATCH
+        max_map = 0x80 + frames.MAX_BODY_KEYS
         published = 0
+        self._drains += 1
+        if not self._drains & 255:
+            # The XPUB's subscription messages queue until read; reading them
+            # here (and on control requests) keeps that queue short without
+            # polling one more socket per wake-up (0.45 us a poll).
+            self._note_subscriptions(pub)
         for _ in range(DRAIN_BATCH):
             try:
                 message = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if message[0] == CONTROL:
-                self._on_control(frames.decode_control(message))
+            end = len(message)
+            if not end or message[0] != BATCH or end < batch_start:
+                if end and message[0] == frames.CONTROL:
+                    self._control_message(message)
+                else:
+                    self._reject(None, "neither a batch nor a control message")
                 continue
-            pos, end = 0, len(message)
-            while pos < end:
-                kind = message[pos]
-                major, minor, final, tlen, blen = unpack_header(message, pos + 1)
-                start = pos + header_end
-                body_at = start + tlen
-                pos = body_at + blen
-                topic = message[start:body_at]
-                if kind != DATA:
-                    self._publish(topic, message[body_at:pos])
+            inst = unpack_batch(message, 1)[0]
+            if misbehaving and inst in misbehaving:
+                continue                    # being restarted for what it sent
+            worker = workers.get(inst)
+            # A reaped worker's last batches may still be queued: any stream's
+            # topics pass then ("" is no stream's name, so _owns decides).
+            stream = worker.stream if worker is not None else ""
+            owned = owned_by.get(stream, nothing)
+            pos = batch_start
+            bad = None
+            if inst not in vetted and worker is not None:
+                # A worker's first batch is decoded in full, once: a wrong
+                # encoder shows at once, at no cost per frame afterwards.
+                bad = self._vet(inst, stream, message)
+                if bad:
+                    self._reject(inst, bad)
                     continue
-                seq = admit(topic, major, minor, final)
-                if not seq:
-                    continue
-                if open_gaps and topic in open_gaps:
-                    # The notice takes this seq, the frame the next one.
-                    self._close_gap(topic, message[body_at:pos], seq)
-                    seq = self.sequencer.next_seq(topic)
-                # Splice seq into the body's msgpack map (frames.with_seq, inlined).
-                payload = b"".join((bytes((message[body_at] + 1,)), seq_key, packb(seq),
-                                    message[body_at + 1:pos]))
-                send(topic, sndmore)
-                send(payload)
-                last_values[topic] = payload
-                published += 1
+            try:
+                while pos < end:
+                    kind = message[pos]
+                    major, minor, final, tlen, blen = unpack_header(message, pos + 1)
+                    start = pos + header_end
+                    body_at = start + tlen
+                    pos = body_at + blen
+                    topic = message[start:body_at]
+                    head = message[body_at]
+                    if pos > end or not 0x80 <= head <= max_map:
+                        bad = "record out of bounds, or its body is not a msgpack map of at most 14 keys"
+                        break
+                    if topic not in owned and not self._owns(stream, topic):
+                        bad = "record on a topic its stream does not own"
+                        break
+                    if kind != DATA:
+                        if kind != GAP:
+                            bad = "record of unknown kind"
+                            break
+                        bad = self._worker_gap(topic, message[body_at:pos])
+                        if bad:
+                            break
+                        continue
+                    seq = admit(topic, major, minor, final)
+                    if not seq:
+                        continue
+                    if open_gaps and topic in open_gaps:
+                        # The notice takes this seq, the frame the next one.
+                        self._close_gap(topic, message[body_at:pos], seq)
+                        seq = self.sequencer.next_seq(topic)
+                    # Splice seq into the body's msgpack map (frames.with_seq, inlined).
+                    payload = b"".join((bytes((head + 1,)), seq_key, packb(seq),
+                                        message[body_at + 1:pos]))
+                    send(topic, sndmore)
+                    send(payload)
+                    last_values[topic] = payload
+                    published += 1
+            except (struct.error, IndexError):
+                bad = "truncated record"
+            if bad:
+                self._reject(inst, bad)
         self.published += published
 
+    def _vet(self, inst: int, stream: str, message: bytes) -> str | None:
+        """Decode every data record body of a batch in full; say what is
+        wrong with one, if anything. Framing (bounds, fixmap, ownership) and
+        gap records are left to ``_drain``'s own checks."""
+        pos, end = frames.BATCH_START, len(message)
+        try:
+            while pos < end:
+                kind = message[pos]
+                tlen, blen = frames.HEADER.unpack_from(message, pos + 1)[3:]
+                start = pos + frames.HEADER_END
+                pos = start + tlen + blen
+                topic, body = message[start:start + tlen], message[start + tlen:pos]
+                if pos > end:
+                    return None     # a framing error: _drain names it
+                if kind != frames.DATA or not body or not 0x80 <= body[0] <= 0x80 + frames.MAX_BODY_KEYS:
+                    continue
+                try:
+                    fields = msgpack.unpackb(body)
+                except Exception:
+                    return "record body is not msgpack"
+                if type(fields) is not dict or fields.get("topic") != topic.decode(errors="replace") \
+                        or fields.get("stream") != stream or type(fields.get("recv_ns")) is not int \
+                        or "data" not in fields:
+                    return "record body is not {topic, stream, recv_ns, data} of its own topic and stream"
+        except (struct.error, IndexError):
+            return None         # a framing error: _drain names it
+        self._vetted.intersection_update(self.workers)    # forget reaped ones: bounded
+        self._vetted.add(inst)
+        return None
+
+    def _owns(self, stream: str, topic: bytes) -> bool:
+        """Slow path of the ownership check. Market topics are all in
+        ``_owner_b``; account topics carry the stream's name,
+        ``account.<event>.<stream>``."""
+        if not stream:          # sender already reaped: any stream's topic
+            return topic in self._owner_b or any(self._owns(s, topic) for s in self._streams)
+        conf = self._streams.get(stream)
+        if conf is None or conf.channel != "account" or len(topic) > 256 or not topic.startswith(b"account."):
+            return False
+        event, dot, name = topic[len(b"account."):].partition(b".")
+        return bool(dot) and event.replace(b"_", b"").isalnum() and name == stream.encode()
+
+    def _worker_gap(self, topic: bytes, body: bytes) -> str | None:
+        """Publish a worker's gap record, or say why it is malformed."""
+        try:
+            fields = msgpack.unpackb(body)
+        except Exception:
+            return "gap record body is not msgpack"
+        if type(fields) is not dict or type(fields.get("gap")) is not dict or fields.get("data") is not None:
+            return "gap record body is not a gap notice"
+        self._publish(topic, body)
+        return None
+
+    def _reject(self, inst: int | None, reason: str) -> None:
+        """Count and log what a worker sent that cannot be used; restart the
+        worker when we know which one sent it. The log fields stay few and
+        fixed, so the log's rate limit folds repeats into one line."""
+        self.rejected += 1
+        worker = self.workers.get(inst) if inst is not None else None
+        logs.event(log, "rejected", logging.WARNING, stream=worker.stream if worker else None,
+                   instance=inst if worker else None, reason=reason)
+        if worker is None or inst in self._misbehaving:
+            return
+        self._misbehaving.intersection_update(self.workers)   # forget reaped ones: bounded
+        self._misbehaving.add(inst)
+        # The restart carries this reason: ``_reap`` takes it from the exit report.
+        worker.exit_report = {"reason": f"refused: {reason}", "fatal": False}
+        self._pending.append(pol.Kill(inst, f"refused: {reason}"))
+
     def _publish(self, topic: bytes, body: bytes, seq: int | None = None) -> None:
-        """Publish outside the hot path (gap notices, hello)."""
+        """Publish outside the hot path (gap notices)."""
         payload = frames.with_seq(body, seq if seq is not None else self.sequencer.next_seq(topic))
         self.pub.send(topic, zmq.SNDMORE)
         self.pub.send(payload)
-        if not topic.startswith(topics.HELLO_PREFIX.encode()):
-            self.last_values[topic] = payload
+        self.last_values[topic] = payload
         self.published += 1
 
     def _announce_loss(self, stream_name: str, reason: str, fatal: bool = False) -> None:
@@ -322,39 +471,81 @@ class Parent:
     def _close_gap(self, topic: bytes, body: bytes, seq: int) -> None:
         """The first regular frame after a loss: say exactly what was lost."""
         gap = self.open_gaps.pop(topic)
-        first = msgpack.unpackb(body)
-        gap["to_ms"] = first["recv_ns"] // 1_000_000
-        self._publish(topic, frames.encode_gap_body(first["topic"], first["stream"], first["recv_ns"], **gap),
+        try:
+            first = msgpack.unpackb(body)
+            recv_ns, stream = int(first["recv_ns"]), str(first["stream"])
+        except Exception:   # the frame's own checks are the worker's; the notice must go out
+            recv_ns, stream = time.time_ns(), self._owner_b.get(topic, "")
+        gap["to_ms"] = recv_ns // 1_000_000
+        self._publish(topic, frames.encode_gap_body(topic.decode(errors="replace"), stream, recv_ns, **gap),
                       seq)
 
     def last_frames(self, prefix: str) -> list[bytes]:
         p = prefix.encode()
         return [payload for topic, payload in sorted(self.last_values.items()) if topic.startswith(p)]
 
-    def hello(self, token: str) -> None:
-        """Publish a marker so a subscriber can tell its subscription is live."""
-        topic = topics.HELLO_PREFIX + token
-        self._publish(topic.encode(), msgpack.packb({"topic": topic, "stream": "", "recv_ns": time.time_ns(),
-                                                     "data": None}))
+    def hello(self, token: str) -> bool:
+        """Has a subscription to ``HELLO_PREFIX + token`` reached our PUB
+        socket? Subscriptions of one SUB socket travel in order, so once this
+        one has, every earlier one of that socket is live too. Nothing is
+        published: consumers never see a marker."""
+        if self.pub is not None:
+            self._note_subscriptions(self.pub)
+        return token.encode() in self._hellos
+
+    def _note_subscriptions(self, pub: zmq.Socket) -> None:
+        """Read the XPUB's subscription messages; keep recent hello tokens."""
+        prefix = b"\x01" + topics.HELLO_PREFIX.encode()
+        hellos = self._hellos
+        for _ in range(DRAIN_BATCH):
+            try:
+                msg = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg.startswith(prefix) and len(msg) <= len(prefix) + 64:
+                hellos[msg[len(prefix):]] = None
+                if len(hellos) > MAX_HELLOS:
+                    hellos.popitem(last=False)
+
+    def _control_message(self, message: bytes) -> None:
+        """Decode and check one control message, then act on it; anything
+        malformed is rejected (and its sender restarted, if known)."""
+        try:
+            msg = frames.decode_control(message)
+        except Exception:
+            self._reject(None, "control message is not msgpack")
+            return
+        problem = frames.check_control(msg)
+        inst = msg.get("instance") if type(msg) is dict and type(msg.get("instance")) is int else None
+        if problem is not None:
+            self._reject(inst, problem)
+            return
+        if inst not in self.workers or inst in self._misbehaving:
+            return      # a worker already reaped, or being restarted: nothing to act on
+        try:
+            self._on_control(msg)
+        except Exception as exc:   # a value the checks let through must not take the parent down
+            self._reject(inst, f"control message not usable: {exc.__class__.__name__}")
 
     def _on_control(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        inst = msg.get("instance")
+        """Act on a checked control message (``frames.check_control``)."""
+        kind = msg["type"]
+        inst = msg["instance"]
         now = time.monotonic()
         p = self.policy
         if kind == Control.LIVE:
-            stats = msg.get("stats") or {}
+            stats = msg["stats"]
             self._note_rate(inst, stats, now)
             if self.metrics is not None and stats.get("lag_ms") is not None:
-                self.metrics.observe_lag(msg.get("stream", "?"), stats["lag_ms"])
+                self.metrics.observe_lag(msg["stream"], stats["lag_ms"])
             self._pending += p.on_liveness(inst, stats, now)
         elif kind == Control.READY:
             self._pending += p.on_ready(inst, now)
         elif kind == Control.STREAMING:
             self._pending += p.on_streaming(inst, now)
         elif kind == Control.NOTICE:
-            logs.event(log, "notice", stream=msg.get("stream"), instance=inst, notice=msg.get("event"))
-            self._pending += p.on_notice(inst, msg.get("event", ""), now)
+            logs.event(log, "notice", stream=msg["stream"], instance=inst, notice=msg["event"])
+            self._pending += p.on_notice(inst, msg["event"], now)
         elif kind == Control.EXIT:
             worker = self.workers.get(inst)
             if worker is not None:
@@ -369,18 +560,30 @@ class Parent:
         self.rates[inst] = (now, msgs, rate)
 
     def _serve_control(self, ctl: zmq.Socket) -> None:
-        while True:
+        if self.pub is not None:
+            self._note_subscriptions(self.pub)
+        # Bounded per wake-up, so a flood of requests cannot starve the workers.
+        for _ in range(DRAIN_BATCH):
             try:
                 parts = ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if len(parts) < 2 or len(parts) > 4:
+                continue        # not a request envelope: nothing sensible to answer
             ident, body = parts[0], parts[-1]
             try:
                 request = msgpack.unpackb(body)
             except Exception:
                 request = None
-            reply = control.dispatch(self, request)
-            ctl.send_multipart([ident, b"", msgpack.packb(reply, default=str)])
+            try:
+                reply = msgpack.packb(control.dispatch(self, request), default=str)
+            except Exception as exc:   # a command must never take the parent down
+                logs.event(log, "control error", logging.WARNING, error=exc.__class__.__name__)
+                reply = msgpack.packb({"ok": False, "error": f"internal error: {exc.__class__.__name__}"})
+            try:
+                ctl.send_multipart([ident, b"", reply], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass            # the client is gone or not reading: drop the reply
 
     def _housekeeping(self) -> int | None:
         now = time.monotonic()

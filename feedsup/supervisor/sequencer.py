@@ -7,6 +7,10 @@ klines the open time as ``major``, the event time as ``minor`` and the closed
 flag as ``final``. Overlapping connections (rotation, restarts, backfill)
 deliver some events twice; the watermark drops the second copy whatever the
 timing, because the decision depends only on exchange ids.
+
+It holds one entry per topic, and the parent only admits topics that the
+config gives a stream (market topics) or that carry an account stream's name,
+so its size is bounded by the config, not by clients or time.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ import importlib
 import logging
 import sys
 
+from feedsup.ipc.frames import PROTOCOL_VERSION
 from feedsup.procs import die_with_parent
-from feedsup.workers.runtime import ConnectionEnded, Runtime
+from feedsup.workers.runtime import EXIT_FATAL, ConnectionEnded, Runtime
 from feedsup.workers.spec import WorkerSpec
 
 # One worker kind per stream kind.
@@ -18,6 +19,10 @@ DEFAULT_KIND = "feedsup.workers.market"
 
 def main(argv: list[str]) -> int:
     spec = WorkerSpec.from_json(argv[0])
+    if spec.protocol != PROTOCOL_VERSION:   # started by a parent of another feedsup version
+        print(f"worker={spec.stream.name}#{spec.instance} ERROR protocol version mismatch: parent speaks "
+              f"{spec.protocol}, worker {PROTOCOL_VERSION}", file=sys.stderr)
+        return EXIT_FATAL
     die_with_parent(spec.parent_pid)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"worker={spec.stream.name}#{spec.instance} %(levelname)s %(message)s")

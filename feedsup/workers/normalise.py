@@ -13,10 +13,13 @@ new exchange field never changes the contract silently.
 
 This is the hot path (tens of thousands of messages per second per worker):
 each normaliser is a closure that builds one dict literal. Validation is what
-the pipeline depends on and no more: the event type, every field's presence,
-a subscribed symbol (and interval), and an int64 ordering key (it is packed
-into the frame header and drives de-duplication). Any other field is passed
-through as the exchange sent it.
+the pipeline and the wire contract depend on: the event type, every field's
+presence, a subscribed symbol (and interval), an int64 ordering key (it is
+packed into the frame header and drives de-duplication), and every published
+field's type (decimals ``str``, times, ids and counts ``int``, flags
+``bool``), one ``type(x) is T`` per field. Anything else is a MalformedEvent,
+counted and skipped, never published against the contract. Depth diffs feed
+the local book, which checks their levels.
 """
 
 from __future__ import annotations
@@ -87,9 +90,27 @@ def _bad_ordering(channel: str, field: str, value: Any) -> MalformedEvent:
     return MalformedEvent(f"{channel}: field {field!r} is not an int64: {value!r}")
 
 
+# The wire contract: decimals are the exchange's strings, times and ids are
+# ints, flags are bools. Each normaliser checks its fields inline with one
+# ``type(x) is T`` per field (the hot path); on failure, ``_bad_types`` (the
+# slow path) names the first offending Binance field.
+_S, _I, _B = str, int, bool
+
+
+def _bad_types(channel: str, event: dict[str, Any], types: dict[str, type]) -> MalformedEvent:
+    for field, want in types.items():
+        value = event.get(field) if "." not in field else event.get("k", {}).get(field[2:])
+        if type(value) is not want:
+            return MalformedEvent(f"{channel}: field {field!r} must be {want.__name__}, got {value!r}")
+    return MalformedEvent(f"{channel}: a field has the wrong type")
+
+
 # Each factory takes the symbol -> topic map and returns the closure. The
 # common path is: look fields up inside one try (KeyError/TypeError mean a
-# malformed event), check the ordering key, return.
+# malformed event), check the ordering key and the field types, return.
+
+_AGG_TYPES = {"p": _S, "q": _S, "f": _I, "l": _I, "T": _I, "m": _B, "E": _I}
+
 
 def _agg_trade(topics: dict[str, str]) -> Normaliser:
     def normalise(d: dict[str, Any]) -> Normalised:
@@ -100,16 +121,22 @@ def _agg_trade(topics: dict[str, str]) -> Normaliser:
             topic = topics[s]
             a = d["a"]
             data = {
-                "symbol": s, "agg_id": a, "price": d["p"], "qty": d["q"],
-                "first_trade_id": d["f"], "last_trade_id": d["l"], "time": d["T"],
-                "buyer_maker": d["m"], "event_time": d["E"],
+                "symbol": s, "agg_id": a, "price": (p := d["p"]), "qty": (q := d["q"]),
+                "first_trade_id": (f := d["f"]), "last_trade_id": (l_ := d["l"]), "time": (t := d["T"]),
+                "buyer_maker": (m := d["m"]), "event_time": (e := d["E"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("aggTrade", exc) from None
         if type(a) is not int or not 0 <= a <= _I64_MAX:
             raise _bad_ordering("aggTrade", "a", a)
+        if (type(p) is not str or type(q) is not str or type(f) is not int or type(l_) is not int
+                or type(t) is not int or type(m) is not bool or type(e) is not int):
+            raise _bad_types("aggTrade", d, _AGG_TYPES)
         return topic, data, a, 0, True
     return normalise
+
+
+_TRADE_TYPES = {"p": _S, "q": _S, "T": _I, "m": _B, "E": _I}
 
 
 def _trade(topics: dict[str, str]) -> Normaliser:
@@ -121,15 +148,22 @@ def _trade(topics: dict[str, str]) -> Normaliser:
             topic = topics[s]
             t = d["t"]
             data = {
-                "symbol": s, "trade_id": t, "price": d["p"], "qty": d["q"],
-                "time": d["T"], "buyer_maker": d["m"], "event_time": d["E"],
+                "symbol": s, "trade_id": t, "price": (p := d["p"]), "qty": (q := d["q"]),
+                "time": (tt := d["T"]), "buyer_maker": (m := d["m"]), "event_time": (e := d["E"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("trade", exc) from None
         if type(t) is not int or not 0 <= t <= _I64_MAX:
             raise _bad_ordering("trade", "t", t)
+        if (type(p) is not str or type(q) is not str or type(tt) is not int or type(m) is not bool
+                or type(e) is not int):
+            raise _bad_types("trade", d, _TRADE_TYPES)
         return topic, data, t, 0, True
     return normalise
+
+
+_BOOK_TYPES = {"b": _S, "B": _S, "a": _S, "A": _S}
+_USDM_BOOK_TYPES = {**_BOOK_TYPES, "E": _I, "T": _I}
 
 
 def _spot_book_ticker(topics: dict[str, str]) -> Normaliser:
@@ -140,13 +174,15 @@ def _spot_book_ticker(topics: dict[str, str]) -> Normaliser:
             topic = topics[s]
             u = d["u"]
             data = {
-                "symbol": s, "update_id": u, "bid_price": d["b"], "bid_qty": d["B"],
-                "ask_price": d["a"], "ask_qty": d["A"],
+                "symbol": s, "update_id": u, "bid_price": (b := d["b"]), "bid_qty": (bq := d["B"]),
+                "ask_price": (a := d["a"]), "ask_qty": (aq := d["A"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("bookTicker", exc) from None
         if type(u) is not int or not 0 <= u <= _I64_MAX:
             raise _bad_ordering("bookTicker", "u", u)
+        if type(b) is not str or type(bq) is not str or type(a) is not str or type(aq) is not str:
+            raise _bad_types("bookTicker", d, _BOOK_TYPES)
         return topic, data, u, 0, True
     return normalise
 
@@ -160,16 +196,22 @@ def _usdm_book_ticker(topics: dict[str, str]) -> Normaliser:
             topic = topics[s]
             u = d["u"]
             data = {
-                "symbol": s, "update_id": u, "bid_price": d["b"], "bid_qty": d["B"],
-                "ask_price": d["a"], "ask_qty": d["A"], "event_time": d["E"],
-                "transaction_time": d["T"],
+                "symbol": s, "update_id": u, "bid_price": (b := d["b"]), "bid_qty": (bq := d["B"]),
+                "ask_price": (a := d["a"]), "ask_qty": (aq := d["A"]), "event_time": (e := d["E"]),
+                "transaction_time": (t := d["T"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("bookTicker", exc) from None
         if type(u) is not int or not 0 <= u <= _I64_MAX:
             raise _bad_ordering("bookTicker", "u", u)
+        if (type(b) is not str or type(bq) is not str or type(a) is not str or type(aq) is not str
+                or type(e) is not int or type(t) is not int):
+            raise _bad_types("bookTicker", d, _USDM_BOOK_TYPES)
         return topic, data, u, 0, True
     return normalise
+
+
+_MINI_TYPES = {"c": _S, "o": _S, "h": _S, "l": _S, "v": _S, "q": _S}
 
 
 def _mini_ticker(topics: dict[str, str]) -> Normaliser:
@@ -181,24 +223,35 @@ def _mini_ticker(topics: dict[str, str]) -> Normaliser:
             topic = topics[s]
             e = d["E"]
             data = {
-                "symbol": s, "event_time": e, "close": d["c"], "open": d["o"],
-                "high": d["h"], "low": d["l"], "volume": d["v"], "quote_volume": d["q"],
+                "symbol": s, "event_time": e, "close": (c := d["c"]), "open": (o := d["o"]),
+                "high": (h := d["h"]), "low": (lo := d["l"]), "volume": (v := d["v"]),
+                "quote_volume": (q := d["q"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("miniTicker", exc) from None
         if type(e) is not int or not 0 <= e <= _I64_MAX:
             raise _bad_ordering("miniTicker", "E", e)
+        if (type(c) is not str or type(o) is not str or type(h) is not str or type(lo) is not str
+                or type(v) is not str or type(q) is not str):
+            raise _bad_types("miniTicker", d, _MINI_TYPES)
         return topic, data, e, 0, True
     return normalise
 
 
 # ticker is a superset of miniTicker under the same names ("close" is Binance's
 # "last price"), so a consumer can switch between the two without renaming.
+# Tickers come once a second per symbol: a plain loop over the types is cheap.
+
+_TICKER_TYPES = {**_MINI_TYPES, "p": _S, "P": _S, "w": _S, "Q": _S, "O": _I, "C": _I, "F": _I, "L": _I,
+                 "n": _I}
+_SPOT_TICKER_TYPES = {**_TICKER_TYPES, "x": _S, "b": _S, "B": _S, "a": _S, "A": _S}
+
 
 def _ticker(market: str) -> Callable[[dict[str, str]], Normaliser]:
     # Futures tickers lack the prev-close price and the best bid/ask; the rest
     # is shared. Tickers come once a second, so the extra update costs nothing.
     spot = market == "spot"
+    types = list((_SPOT_TICKER_TYPES if spot else _TICKER_TYPES).items())
 
     def factory(topics: dict[str, str]) -> Normaliser:
         def normalise(d: dict[str, Any]) -> Normalised:
@@ -225,9 +278,15 @@ def _ticker(market: str) -> Callable[[dict[str, str]], Normaliser]:
                 raise _malformed("ticker", exc) from None
             if type(e) is not int or not 0 <= e <= _I64_MAX:
                 raise _bad_ordering("ticker", "E", e)
+            for field, want in types:
+                if type(d[field]) is not want:
+                    raise _bad_types("ticker", d, dict(types))
             return topic, data, e, 0, True
         return normalise
     return factory
+
+
+_MARK_TYPES = {"p": _S, "i": _S, "P": _S, "r": _S, "T": _I}
 
 
 def _mark_price(topics: dict[str, str]) -> Normaliser:
@@ -239,16 +298,23 @@ def _mark_price(topics: dict[str, str]) -> Normaliser:
             topic = topics[s]
             e = d["E"]
             data = {
-                "symbol": s, "event_time": e, "mark_price": d["p"], "index_price": d["i"],
-                "estimated_settle_price": d["P"], "funding_rate": d["r"],
-                "next_funding_time": d["T"],
+                "symbol": s, "event_time": e, "mark_price": (p := d["p"]), "index_price": (i := d["i"]),
+                "estimated_settle_price": (ps := d["P"]), "funding_rate": (r := d["r"]),
+                "next_funding_time": (t := d["T"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("markPrice", exc) from None
         if type(e) is not int or not 0 <= e <= _I64_MAX:
             raise _bad_ordering("markPrice", "E", e)
+        if (type(p) is not str or type(i) is not str or type(ps) is not str or type(r) is not str
+                or type(t) is not int):
+            raise _bad_types("markPrice", d, _MARK_TYPES)
         return topic, data, e, 0, True
     return normalise
+
+
+_KLINE_TYPES = {"k.T": _I, "k.o": _S, "k.h": _S, "k.l": _S, "k.c": _S, "k.v": _S, "k.q": _S, "k.n": _I,
+                "k.f": _I, "k.L": _I, "k.V": _S, "k.Q": _S}
 
 
 def _kline(topics: dict[str, dict[str, str]]) -> Normaliser:
@@ -266,12 +332,12 @@ def _kline(topics: dict[str, dict[str, str]]) -> Normaliser:
             e = d["E"]
             x = k["x"]
             data = {
-                "symbol": s, "interval": i, "open_time": t, "close_time": k["T"],
-                "open": k["o"], "high": k["h"], "low": k["l"], "close": k["c"],
-                "volume": k["v"], "quote_volume": k["q"], "trades": k["n"],
-                "closed": x, "event_time": e, "first_trade_id": k["f"],
-                "last_trade_id": k["L"], "taker_buy_volume": k["V"],
-                "taker_buy_quote_volume": k["Q"],
+                "symbol": s, "interval": i, "open_time": t, "close_time": (ct := k["T"]),
+                "open": (o := k["o"]), "high": (h := k["h"]), "low": (lo := k["l"]), "close": (c := k["c"]),
+                "volume": (v := k["v"]), "quote_volume": (q := k["q"]), "trades": (n := k["n"]),
+                "closed": x, "event_time": e, "first_trade_id": (f := k["f"]),
+                "last_trade_id": (la := k["L"]), "taker_buy_volume": (tv := k["V"]),
+                "taker_buy_quote_volume": (tq := k["Q"]),
             }
         except (KeyError, TypeError) as exc:
             raise _malformed("kline", exc) from None
@@ -281,6 +347,10 @@ def _kline(topics: dict[str, dict[str, str]]) -> Normaliser:
             raise _bad_ordering("kline", "E", e)
         if type(x) is not bool:
             raise MalformedEvent(f"kline: field 'k.x' is not a bool: {x!r}")
+        if (type(o) is not str or type(h) is not str or type(lo) is not str or type(c) is not str
+                or type(v) is not str or type(q) is not str or type(tv) is not str or type(tq) is not str
+                or type(ct) is not int or type(n) is not int or type(f) is not int or type(la) is not int):
+            raise _bad_types("kline", d, _KLINE_TYPES)
         return topic, data, t, e, x
     return normalise
 
@@ -303,20 +373,24 @@ def _depth(market: str) -> Callable[[dict[str, str]], Normaliser]:
                 bids = d["b"]
                 asks = d["a"]
                 data = {
-                    "symbol": s, "event_time": d["E"], "first_update_id": first,
+                    "symbol": s, "event_time": (e := d["E"]), "first_update_id": first,
                     "last_update_id": last, "bids": bids, "asks": asks,
                 }
                 if futures:
-                    data["transaction_time"] = d["T"]
+                    data["transaction_time"] = tt = d["T"]
                     data["prev_update_id"] = prev = d["pu"]
                     if _bad_key(prev):
                         raise _bad_ordering("depth", "pu", prev)
+                    if type(tt) is not int:
+                        raise _bad_types("depth", d, {"T": _I})
             except (KeyError, TypeError) as exc:
                 raise _malformed("depth", exc) from None
             if _bad_key(first) or _bad_key(last) or first > last:
                 raise MalformedEvent(f"depth: bad update id range U={first!r} u={last!r}")
             if type(bids) is not list or type(asks) is not list:
                 raise MalformedEvent("depth: 'b' and 'a' must be lists of levels")
+            if type(e) is not int:
+                raise _bad_types("depth", d, {"E": _I})
             return topic, data, last, 0, True
         return normalise
     return factory

@@ -80,7 +80,7 @@ class Runtime:
         self.name = spec.stream.name
         self.conn = spec.stream.connection
         self.ctx = zmq.Context(io_threads=1)
-        self.uplink = Uplink(self.ctx, spec.uplink)       # reading thread only
+        self.uplink = Uplink(self.ctx, spec.uplink, spec.instance)   # reading thread only
         self.counters = Counters()
         self.ws: websocket.WebSocket | None = None
         self.connected_at: float | None = None
@@ -271,7 +271,7 @@ class Runtime:
     _last_change = 0.0
 
     def _tick_loop(self) -> None:
-        live = Uplink(self.ctx, self.spec.uplink)
+        live = Uplink(self.ctx, self.spec.uplink, self.spec.instance)
         live.sock.setsockopt(zmq.LINGER, 0)
         interval = self.conn.liveness_interval
         next_live = time.monotonic()

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from feedsup.config import Connection, Endpoint, Stream
+from feedsup.ipc.frames import PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class WorkerSpec:
     # The parent's private run directory: state shared by all workers of one
     # parent lives here (for example the REST weight budget).
     rundir: str = ""
+    # The parent's worker protocol; a worker of another version refuses to start.
+    protocol: int = PROTOCOL_VERSION
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -52,4 +55,5 @@ class WorkerSpec:
             resume={k: int(v) for k, v in raw.get("resume", {}).items()},
             log_format=raw.get("log_format", "logfmt"),
             rundir=raw.get("rundir", ""),
+            protocol=raw.get("protocol", 0),
         )

@@ -1,60 +1,129 @@
-"""The worker's one path to the parent: ZeroMQ PUSH, never blocking.
+"""The worker's one path to the parent: ZeroMQ PUSH, never blocking, with
+every loss reported.
 
 ZeroMQ sockets are not thread-safe, so the reading thread and the ticker
 thread each own a socket. Data, READY, STREAMING and EXIT go through the
 reader's socket, so the parent sees them in order; LIVE goes through the
-ticker's. A send that would block is counted as a drop and reported in the
-next liveness ping, so the socket-reading thread never waits on IPC.
+ticker's. The socket-reading thread never waits on IPC: a send that would
+block (the queue to a slow parent is full, ``SNDHWM`` messages) drops the
+batch and counts it in ``drops`` (reported in the next liveness ping).
+
+Nothing is dropped silently: the uplink remembers, per topic, what it
+dropped (exchange ids and times), and as soon as the socket accepts again it
+sends one gap record per affected topic *before* any later record, so
+consumers see a gap notice in the place of the lost frames. Gap records that
+were themselves dropped are sent again then. With no later data the notice
+goes out at the next flush (the next message, or the worker's exit).
 
 Records are batched until the reading thread is about to block on the
 network (``flush`` is the over-reader's ``before_block`` hook): batching only
 what has already arrived adds no latency, and a burst costs one ZeroMQ
-message instead of hundreds.
+message instead of hundreds. Every batch starts with the worker's instance
+(``frames.batch_prefix``), so the parent knows who sent it.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
+import msgpack
 import zmq
 
 from feedsup.ipc import frames
 
-# Deep enough to ride out a parent busy for a second at full rate.
-SNDHWM = 200_000
+# Messages queued towards the parent. At full rate a message holds a full
+# batch (MAX_BATCH records), so this rides out a parent busy for about 2 s,
+# and holds the burst of a backfill's held frames; memory stays below
+# SNDHWM x MAX_BATCH x the record size. FEEDSUP_UPLINK_HWM overrides it
+# (tests that need a queue that fills fast).
+SNDHWM = 10_000
 # On exit, give queued frames this long to reach the parent.
 LINGER_MS = 2000
 # A burst is sent in pieces of this many records: bigger batches bought a
 # few % of throughput but held a burst's first records back for milliseconds.
 MAX_BATCH = 32
+# Dropped gap records kept for sending again; beyond this they are only counted.
+MAX_RESEND = 1000
+LOSS_REASON = "uplink full: the parent fell behind"
+
+
+def default_hwm() -> int:
+    try:
+        return max(1, int(os.environ.get("FEEDSUP_UPLINK_HWM", SNDHWM)))
+    except ValueError:
+        return SNDHWM
 
 
 class Uplink:
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, instance: int = 0, hwm: int | None = None) -> None:
         self.sock = ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.sock.setsockopt(zmq.SNDHWM, hwm if hwm is not None else default_hwm())
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         self.sock.connect(endpoint)
+        self.instance = instance
         self.drops = 0
-        self._batch: list[bytes] = []
+        self._prefix = frames.batch_prefix(instance)
+        # The batch always starts with the prefix: joined as is, no copy.
+        self._batch: list[bytes] = [self._prefix]
+        self._loss = Losses()
 
     def send(self, record: bytes) -> None:
         """Queue one data or gap record; ``flush`` sends the batch."""
         batch = self._batch
         batch.append(record)
-        if len(batch) >= MAX_BATCH:
+        if len(batch) > MAX_BATCH:
             self.flush()
 
     def flush(self) -> None:
         batch = self._batch
-        if not batch:
+        if len(batch) == 1:
+            if self._loss.owed:
+                self._settle()
             return
-        message = batch[0] if len(batch) == 1 else b"".join(batch)
+        if self._loss.owed and not self._settle():
+            self._lose(batch)           # still full: these go in the same notice
+            return
+        message = b"".join(batch)
+        if len(message) > frames.MAX_MESSAGE:
+            self._send_each(batch)
+            return
         try:
             self.sock.send(message, zmq.NOBLOCK, copy=True)
         except zmq.Again:
-            self.drops += len(batch)
-        batch.clear()
+            self._lose(batch)
+            return
+        del batch[1:]
+
+    def _lose(self, batch: list[bytes]) -> None:
+        records = batch[1:]
+        del batch[1:]
+        self.drops += len(records)
+        for record in records:
+            self._loss.add(record)
+
+    def _send_each(self, batch: list[bytes]) -> None:
+        """A batch over the parent's message cap goes record by record."""
+        records = batch[1:]
+        del batch[1:]
+        for record in records:
+            if len(record) + len(self._prefix) > frames.MAX_MESSAGE:
+                self.drops += 1
+                self._loss.add(record, reason="record over the message size cap")
+                continue
+            batch.append(record)
+            self.flush()
+
+    def _settle(self) -> bool:
+        """Send the gap records owed for earlier drops; False if still full."""
+        message = self._prefix + b"".join(self._loss.records(time.time_ns()))
+        try:
+            self.sock.send(message, zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return False
+        self._loss.clear()
+        return True
 
     def control(self, kind: str, **fields: Any) -> bool:
         self.flush()    # records queued before a control message go first
@@ -68,3 +137,71 @@ class Uplink:
     def close(self, linger_ms: int | None = None) -> None:
         self.flush()
         self.sock.close(linger=linger_ms)
+
+
+class Losses:
+    """What the uplink dropped, per topic, until a gap notice says so (pure).
+
+    Data records in a topic arrive in exchange order, and while anything is
+    owed nothing later of that topic is sent, so one span per topic covers
+    exactly the dropped records: ids ``from_id..to_id`` (trades and
+    aggTrades) and exchange times ``from_ms..to_ms``.
+    """
+
+    def __init__(self) -> None:
+        self.spans: dict[bytes, dict[str, Any]] = {}
+        self.resend: list[bytes] = []
+        self.owed = False
+
+    def add(self, record: bytes, reason: str = LOSS_REASON) -> None:
+        # Runs for every dropped record while the parent is behind: only the
+        # header is read here; a span's first and last bodies are decoded once.
+        kind, topic, major, _minor, _final, body = next(frames.iter_records(record))
+        self.owed = True
+        if kind == frames.GAP:
+            if len(self.resend) < MAX_RESEND:
+                self.resend.append(record)
+            return
+        span = self.spans.get(topic)
+        if span is None:
+            stream, when, data = _describe(body)
+            self.spans[topic] = {"stream": stream, "from_ms": when, "last": None, "lost": 1, "reason": reason,
+                                 "ids": "agg_id" in data or "trade_id" in data, "from_id": major,
+                                 "to_id": major}
+            return
+        span["lost"] += 1
+        span["to_id"] = major
+        span["last"] = body
+
+    def records(self, now_ns: int) -> list[bytes]:
+        """Gap records for every span, then the dropped gap records."""
+        out = []
+        for topic, span in self.spans.items():
+            to_ms = span["from_ms"] if span["last"] is None else _describe(span["last"])[1]
+            from_ms = span["from_ms"] if span["from_ms"] is not None else to_ms
+            detail: dict[str, Any] = {"lost": span["lost"]}
+            if span["ids"]:
+                detail.update(from_id=span["from_id"], to_id=span["to_id"])
+            body = frames.encode_gap_body(topic.decode(errors="replace"), span["stream"], now_ns,
+                                          from_ms, to_ms if to_ms is not None else from_ms, span["reason"],
+                                          **detail)
+            out.append(frames.encode_gap(topic, body))
+        return out + self.resend
+
+    def clear(self) -> None:
+        self.spans.clear()
+        self.resend.clear()
+        self.owed = False
+
+
+def _describe(body: bytes) -> tuple[str, int | None, dict[str, Any]]:
+    """(stream, exchange time in ms, data) of a record body, as far as it tells."""
+    try:
+        fields = msgpack.unpackb(body)
+        data = fields.get("data")
+        data = data if isinstance(data, dict) else {}
+        when = data.get("time") or data.get("open_time") or data.get("event_time") \
+            or fields["recv_ns"] // 1_000_000
+        return str(fields.get("stream", "")), when, data
+    except Exception:
+        return "", None, {}
