@@ -256,3 +256,24 @@ def test_hello_sees_a_real_subscription_and_a_raw_consumer_sees_nothing(parent, 
         for sock in (raw, *subs, pull, pub, ctl):
             sock.close(linger=0)
         ctx.term()
+
+
+def test_a_worker_retired_by_a_rotation_publishes_nothing_more(parent):
+    # Once the successor streams, it has every event from its subscription on;
+    # what the retiring worker still sends could only repeat those, or (an
+    # account event the successor's snapshot already holds) arrive unflagged.
+    parent.workers[4] = types.SimpleNamespace(stream="price", exit_report=None, pid=1004)
+    parent.workers[1].terminate = lambda: None
+    drain(parent, frames.encode_batch(1, [data(1)]))
+    parent._execute([pol.Terminate(1, "rotated")])
+    pub = drain(parent, frames.encode_batch(1, [data(2)]), frames.encode_batch(4, [data(3)]))
+    assert [p["data"]["agg_id"] for p in pub.payloads()] == [1, 3]
+    assert killed(parent) == {}
+
+
+def test_a_worker_terminated_for_another_reason_still_delivers_what_it_has(parent):
+    parent.workers[1].terminate = lambda: None
+    drain(parent, frames.encode_batch(1, [data(1)]))
+    parent._execute([pol.Terminate(1, "restart requested")])
+    pub = drain(parent, frames.encode_batch(1, [data(2)]))
+    assert [p["data"]["agg_id"] for p in pub.payloads()] == [1, 2]

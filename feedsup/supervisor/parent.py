@@ -55,6 +55,7 @@ STATE_DROPS_LOGGED = 20
 HANDSHAKE_MS = 5000
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: could not bind a socket
 EXIT_REPORT_GRACE_S = 0.25
+MAX_SUPERSEDED = 256    # rotated-out workers whose late batches are ignored
 # The parent's receive queue per worker, in messages (each a batch of up to
 # uplink.MAX_BATCH records): bounded, so a slow parent makes the workers
 # queue, then drop and report gaps, instead of growing without limit.
@@ -105,6 +106,12 @@ class Parent:
             name: frozenset(t for t, s in self._owner_b.items() if s == name) for name in self._streams}
         self._misbehaving: set[int] = set()
         self._vetted: set[int] = set()      # instances whose first batch was decoded in full
+        # Workers retired by a rotation: their successor streams everything
+        # from its subscription on, so what they still send is dropped (an
+        # account event could otherwise repeat one the successor's snapshot
+        # holds, unflagged). The newest few are kept: their batches may
+        # still be queued after they are reaped.
+        self._superseded: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.rejected = 0
         self._hellos: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._drains = 0
@@ -281,6 +288,7 @@ class Parent:
         nothing: frozenset[bytes] = frozenset()
         workers = self.workers
         misbehaving = self._misbehaving
+        superseded = self._superseded
         vetted = self._vetted
         sndmore = zmq.SNDMORE
         DATA, GAP, BATCH = frames.DATA, frames.GAP, frames.BATCH
@@ -307,6 +315,8 @@ class Parent:
             inst = unpack_batch(message, 1)[0]
             if misbehaving and inst in misbehaving:
                 continue                    # being restarted for what it sent
+            if superseded and inst in superseded:
+                continue                    # retired by a rotation
             worker = workers.get(inst)
             # A reaped worker's last batches may still be queued: any stream's
             # topics pass then ("" is no stream's name, so _owns decides).
@@ -630,6 +640,8 @@ class Parent:
             if isinstance(action, pol.Spawn):
                 self._spawn(action)
             elif isinstance(action, pol.Terminate):
+                if action.reason == pol.ROTATED:
+                    self._supersede(action.instance)
                 self._signal(action.instance, action.reason, kill=False)
             elif isinstance(action, pol.Kill):
                 self._signal(action.instance, action.reason, kill=True)
@@ -649,6 +661,11 @@ class Parent:
                 logs.event(log, "exit", code=action.code, reason=action.reason)
                 code = action.code
         return code
+
+    def _supersede(self, inst: int) -> None:
+        self._superseded[inst] = None
+        if len(self._superseded) > MAX_SUPERSEDED:
+            self._superseded.popitem(last=False)
 
     def _restore_state(self) -> bool:
         """Load the saved state, if any; say whether there were watermarks."""

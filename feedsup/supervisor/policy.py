@@ -38,6 +38,9 @@ from feedsup.supervisor.budget import ConnectBudget
 from feedsup.workers.runtime import EXIT_RETRY, UPGRADE_REJECTED
 
 SERVER_SHUTDOWN = "serverShutdown"
+# The Terminate reason of a worker whose successor took over: the successor
+# streams everything from its subscription on, so the parent ignores the old one.
+ROTATED = "rotated"
 BUDGET_EXHAUSTED = "connect budget exhausted"
 LIVENESS_TIMEOUT = "liveness timeout"
 START_TIMEOUT = "start timeout"
@@ -651,8 +654,8 @@ class Policy:
         rec.rotations += 1
         self._set_active(rec, successor)
         if old is not None:
-            out.append(Restarted(rec.name, "rotated"))
-            self._retire(rec, old, "rotated", now, out)
+            out.append(Restarted(rec.name, ROTATED))
+            self._retire(rec, old, ROTATED, now, out)
         if rec.state is not State.RUNNING:  # the old worker was being stopped
             out.append(rec.change_state(State.RUNNING, "rotated"))
 
