@@ -17,7 +17,7 @@ from . import rest
 from .clock import SimClock
 from .conn import Connection, Rules, reset_transport
 from .control import control_handler
-from .faults import Fault, FaultRegistry
+from .faults import Fault, FaultError, FaultRegistry
 from .hub import Hub
 from .limits import AttemptCounter, WeightLimiter
 from .options import SimOptions
@@ -112,7 +112,7 @@ class SimCore:
     def admit(self, request: web.Request) -> web.StreamResponse | None:
         """None to proceed with the upgrade, else the refusal to return."""
         now = time.monotonic()
-        refusing = self.faults.of_kind("refuse", now)
+        refusing = self.faults.of_kind("outage", now) or self.faults.of_kind("refuse", now)
         if refusing:
             if refusing[0].params.get("mode") == "reset":
                 reset_transport(request.transport)
@@ -136,9 +136,12 @@ class SimCore:
             form = await request.post()
             query.update({k: v for k, v in form.items() if isinstance(v, str)})
         weight = (route or signed)[1](query)
-        fault = self.faults.take_rest_error(time.monotonic())
+        now = time.monotonic()
+        fault = self.faults.take_rest_error(now)
         if fault is not None:
             return self._fault_response(fault)
+        lags = self.faults.of_kind("rest_lag", now)
+        self.hub.rest_lag_ms = int(max(f.params["ms"] for f in lags)) if lags else 0
         verdict = self.weights[market].charge(request.remote or "?", weight, time.time())
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
         if verdict.status != 200:
@@ -157,6 +160,8 @@ class SimCore:
     def _fault_response(self, fault: Fault) -> web.Response:
         status = fault.params["status"]
         code, msg = _REST_ERROR_BODIES[status]
+        if fault.kind == "outage":
+            msg = "Service unavailable: exchange-wide outage."
         headers = {}
         if status in (418, 429):
             headers["Retry-After"] = str(int(fault.params.get("retry_after", 60 if status == 429 else 120)))
@@ -197,6 +202,9 @@ class SimCore:
 
     def inject(self, kind: str, target: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()
+        symbol = params.get("symbol") if kind == "halt" else None
+        if isinstance(symbol, str) and symbol.upper() not in self.hub.symbols:
+            raise FaultError(f"halt symbol {symbol!r} is not simulated; symbols: {sorted(self.hub.symbols)}")
         fault = self.faults.create(kind, target, params, now)
         targets = [c for c in self.hub.connections.values() if fault.hits(c.id, c.streams)]
         fault.applied_to = [c.id for c in targets]
@@ -221,8 +229,42 @@ class SimCore:
                 conn.opened = now - conn.rules.max_lifetime  # the next keepalive runs the real expiry path
         elif kind == "expire_listen_key":
             fault.applied_to = self.userdata.expire_keys(target.get("listenKey"))
+        elif kind == "halt":
+            fault.applied_to = []
+            self._halt(p, sim_ms)
+        elif kind == "outage":
+            self._outage(p)
         log.info("fault %s %s on %s", kind, p, fault.applied_to or "no connection")
         return fault.as_dict()
+
+    def _halt(self, p: dict[str, Any], sim_ms: int) -> None:
+        """Trading stops now for ``duration`` wall seconds (scaled by speed)."""
+        symbol = p.get("symbol")
+        p["from_ms"] = sim_ms + 1
+        p["to_ms"] = sim_ms + int(p["duration"] * self.options.speed * 1000)
+        for by_symbol in self.hub.markets.values():
+            for name, m in by_symbol.items():
+                if symbol is None or name == symbol:
+                    m.halt(p["from_ms"], p["to_ms"])
+
+    def _outage(self, p: dict[str, Any]) -> None:
+        """The whole venue fails: every connection drops (WebSocket API
+        sessions too); upgrades and REST fail until the fault ends."""
+        for conn in list(self.hub.connections.values()):
+            conn.drop()
+        for ws in list(self.userdata.sockets):
+            req = getattr(ws, "_req", None)
+            reset_transport(req.transport if req is not None else None)
+
+    def clear_faults(self, fault_id: int | None = None) -> int:
+        """Clear lasting faults (all, or one); a cleared halt ends now."""
+        gone = [f for f in self.faults.active if fault_id is None or f.id == fault_id]
+        if any(f.kind == "halt" for f in gone):
+            now = self.hub.advance()
+            for by_symbol in self.hub.markets.values():
+                for m in by_symbol.values():
+                    m.end_halts(now)
+        return self.faults.clear(fault_id)
 
     def state(self) -> dict[str, Any]:
         return {"sim_time": self.hub.advance(), "speed": self.options.speed, "seed": self.options.seed,
@@ -364,7 +406,7 @@ class SimServer:
         return self.call(lambda core: core.inject(kind, target or {}, params))
 
     def clear_faults(self) -> int:
-        return self.call(lambda core: core.faults.clear())
+        return self.call(lambda core: core.clear_faults())
 
     def connections(self) -> list[dict[str, Any]]:
         return self.call(lambda core: [c.info(time.monotonic()) for c in core.hub.connections.values()])
