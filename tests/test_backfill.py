@@ -161,19 +161,77 @@ def test_kline_more_than_1000_pages_by_start_time():
     live = T + 2500 * M
     plan.first_live = live
     asked = run(plan, klines_until(live))
-    assert [p["startTime"] for p in asked] == [T + 1, T + 1001 * M, T + 2001 * M]
+    # each page starts at the previous page's newest row, which REST must show closed
+    assert [p["startTime"] for p in asked] == [T + 1, T + 1000 * M, T + 1999 * M]
     got = [it.major for it in items(merge(plan, live))]
     assert got == list(range(T + M, live, M))
 
 
-def test_kline_missing_minutes_become_a_time_gap():
+def test_kline_missing_minutes_are_no_candles_not_a_gap():
+    # REST is the exchange's record: a minute it skips between two rows it
+    # serves had no trades to make a kline (a trading halt). A fact, not a loss.
     def answer(params: dict) -> list[list]:
         return [kline_row(t) for t in (T + M, T + 4 * M, T + 5 * M) if t >= params["startTime"] - M + 1]
     plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 5 * M
     run(plan, answer)
     out = merge(plan, first_live=T + 5 * M)
-    assert gaps(out) == [Gap("klines not served by REST", from_ms=T + 2 * M, to_ms=T + 4 * M - 1)]
-    assert [e.major if isinstance(e, Item) else "gap" for e in out] == [T + M, "gap", T + 4 * M]
+    assert gaps(out) == []
+    assert [it.major for it in items(out)] == [T + M, T + 4 * M]
+    assert backfill.covered_through(plan, out) == T + 5 * M - 1
+
+
+def test_kline_halt_no_rest_rows_up_to_the_first_live_kline_ends_the_backfill():
+    # Halted from T + M until T + 10 M: REST has nothing between the resume
+    # mark and the live kline, and shows the live kline itself. The backfill
+    # is complete; it must not be planned again with the same inputs.
+    def answer(params: dict) -> list[list]:
+        return [kline_row(t) for t in (T, T + 10 * M) if t >= params["startTime"]]
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 10 * M
+    run(plan, answer)
+    assert plan.step is Step.DONE
+    out = merge(plan, first_live=T + 10 * M)
+    assert out == []
+    mark = backfill.covered_through(plan, out)
+    assert backfill.Continuity.follows(mark, T + 10 * M), "the live kline joins: no new hole, no loop"
+
+
+def test_kline_halt_during_the_backfill_with_no_live_kline_yet():
+    # Connected during the halt: nothing live, REST's newest row is the kline
+    # the halt began in. Not published yet (nothing proves REST's copy final),
+    # and the mark lets the first live kline after the halt trigger one more
+    # fetch, which then ends.
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T - 1, interval="1m")
+    run(plan, lambda p: [kline_row(T)] if p["startTime"] <= T else [])
+    out = merge(plan, None)
+    assert plan.step is Step.DONE and out == []
+    mark = backfill.covered_through(plan, out)
+    assert mark == T - 1
+    again = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=mark, interval="1m")
+    again.first_live = T + 10 * M
+    run(again, lambda p: [kline_row(t) for t in (T, T + 10 * M) if t >= p["startTime"]])
+    out = merge(again, T + 10 * M)
+    assert [it.major for it in items(out)] == [T] and gaps(out) == []
+    assert backfill.Continuity.follows(backfill.covered_through(again, out), T + 10 * M)
+
+
+def test_kline_row_still_open_at_rest_is_refetched_final():
+    # REST lags: its newest row (T + 3 M) is still being updated there though
+    # the stream has moved on to T + 4 M. Only a later row proves it closed,
+    # and then its final values are the ones published.
+    partial = kline_row(T + 3 * M)
+    partial[4], partial[8] = "1.1", 1
+    final = kline_row(T + 3 * M)
+    pages = [[kline_row(T + M), kline_row(T + 2 * M), partial], [final, kline_row(T + 4 * M)]]
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 4 * M
+    assert plan.on_page(pages[0]) is Step.LAGGING
+    assert plan.request()["startTime"] == T + 3 * M, "ask again from the unproven row"
+    assert plan.on_page(pages[1]) is Step.DONE
+    out = merge(plan, T + 4 * M)
+    assert [it.major for it in items(out)] == [T + M, T + 2 * M, T + 3 * M]
+    assert items(out)[-1].data == backfill.kline_data("BTCUSDT", "1m", final)
 
 
 def test_kline_failure_gap_spans_to_the_first_live_kline():

@@ -132,9 +132,13 @@ class Plan:
     interval: str = ""
     items: list[Item] = field(default_factory=list)
     first_live: int | None = None   # major of the first live event, once seen
-    latest: int | None = None       # kline: newest open time REST showed
+    # kline: REST's newest row so far. Not yet known closed (REST may lag the
+    # stream and still be updating it), so it is asked for again and becomes
+    # an item only once REST shows a later row.
+    tail: Item | None = None
     step: Step = Step.MORE
     pages: int = 0
+    rows: int = 0                   # rows received, for progress reports
 
     def __post_init__(self) -> None:
         if (self.market, self.channel) not in _PATHS:
@@ -160,6 +164,7 @@ class Plan:
     def on_page(self, rows: list[Any]) -> Step:
         """Take one page of REST rows; return what to do next."""
         self.pages += 1
+        self.rows += len(rows)
         before = len(self.items)
         if self.channel == "kline":
             self._klines(rows)
@@ -181,18 +186,23 @@ class Plan:
         return self.step
 
     def _klines(self, rows: list[Any]) -> None:
+        # A kline row is final only once REST itself shows a later row: then
+        # REST's view has passed its close time. Not the local clock, and not
+        # the live stream either (REST may trail it).
+        tail = self.tail
         for row in rows:
             t = row[0]
-            if self.latest is None or t > self.latest:
-                self.latest = t
-            # A kline is known closed only once a later one exists; the
-            # newest row is usually still open and comes live instead.
-            if t >= self._next:
-                self.items.append(Item(t, row[6], kline_data(self.symbol, self.interval, row), row[6], t))
-                self._next = row[6] + 1
+            if t < self._next:
+                continue
+            if tail is not None and t > tail.major:
+                self.items.append(tail)
+            tail = Item(t, row[6], kline_data(self.symbol, self.interval, row), row[6], t)
+        if tail is not None:
+            self.tail = tail
+            self._next = tail.major       # ask for it again: the next page proves it or refreshes it
 
     def _after_page(self, got: int, new: int) -> Step:
-        if self.first_live is not None and self._covered(self.first_live):
+        if self.first_live is not None and self.covered(self.first_live):
             return Step.DONE
         if got >= PAGE and new > 0:
             return Step.MORE
@@ -201,19 +211,23 @@ class Plan:
         # reached, REST lags the stream: ask again shortly.
         return Step.LAGGING if self.first_live is not None else Step.DONE
 
-    def _covered(self, live: int) -> bool:
+    def covered(self, live: int) -> bool:
+        """Has REST reached the live event with ordering key ``live``? For
+        klines: REST showed that kline (or a later one), so every kline before
+        it is either an item or does not exist (no trades, no kline)."""
+        if self.channel == "kline":
+            return self.tail is not None and self.tail.major >= live
         return self._next >= live
+
+    def known_through(self) -> int | None:
+        """kline: the close time up to which REST's answer is complete: just
+        before its newest row. None before REST showed any row."""
+        return None if self.tail is None else self.tail.major - 1
 
     def closed_items(self) -> list[Item]:
         """Items safe to publish: every aggTrade/trade; klines that a later
-        kline proves closed."""
-        if self.channel != "kline":
-            return self.items
-        known = [x for x in (self.latest, self.first_live) if x is not None]
-        if not known:
-            return []
-        bound = max(known)
-        return [it for it in self.items if it.major < bound]
+        REST row proves closed (``_klines`` keeps the others as the tail)."""
+        return self.items
 
 
 # -- merging -----------------------------------------------------------------------
@@ -256,16 +270,17 @@ def _with_id_gaps(plan: Plan, items: list[Item], first_live: int | None,
 
 def _with_kline_gaps(plan: Plan, items: list[Item], first_live: int | None,
                      failure: str | None) -> list[Item | Gap]:
-    out: list[Item | Gap] = []
-    why = "klines not served by REST"
-    expected = first_open_after(plan.resume, plan.interval)
-    for it in items:
-        if expected is not None and it.major > expected:
-            out.append(Gap(why, from_ms=expected, to_ms=it.major - 1))
-        out.append(it)
-        expected = it.end + 1
+    # An interval REST skips between rows it serves had no kline (a trading
+    # halt: no trades, no klines). That is a fact, not a loss: no gap notice.
+    out: list[Item | Gap] = list(items)
     if failure is None:
         return out
+    expected = first_open_after(plan.resume, plan.interval)
+    if items:
+        expected = items[-1].end + 1
+    known = plan.known_through()
+    if known is not None and (expected is None or known + 1 > expected):
+        expected = known + 1
     start = expected if expected is not None else plan.resume + 1
     if first_live is None:
         out.append(Gap(failure, from_ms=start))
@@ -279,15 +294,22 @@ def covered_through(plan: Plan, merged: list[Item | Gap]) -> int | None:
     for klines the close time of the last kline accounted for (the next one
     opens right after it). None when not known (an open-ended gap, or a
     kline interval without a fixed grid)."""
-    if merged:
+    if merged and isinstance(merged[-1], Gap):
         last = merged[-1]
-        if isinstance(last, Item):
-            return last.end
         return last.to_id if plan.channel != "kline" else last.to_ms
     if plan.channel != "kline":
-        return plan.resume
+        return merged[-1].end if merged else plan.resume
+    marks = [] if not merged else [merged[-1].end]
     first = first_open_after(plan.resume, plan.interval)
-    return None if first is None else first - 1
+    if first is not None:
+        marks.append(first - 1)
+    known = plan.known_through()
+    if known is not None:
+        # Up to REST's newest row, no kline is missing; the live ones from
+        # the first live event on come over the stream.
+        live = plan.first_live
+        marks.append(known if live is None else min(known, live - 1))
+    return max(marks) if marks else None
 
 
 # -- holes inside one live stream -------------------------------------------------------
