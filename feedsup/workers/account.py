@@ -197,7 +197,7 @@ class SignedRest:
         timeout = timeout or self.timeout
         if self.budget is not None:
             try:   # while the IP is told to back off, asking again only lengthens it
-                self.budget.acquire(WEIGHTS.get(path, 1), time.time() + timeout)
+                self.budget.acquire(WEIGHTS.get(path, 1), time.monotonic() + timeout)
             except restlimit.BudgetUnavailable as exc:
                 raise ConnectionEnded(f"{what} not sent: {exc}") from None
         try:

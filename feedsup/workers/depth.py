@@ -77,7 +77,7 @@ class SnapshotFetcher:
                 return
             try:
                 body = self.client.fetch(path, {"symbol": symbol, "limit": SNAPSHOT_LIMIT},
-                                         time.time() + SNAPSHOT_DEADLINE_S)
+                                         time.monotonic() + SNAPSHOT_DEADLINE_S)
                 self.results.append((symbol, body, ""))
             except rest.RestFailed as exc:
                 self.results.append((symbol, None, str(exc)))

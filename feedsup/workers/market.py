@@ -216,7 +216,7 @@ class BackfillJob:
             self._all_live.set()
 
     def _run(self) -> None:
-        deadline = time.time() + self._deadline_s
+        deadline = time.monotonic() + self._deadline_s
         try:
             self._all_live.wait(LIVE_WAIT_S)
             for plan in self.plans.values():
@@ -231,7 +231,7 @@ class BackfillJob:
     def _fetch(self, plan: backfill.Plan, deadline: float) -> None:
         lagging_until: float | None = None
         while (params := plan.request()) is not None:
-            rows = self.client.fetch(plan.path, params, min(deadline, time.time() + PAGE_DEADLINE_S))
+            rows = self.client.fetch(plan.path, params, min(deadline, time.monotonic() + PAGE_DEADLINE_S))
             try:
                 step = plan.on_page(rows)
             except (KeyError, TypeError, IndexError, AttributeError) as exc:
@@ -240,8 +240,8 @@ class BackfillJob:
                 lagging_until = None
                 continue
             if lagging_until is None:
-                lagging_until = min(deadline, time.time() + PAGE_DEADLINE_S)
-            if time.time() + LAG_RETRY_S > lagging_until:
+                lagging_until = min(deadline, time.monotonic() + PAGE_DEADLINE_S)
+            if time.monotonic() + LAG_RETRY_S > lagging_until:
                 raise rest.RestFailed("REST still behind the live stream at the deadline")
             if self.stop.wait(LAG_RETRY_S):
                 raise rest.RestFailed("stopped")

@@ -9,6 +9,8 @@ run directory, read and written under an exclusive ``fcntl`` lock.
 ``BudgetState`` + ``reserve`` + ``observe`` are the pure decision core (no
 I/O; ``now`` is wall-clock seconds, because Binance's windows align to the
 clock minute). ``SharedBudget`` is the thin file-and-lock shell around them.
+Callers' deadlines are monotonic seconds: a stepped wall clock may shift a
+window, but never makes a call give up early or wait forever.
 """
 
 from __future__ import annotations
@@ -120,11 +122,13 @@ class SharedBudget:
     when ``path`` is empty: a worker run outside a parent)."""
 
     def __init__(self, path: str, limit: int, fraction: float = SAFE_FRACTION,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.limit = limit
         self.fraction = fraction
-        self.clock = clock or time.time
+        self.clock = clock or time.time          # windows and pauses (Binance's clock minute)
+        self.monotonic = monotonic               # callers' deadlines
         self._memory = BudgetState()
         self._lock = threading.Lock()
 
@@ -135,14 +139,14 @@ class SharedBudget:
 
     def acquire(self, weight: int, deadline: float, stop: threading.Event | None = None) -> None:
         """Block until ``weight`` is reserved; raise ``BudgetUnavailable`` if
-        that cannot happen before ``deadline`` (wall seconds) or on ``stop``."""
+        that cannot happen before ``deadline`` (monotonic seconds) or on ``stop``."""
         stop = stop or threading.Event()
         while True:
             now = self.clock()
             grant = self._update(lambda s: reserve(s, weight, now, self.limit, self.fraction))
             if grant.granted:
                 return
-            if now + grant.wait > deadline:
+            if self.monotonic() + grant.wait > deadline:
                 raise BudgetUnavailable(f"REST weight unavailable for {math.ceil(grant.wait)} s: {grant.why}")
             if stop.wait(grant.wait):
                 raise BudgetUnavailable("stopped")
