@@ -341,3 +341,33 @@ def test_seed_checks_the_next_live_event_against_the_backfill():
     c2.seed("k", T + M - 1)                             # klines up to T accounted for
     assert c2.check("k", *kl(T + M, False)) is None
     assert c2.check("k", *kl(T + 3 * M, False)) == T + M - 1
+
+
+# -- implausible jumps are malformed, not holes ---------------------------------------
+
+def agg(a: int, t: int) -> tuple:
+    return a, True, {"time": t}
+
+
+def test_an_id_jump_the_exchange_could_not_have_made_is_malformed():
+    c = backfill.Continuity("aggTrade")
+    assert c.check("a", *agg(100, T)) is None
+    assert c.check("a", *agg(101, T + 5)) is None
+    assert c.check("a", *agg(101 + 2**62, T + 10)) == backfill.MALFORMED
+    assert c.check("a", *agg(102, T + 12)) is None, "the hostile frame left no trace"
+    # time itself jumping past a connection's lifetime is hostile too
+    assert c.check("a", *agg(104, T + 2 * 86_400_000)) == backfill.MALFORMED
+    # a real hole (a data stall of 90 s, 400 ids) is still a hole
+    assert c.check("a", *agg(500, T + 90_000)) == 102
+    assert c.check("a", *agg(501, T + 90_001)) is None
+
+
+def test_a_kline_open_time_far_beyond_the_previous_is_malformed():
+    c = backfill.Continuity("kline")
+    assert c.check("k", T, False, {"close_time": T + M - 1, "interval": "1m"}) is None
+    far = T + 400 * 86_400_000
+    assert c.check("k", far, False, {"close_time": far + M - 1, "interval": "1m"}) == backfill.MALFORMED
+    assert c.check("k", T, True, {"close_time": T + M - 1, "interval": "1m"}) is None
+    # a two-hour trading halt is a plausible jump (backfill finds no klines there)
+    later = T + 120 * M
+    assert c.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == T + M - 1

@@ -134,3 +134,22 @@ def test_closed_klines_equal_rest_truth_under_rest_lag_and_kills(sim, feedsup_ru
     results = {s: check_against_truth(sim, col, s) for s in SYMBOLS}
     assert sum(r["backfilled"] for r in results.values()) >= 4, results
     assert not gap_frames(col, "kline."), results
+
+
+def test_an_implausible_id_jump_is_malformed_not_a_hole(sim, start_feedsup, timing):
+    aggs = {"name": "aggs", "market": "spot", "channel": "aggTrade", "symbols": SYMBOLS}
+    fs, col = start_feedsup(sim, (aggs,), collect=lambda fs: Collector(fs.pub, ("aggTrade.",)))
+    fs.wait_running("aggs")
+    col.wait_count(20, 15, "aggTrade.BTCUSDT")
+    pid = fs.stream("aggs")["pid"]
+    sim.inject("malformed", target={"stream": "btcusdt@aggTrade"}, variant="id_jump")
+    before = col.count("aggTrade.BTCUSDT")
+    t0 = time.monotonic()
+    col.wait_count(before + 40, 5, "aggTrade.BTCUSDT")
+    timing("aggTrade id jump of 2**62 -> skipped, live continues", time.monotonic() - t0)
+    wait_for(lambda: fs.stream("aggs")["stats"].get("malformed", 0) >= 1, 5, "counted as malformed")
+    assert fs.stream("aggs")["pid"] == pid, "no restart"
+    assert not gap_frames(col), "no gap: nothing was lost"
+    ids = [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == "aggTrade.BTCUSDT"]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "ids consecutive, the hostile one not among them"
+    assert fs.stream("aggs")["stats"].get("holes", 0) == 0

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 INSTANT = frozenset({"drop", "close", "malformed", "server_shutdown", "lifetime", "expire_listen_key"})
 LASTING = frozenset({"stall", "data_stall", "latency", "refuse", "rest_error", "halt", "rest_lag", "outage"})
 KINDS = INSTANT | LASTING
-MALFORMED_VARIANTS = ("invalid_json", "unknown_event", "truncated", "oversized")
+MALFORMED_VARIANTS = ("invalid_json", "unknown_event", "truncated", "oversized", "id_jump")
 REST_ERROR_STATUSES = (418, 429, 500, 502, 503, 504)
 OUTAGE_STATUSES = (500, 502, 503, 504)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-from . import rest
+from . import payloads, rest
 from .clock import SimClock
 from .conn import Connection, Rules, reset_transport
 from .control import control_handler
@@ -219,7 +219,9 @@ class SimCore:
         elif kind == "malformed":
             for conn in targets:
                 for _ in range(p["count"]):
-                    conn.queue.append((fault.stream() or "", _malformed(p["variant"], p["size"], sim_ms, conn), now))
+                    bad = (self._id_jump(conn, fault.stream(), sim_ms) if p["variant"] == "id_jump"
+                           else _malformed(p["variant"], p["size"], sim_ms, conn))
+                    conn.queue.append((fault.stream() or "", bad, now))
                 conn.wake.set()
         elif kind == "server_shutdown":
             for conn in targets:
@@ -236,6 +238,22 @@ class SimCore:
             self._outage(p)
         log.info("fault %s %s on %s", kind, p, fault.applied_to or "no connection")
         return fault.as_dict()
+
+    def _id_jump(self, conn: Connection, stream: str | None, sim_ms: int) -> bytes:
+        """A well-formed trade event whose id leaps 2**62 ahead (hostile data)."""
+        name = stream or next((s for s in conn.streams if s.endswith(("@aggTrade", "@trade"))), "btcusdt@aggTrade")
+        symbol, _, kind = name.partition("@")
+        m = self.hub.market(conn.market, symbol) or next(iter(self.hub.markets[conn.market].values()))
+        price, qty = payloads.fmt_of(m).p(m.last_price), payloads.fmt_of(m).q(1)
+        if kind == "trade":
+            event = {"e": "trade", "E": sim_ms, "s": m.spec.symbol, "t": m.next_trade_id + 2**62, "p": price,
+                     "q": qty, "T": sim_ms, "m": False, "M": True}
+        else:
+            event = {"e": "aggTrade", "E": sim_ms, "s": m.spec.symbol, "a": m.next_agg_id + 2**62, "p": price,
+                     "q": qty, "f": m.next_trade_id + 2**62, "l": m.next_trade_id + 2**62, "T": sim_ms,
+                     "m": False, "M": True}
+        raw = orjson.dumps(event)
+        return b'{"stream":"' + name.encode() + b'","data":' + raw + b"}" if conn.combined else raw
 
     def _halt(self, p: dict[str, Any], sim_ms: int) -> None:
         """Trading stops now for ``duration`` wall seconds (scaled by speed)."""

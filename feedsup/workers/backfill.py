@@ -314,6 +314,20 @@ def covered_through(plan: Plan, merged: list[Item | Gap]) -> int | None:
 
 # -- holes inside one live stream -------------------------------------------------------
 
+# A live frame whose ordering key jumps further than the exchange could have
+# moved is hostile or corrupt: counted as malformed and skipped, never a
+# hole to backfill (a backfill towards id 2**62 would hold the topic for
+# minutes, and the parent's watermark would then drop every real event).
+# The bounds come from exchange data alone: within one connection, event
+# times span at most Binance's 24 h connection lifetime, and ids cannot
+# grow faster than a generous trade rate over that exchange time.
+MALFORMED = -1
+LIFETIME_MS = 86_400_000
+SLACK_MS = 60_000
+MAX_IDS_PER_MS = 1_000           # a million trades per second on one symbol
+_LONGEST_INTERVAL_MS = 31 * 86_400_000
+
+
 class Continuity:
     """Notices events missing *within* one connection (pure).
 
@@ -321,8 +335,9 @@ class Continuity:
     drops messages for a while (a data stall) would otherwise leave a hole
     nobody sees. ``check`` is called for every live frame in arrival order
     and returns the resume mark to backfill from when events before this one
-    are missing, else None. The first frame of a topic is never a hole: the
-    reconnect backfill covers what came before it.
+    are missing, ``MALFORMED`` when the jump is implausible (see
+    ``plausible``), else None. The first frame of a topic is never a hole:
+    the reconnect backfill covers what came before it.
 
     aggTrade/trade: ids are consecutive. kline: every kline that opened
     before the one in hand must have been seen closed.
@@ -334,6 +349,10 @@ class Continuity:
         self._kline = channel == "kline"
         # id of the last event (kline: close time of the last closed kline)
         self.last: dict[str, int] = {}
+        # (ordering key, exchange time) of the topic's first live frame on
+        # this connection: what a later jump is judged against. Set once per
+        # topic, so the per-frame path does no extra work.
+        self.anchor: dict[str, tuple[int, int | None]] = {}
 
     def check(self, topic: str, major: int, final: bool, data: dict[str, Any]) -> int | None:
         last = self.last.get(topic)
@@ -341,11 +360,33 @@ class Continuity:
             return self._kline_check(topic, last, major, final, data)
         if last is None or major == last + 1:
             self.last[topic] = major
+            if last is None:
+                self.anchor[topic] = (major, data.get("time"))
             return None
         if major <= last:
             return None            # a repeat: the parent drops it
+        if not self.plausible(topic, major, data):
+            return MALFORMED
         self.last[topic] = major
         return last
+
+    def plausible(self, topic: str, major: int, data: dict[str, Any]) -> bool:
+        """Could the exchange have moved from the topic's anchor to this frame
+        within one connection? Judged on exchange ids and times only."""
+        anchor = self.anchor.get(topic)
+        if anchor is None:
+            self.anchor[topic] = (major, data.get("time") if not self._kline else None)
+            return True
+        key, t0 = anchor
+        if self._kline:
+            length = interval_ms(data.get("interval", "")) or _LONGEST_INTERVAL_MS
+            return major - key <= LIFETIME_MS + 2 * length
+        t = data.get("time")
+        if not isinstance(t, int) or t0 is None:
+            return major - key <= MAX_IDS_PER_MS * (LIFETIME_MS + SLACK_MS)
+        if not -SLACK_MS <= t - t0 <= LIFETIME_MS + SLACK_MS:
+            return False
+        return major - key <= MAX_IDS_PER_MS * (max(0, t - t0) + SLACK_MS)
 
     def seed(self, topic: str, mark: int) -> None:
         """Backfill accounted for everything up to ``mark`` (an id, or a
@@ -363,8 +404,11 @@ class Continuity:
                      data: dict[str, Any]) -> int | None:
         if last is None:
             self.last[topic] = data["close_time"] if final else major - 1
+            self.anchor[topic] = (major, None)
             return None
         hole = last if major > last + 1 else None
+        if hole is not None and not self.plausible(topic, major, data):
+            return MALFORMED
         if final:
             self.last[topic] = max(last, data["close_time"])
         elif hole is not None:

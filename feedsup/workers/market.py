@@ -123,6 +123,9 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
                 tb = topics[topic] = topic.encode()
             body = packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
             if check is not None and (resume := check(topic, major, final, data)) is not None:
+                if resume == backfill.MALFORMED:      # an impossible jump: hostile or corrupt
+                    counters.malformed += 1
+                    continue
                 return Entry(topic, major, resume, encode_data(tb, major, minor, final, body))
             uplink_send(encode_data(tb, major, minor, final, body))
             counters.last_event_ms = event.get("E") or event.get("T") or 0
@@ -280,10 +283,13 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
         tb = topics.get(topic)
         if tb is None:
             tb = topics[topic] = topic.encode()
+        resume = check(topic, major, final, data)
+        if resume == backfill.MALFORMED:
+            counters.malformed += 1
+            continue
         if topic not in job.first_live:
             job.note_live(topic, major)
         body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
-        resume = check(topic, major, final, data)
         pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
         counters.last_event_ms = event.get("E") or event.get("T") or 0
         counters.last_recv_ms = recv_ns // 1_000_000
