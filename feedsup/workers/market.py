@@ -56,10 +56,16 @@ def run(rt: Runtime) -> None:
             job = BackfillJob(rt, plans)
             job.start()
             try:
-                streaming = catch_up(rt, ws, normalise, job, continuity, pending, streaming)
+                catch_up(rt, ws, normalise, job, continuity, pending)
             finally:
                 job.stop.set()
+        sent = len(pending)
         hole = send_pending(rt, pending)
+        if not streaming and len(pending) < sent:
+            # STREAMING hands a rotation over to this worker: only now, with
+            # the backfill sent and live frames going out, does it serve.
+            streaming = True
+            rt.streaming()
         if hole is None:
             hole = read_loop(rt, ws, normalise, streaming, continuity.check)
             assert hole is not None
@@ -251,10 +257,11 @@ class BackfillJob:
 
 
 def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
-             continuity: backfill.Continuity, pending: deque[Entry], streaming: bool) -> bool:
+             continuity: backfill.Continuity, pending: deque[Entry]) -> None:
     """Hold live frames in ``pending`` until the backfill is done, then send
     the backfill and gap notices. ``pending`` is sent by the caller (it may
-    hold further holes). Returns whether STREAMING was announced."""
+    hold further holes), and STREAMING only once it goes out: a rotation
+    must not hand over to a worker that is still catching up."""
     counters = rt.counters
     check = continuity.check
     topics: dict[str, bytes] = {}
@@ -293,11 +300,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
         pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
         counters.last_event_ms = event.get("E") or event.get("T") or 0
         counters.last_recv_ms = recv_ns // 1_000_000
-        if not streaming:
-            streaming = True
-            rt.streaming()
     send_backfill(rt, job, continuity, pending, abandoned)
-    return streaming
 
 
 def send_pending(rt: Runtime, pending: deque[Entry]) -> Entry | None:
