@@ -4,6 +4,7 @@ REST client on loopback against the simulator's 429/418/5xx answers."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -256,3 +257,25 @@ def test_budget_wait_deadline_is_monotonic_while_windows_follow_the_wall_clock(m
     finally:
         timer.cancel()
     assert budget.state().used == 1
+
+
+# -- where the budget lives --------------------------------------------------------------
+
+def test_budget_dir_outlives_the_parent(tmp_path, monkeypatch):
+    state = tmp_path / "state.json"
+    assert restlimit.budget_dir(str(state), "/run/p1", "https://api.binance.com") == str(tmp_path)
+    # loopback without a state file: the parent's own run directory (simulators reuse ports)
+    assert restlimit.budget_dir("", "/run/p1", "http://127.0.0.1:4000") == "/run/p1"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert restlimit.budget_dir("", "/run/p1", "https://api.binance.com") == str(tmp_path / "feedsup")
+    assert os.stat(tmp_path / "feedsup").st_mode & 0o777 == 0o700
+    a = restlimit.budget_file("spot", "https://api.binance.com")
+    assert a != restlimit.budget_file("spot", "https://api1.binance.com") and a.startswith("restweight-spot-")
+
+
+def test_a_runtime_dir_that_is_not_ours_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    os.mkdir(tmp_path / "feedsup", 0o777)
+    os.chmod(tmp_path / "feedsup", 0o777)
+    assert restlimit.user_runtime_dir() == ""
+    assert restlimit.budget_dir("", "/run/p1", "https://api.binance.com") == "/run/p1"

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 import orjson
@@ -62,6 +63,8 @@ class SimCore:
         }
         self.userdata = UserData(o, self.hub)
         self._conn_ids = 0
+        # (monotonic s, path) of recent REST calls, for tests that check who asked when
+        self.rest_log: deque[tuple[float, str]] = deque(maxlen=10_000)
         self._scenario = sorted(o.scenario, key=lambda f: float(f.get("at", 0)))
         self._started = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
@@ -125,6 +128,7 @@ class SimCore:
     # -- REST --------------------------------------------------------------------------
 
     async def rest(self, request: web.Request) -> web.StreamResponse:
+        self.rest_log.append((time.monotonic(), request.path))
         market = SPOT if request.path.startswith("/api/") else USDM
         routes = rest.SPOT_ROUTES if market == SPOT else rest.FUTURES_ROUTES
         signed = self.userdata.rest_route(request)

@@ -31,6 +31,7 @@ from feedsup.supervisor import control, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, describe_exit, spawn
+from feedsup.workers import restlimit
 from feedsup.workers.runtime import EXIT_FATAL
 from feedsup.workers.spec import WorkerSpec
 
@@ -439,6 +440,8 @@ class Parent:
             resume=self._resume_marks(stream.name),
             log_format=self.config.log_format,
             rundir=self.rundir,
+            restdir=restlimit.budget_dir(self.config.state_file, self.rundir,
+                                         self.config.endpoint(stream.market).rest_url),
         )
         worker = spawn(spec)
         self.workers[action.instance] = worker

@@ -183,9 +183,8 @@ class SignedRest:
 
     @classmethod
     def for_worker(cls, rt: Runtime, creds: Credentials) -> "SignedRest":
-        market = rt.spec.stream.market
         return cls(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout,
-                   restlimit.SharedBudget.for_market(rt.spec.rundir, market))
+                   restlimit.SharedBudget.for_spec(rt.spec))
 
     def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.call(method, path, signed_query(params or {}, self.creds, now_ms()))

@@ -49,7 +49,7 @@ class SnapshotFetcher:
         spec = rt.spec
         self.market = spec.stream.market
         self.stop = threading.Event()
-        budget = restlimit.SharedBudget.for_market(spec.rundir, self.market)
+        budget = restlimit.SharedBudget.for_spec(spec)
         self.client = rest.RestClient(spec.endpoint.rest_url, self.market, budget, REST_TIMEOUT_S, self.stop)
         self.requests: queue.Queue[str | None] = queue.Queue()
         self.results: deque[tuple[str, Any, str]] = deque()

@@ -78,7 +78,7 @@ def run(rt: Runtime) -> None:
 
 def check_symbols(rt: Runtime) -> None:
     stream = rt.spec.stream
-    budget = restlimit.SharedBudget.for_market(rt.spec.rundir, stream.market)
+    budget = restlimit.SharedBudget.for_spec(rt.spec)
     bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
                                rt.conn.connect_timeout, budget)
     if bad:
@@ -207,7 +207,7 @@ class BackfillJob:
         self.stop = threading.Event()
         self._all_live = threading.Event()
         self._deadline_s = deadline_s
-        budget = restlimit.SharedBudget.for_market(spec.rundir, spec.stream.market)
+        budget = restlimit.SharedBudget.for_spec(spec)
         self.client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget,
                                       REST_TIMEOUT_S, self.stop)
         self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)

@@ -3,8 +3,10 @@
 Binance counts request weight per IP per clock minute (6000 spot, 2400
 USD-M) and answers 429 + ``Retry-After`` past it, then 418 (a ban of minutes
 to days) to a client that keeps sending. Every worker of one parent shares
-the IP, so they share one budget: a small JSON state file in the parent's
-run directory, read and written under an exclusive ``fcntl`` lock.
+the IP, so they share one budget: a small JSON state file per market and
+REST URL, read and written under an exclusive ``fcntl`` lock. The file
+outlives the parent (``budget_dir``), so a restarted parent honours a ban
+the previous one met instead of escalating it.
 
 ``BudgetState`` + ``reserve`` + ``observe`` are the pure decision core (no
 I/O; ``now`` is wall-clock seconds, because Binance's windows align to the
@@ -16,11 +18,15 @@ window, but never makes a call give up early or wait forever.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import ipaddress
 import json
 import math
 import os
+import stat
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
@@ -133,9 +139,18 @@ class SharedBudget:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_market(cls, rundir: str, market: str, fraction: float = SAFE_FRACTION) -> "SharedBudget":
-        path = os.path.join(rundir, f"restweight-{market}.json") if rundir else ""
-        return cls(path, LIMITS[market], fraction)
+    def for_market(cls, rundir: str, market: str, fraction: float = SAFE_FRACTION,
+                   rest_url: str = "") -> "SharedBudget":
+        if not rundir:
+            return cls("", LIMITS[market], fraction)
+        return cls(os.path.join(rundir, budget_file(market, rest_url)), LIMITS[market], fraction)
+
+    @classmethod
+    def for_spec(cls, spec) -> "SharedBudget":
+        """The budget of a worker's market and REST URL, in the directory the
+        parent chose (``WorkerSpec.restdir``; its run directory if none)."""
+        return cls.for_market(spec.restdir or spec.rundir, spec.stream.market,
+                              rest_url=spec.endpoint.rest_url if spec.restdir else "")
 
     def acquire(self, weight: int, deadline: float, stop: threading.Event | None = None) -> None:
         """Block until ``weight`` is reserved; raise ``BudgetUnavailable`` if
@@ -181,3 +196,61 @@ class SharedBudget:
                 return result
             finally:
                 os.close(fd)   # closing releases the lock
+
+
+# -- where the budget lives ------------------------------------------------------------
+
+def budget_file(market: str, rest_url: str = "") -> str:
+    """File name of one market's budget; keyed by REST URL when it is kept
+    where other parents (or other configs) may look."""
+    if not rest_url:
+        return f"restweight-{market}.json"
+    key = hashlib.sha256(rest_url.rstrip("/").encode()).hexdigest()[:12]
+    return f"restweight-{market}-{key}.json"
+
+
+def budget_dir(state_file: str, rundir: str, rest_url: str) -> str:
+    """A directory for the budget that outlives the parent.
+
+    Beside ``[feedsup] state_file`` when one is set (like the watermarks);
+    else a private per-user runtime directory, since the ban is the IP's
+    and not the parent's. A loopback REST host (``feedsup sim``) without a
+    state file keeps the parent's own run directory: simulators reuse ports,
+    and a test's ban must not leak into another run.
+    """
+    if state_file:
+        return os.path.dirname(os.path.abspath(state_file))
+    host = urllib.parse.urlsplit(rest_url).hostname or ""
+    if _loopback(host):
+        return rundir
+    return user_runtime_dir() or rundir
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def user_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/feedsup`` or ``/tmp/feedsup-<uid>``, created 0700;
+    "" when it exists but is not a private directory of ours (never follow
+    someone else's symlink into a shared /tmp)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(base, "feedsup") if base and os.path.isdir(base) else f"/tmp/feedsup-{os.getuid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return ""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ""
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return ""
+    return path

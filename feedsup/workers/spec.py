@@ -27,6 +27,9 @@ class WorkerSpec:
     # The parent's private run directory: state shared by all workers of one
     # parent lives here (for example the REST weight budget).
     rundir: str = ""
+    # Where the REST weight budget lives: a directory that outlives the
+    # parent, so a 418 ban survives a parent restart ("" = rundir).
+    restdir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -52,4 +55,5 @@ class WorkerSpec:
             resume={k: int(v) for k, v in raw.get("resume", {}).items()},
             log_format=raw.get("log_format", "logfmt"),
             rundir=raw.get("rundir", ""),
+            restdir=raw.get("restdir", ""),
         )
