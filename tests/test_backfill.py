@@ -371,3 +371,25 @@ def test_a_kline_open_time_far_beyond_the_previous_is_malformed():
     # a two-hour trading halt is a plausible jump (backfill finds no klines there)
     later = T + 120 * M
     assert c.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == T + M - 1
+
+
+# -- progress of a long backfill ---------------------------------------------------------
+
+def test_progress_counts_rows_and_the_span_left_to_the_first_live_event():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    assert plan.progress() == {"topic": "aggTrade.BTCUSDT", "rows": 0, "done": 0, "remaining": None, "unit": "ids"}
+    plan.first_live = 3011
+    plan.on_page([agg_row(a) for a in range(11, 1011)])
+    assert plan.progress() == {"topic": "aggTrade.BTCUSDT", "rows": 1000, "done": 1000, "remaining": 2000,
+                               "unit": "ids"}
+    k = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    k.first_live = T + 100 * M
+    k.on_page([kline_row(T + i * M) for i in range(1, 11)])
+    p = k.progress()
+    assert (p["rows"], p["unit"], p["remaining"]) == (10, "ms", 90 * M)
+
+
+def test_eta_from_progress_and_elapsed_time():
+    assert backfill.eta_s(done=1000, remaining=3000, elapsed_s=2.0) == pytest.approx(6.0)
+    assert backfill.eta_s(done=0, remaining=3000, elapsed_s=2.0) is None
+    assert backfill.eta_s(done=10, remaining=None, elapsed_s=2.0) is None

@@ -68,6 +68,7 @@ def validate(kind: str, target: Any, params: dict[str, Any]) -> dict[str, Any]:
         _number(p, "ms", None)
         if p.get("ms") is None:
             raise FaultError("latency needs ms")
+        p["rest"] = bool(p.get("rest", False))    # true: delay REST answers instead of stream data
     elif kind == "malformed":
         p.setdefault("variant", "invalid_json")
         if p["variant"] not in MALFORMED_VARIANTS:
@@ -206,7 +207,7 @@ def effects_for(faults: list[Fault], conn_id: int, streams: Iterable[str], now: 
                 eff.data_stalled = True
             else:
                 stalled_streams.add(f.stream())
-        elif f.kind == "latency":
+        elif f.kind == "latency" and not f.params.get("rest"):
             seconds = f.params["ms"] / 1000.0
             if f.stream() is None:
                 eff.latency = max(eff.latency, seconds)

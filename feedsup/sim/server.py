@@ -144,6 +144,10 @@ class SimCore:
         fault = self.faults.take_rest_error(now)
         if fault is not None:
             return self._fault_response(fault)
+        slow = [f.params["ms"] for f in self.faults.of_kind("latency", now) if f.params.get("rest")]
+        if slow:
+            await asyncio.sleep(max(slow) / 1000.0)
+            now = time.monotonic()
         lags = self.faults.of_kind("rest_lag", now)
         self.hub.rest_lag_ms = int(max(f.params["ms"] for f in lags)) if lags else 0
         verdict = self.weights[market].charge(request.remote or "?", weight, time.time())

@@ -144,6 +144,7 @@ class Plan:
         if (self.market, self.channel) not in _PATHS:
             raise ValueError(f"no REST history for {self.market} {self.channel}")
         self._next = self.resume + 1
+        self._start = self._next
 
     @property
     def path(self) -> str:
@@ -211,6 +212,14 @@ class Plan:
         # reached, REST lags the stream: ask again shortly.
         return Step.LAGGING if self.first_live is not None else Step.DONE
 
+    def progress(self) -> dict[str, Any]:
+        """How far paging got: rows received, ``done`` and ``remaining`` in
+        ``unit`` (ids, or ms of kline open time) up to the first live event
+        (``remaining`` None while no live event says where the end is)."""
+        remaining = None if self.first_live is None else max(0, self.first_live - self._next)
+        return {"topic": self.topic, "rows": self.rows, "done": max(0, self._next - self._start),
+                "remaining": remaining, "unit": "ms" if self.channel == "kline" else "ids"}
+
     def covered(self, live: int) -> bool:
         """Has REST reached the live event with ordering key ``live``? For
         klines: REST showed that kline (or a later one), so every kline before
@@ -228,6 +237,13 @@ class Plan:
         """Items safe to publish: every aggTrade/trade; klines that a later
         REST row proves closed (``_klines`` keeps the others as the tail)."""
         return self.items
+
+
+def eta_s(done: int, remaining: int | None, elapsed_s: float) -> float | None:
+    """Seconds left at the pace so far; None while there is no pace yet."""
+    if remaining is None or done <= 0 or elapsed_s <= 0:
+        return None
+    return remaining * elapsed_s / done
 
 
 # -- merging -----------------------------------------------------------------------

@@ -207,6 +207,7 @@ class BackfillJob:
         self.stop = threading.Event()
         self._all_live = threading.Event()
         self._deadline_s = deadline_s
+        self._stats = rt.extra_stats
         budget = restlimit.SharedBudget.for_spec(spec)
         self.client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget,
                                       REST_TIMEOUT_S, self.stop)
@@ -228,23 +229,36 @@ class BackfillJob:
         deadline = time.monotonic() + self._deadline_s
         try:
             self._all_live.wait(LIVE_WAIT_S)
-            for plan in self.plans.values():
+            plans = list(self.plans.values())
+            for i, plan in enumerate(plans):
                 try:
-                    self._fetch(plan, deadline)
+                    self._fetch(plan, deadline, topics_left=len(plans) - 1 - i)
                     self.finished.add(plan.topic)
                 except rest.RestFailed as exc:
                     self.failures[plan.topic] = f"backfill failed: {exc}"
         finally:
+            self._stats.pop("backfill", None)
             self.done.set()
 
-    def _fetch(self, plan: backfill.Plan, deadline: float) -> None:
+    def _report(self, plan: backfill.Plan, started: float, topics_left: int) -> None:
+        """Progress in the liveness stats (``feedsup status``, metrics): one
+        dict assigned at once, so the ticker thread never sees half of it."""
+        progress = plan.progress()
+        eta = backfill.eta_s(progress["done"], progress["remaining"], time.monotonic() - started)
+        self._stats["backfill"] = {**progress, "eta_s": None if eta is None else round(eta, 1),
+                                   "topics_left": topics_left}
+
+    def _fetch(self, plan: backfill.Plan, deadline: float, topics_left: int = 0) -> None:
         lagging_until: float | None = None
+        started = time.monotonic()
+        self._report(plan, started, topics_left)
         while (params := plan.request()) is not None:
             rows = self.client.fetch(plan.path, params, min(deadline, time.monotonic() + PAGE_DEADLINE_S))
             try:
                 step = plan.on_page(rows)
             except (KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise rest.RestFailed(f"malformed REST rows: {exc!r}") from None
+            self._report(plan, started, topics_left)
             if step is not backfill.Step.LAGGING:
                 lagging_until = None
                 continue

@@ -102,3 +102,14 @@ def test_outage_drops_everything_refuses_upgrades_and_fails_rest(sim, ws_factory
     assert get(sim.base_url + "/api/v3/ping").status == 200
     again = ws_factory(sim.ws_url + "/ws/btcusdt@aggTrade")
     assert collect(again, lambda m: len(m) >= 1)[0]["e"] == "aggTrade"
+
+
+def test_latency_on_rest_delays_answers_not_stream_data(sim, ws_factory):
+    post_fault(sim, kind="latency", ms=300, rest=True, duration=5)
+    ws = ws_factory(sim.ws_url + "/ws/btcusdt@aggTrade")
+    t0 = time.monotonic()
+    collect(ws, lambda m: len(m) >= 3)
+    assert time.monotonic() - t0 < 0.3, "stream data is not delayed"
+    t0 = time.monotonic()
+    assert get(sim.base_url + "/api/v3/time").status == 200
+    assert time.monotonic() - t0 >= 0.3
