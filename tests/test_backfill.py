@@ -393,3 +393,27 @@ def test_eta_from_progress_and_elapsed_time():
     assert backfill.eta_s(done=1000, remaining=3000, elapsed_s=2.0) == pytest.approx(6.0)
     assert backfill.eta_s(done=0, remaining=3000, elapsed_s=2.0) is None
     assert backfill.eta_s(done=10, remaining=None, elapsed_s=2.0) is None
+
+
+def test_a_trade_gap_beyond_the_recent_window_names_the_exact_ids_on_the_wire():
+    # Binance serves the last 1000 trades to a key-less client: a longer
+    # outage loses the older ones, and the notice says exactly which.
+    from types import SimpleNamespace
+
+    import msgpack
+
+    from feedsup.ipc import frames
+    from feedsup.workers.market import gap_frame
+    rows = [{"id": i, "price": "1", "qty": "1", "quoteQty": "1", "time": i, "isBuyerMaker": True}
+            for i in range(5000, 6000)]
+    plan = Plan("spot", "trade", "BTCUSDT", "trade.BTCUSDT", resume=1234)
+    plan.on_page(rows)
+    out = merge(plan, first_live=5800)
+    gap = gaps(out)[0]
+    assert (gap.from_id, gap.to_id) == (1235, 4999)
+    assert [it.major for it in items(out)] == list(range(5000, 5800))
+    record = gap_frame(SimpleNamespace(name="trades"), "trade.BTCUSDT", b"trade.BTCUSDT", gap)
+    (_, topic, _, _, _, body), = frames.iter_records(record)
+    notice = msgpack.unpackb(body)
+    assert notice["data"] is None and notice["gap"]["from_id"] == 1235 and notice["gap"]["to_id"] == 4999
+    assert "recent-trades" in notice["gap"]["reason"]
