@@ -121,6 +121,11 @@ class KlineSeries:
             self._next_start = end + 1
             if not self._halted(start, end):
                 self.klines.append(self._empty(start, self.klines[-1].close))
+        last = self.klines[-1]
+        if t_ms > last.close_time and not self._halted(t_ms, t_ms):
+            # A halt cleared early: the interval was skipped while it looked
+            # wholly halted, but trading resumed inside it.
+            self.klines.append(self._empty(open_time(self.interval, t_ms), last.close))
         if len(self.klines) > self.cap * 1.25:
             del self.klines[: len(self.klines) - self.cap]
 
