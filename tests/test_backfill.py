@@ -417,3 +417,19 @@ def test_a_trade_gap_beyond_the_recent_window_names_the_exact_ids_on_the_wire():
     notice = msgpack.unpackb(body)
     assert notice["data"] is None and notice["gap"]["from_id"] == 1235 and notice["gap"]["to_id"] == 4999
     assert "recent-trades" in notice["gap"]["reason"]
+
+
+def test_a_jump_the_next_frame_confirms_is_a_real_hole_after_all():
+    # Misjudging a real jump must not kill the topic: when the frame after a
+    # rejected one continues from it, the jump was real and is backfilled.
+    c = backfill.Continuity("aggTrade")
+    assert c.check("a", *agg(100, T)) is None
+    far = 100 + 10**12
+    assert c.check("a", *agg(far, T + 3 * 86_400_000)) == backfill.MALFORMED
+    assert c.check("a", *agg(far + 1, T + 3 * 86_400_000 + 1)) == 100
+    assert c.check("a", *agg(far + 2, T + 3 * 86_400_000 + 2)) is None
+    k = backfill.Continuity("kline")
+    assert k.check("k", T, False, {"close_time": T + M - 1, "interval": "1m"}) is None
+    later = T + 400 * 86_400_000
+    assert k.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == backfill.MALFORMED
+    assert k.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == T - 1

@@ -369,6 +369,8 @@ class Continuity:
         # this connection: what a later jump is judged against. Set once per
         # topic, so the per-frame path does no extra work.
         self.anchor: dict[str, tuple[int, int | None]] = {}
+        # ordering key of a frame just rejected as implausible, per topic
+        self.rejected: dict[str, int] = {}
 
     def check(self, topic: str, major: int, final: bool, data: dict[str, Any]) -> int | None:
         last = self.last.get(topic)
@@ -381,10 +383,24 @@ class Continuity:
             return None
         if major <= last:
             return None            # a repeat: the parent drops it
-        if not self.plausible(topic, major, data):
+        if not self._accept_jump(topic, major, data):
             return MALFORMED
         self.last[topic] = major
         return last
+
+    def _accept_jump(self, topic: str, major: int, data: dict[str, Any]) -> bool:
+        """A plausible jump, or one the next frame confirms: a frame that
+        continues from a rejected one shows the jump was real after all (a
+        misjudged bound must never silence a topic for good)."""
+        if self.plausible(topic, major, data):
+            return True
+        rejected = self.rejected.pop(topic, None)
+        step = (interval_ms(data.get("interval", "")) or _LONGEST_INTERVAL_MS) if self._kline else 1
+        if rejected is not None and 0 <= major - rejected <= step:
+            self.anchor[topic] = (major, None if self._kline else data.get("time"))
+            return True
+        self.rejected[topic] = major
+        return False
 
     def plausible(self, topic: str, major: int, data: dict[str, Any]) -> bool:
         """Could the exchange have moved from the topic's anchor to this frame
@@ -423,7 +439,7 @@ class Continuity:
             self.anchor[topic] = (major, None)
             return None
         hole = last if major > last + 1 else None
-        if hole is not None and not self.plausible(topic, major, data):
+        if hole is not None and not self._accept_jump(topic, major, data):
             return MALFORMED
         if final:
             self.last[topic] = max(last, data["close_time"])
