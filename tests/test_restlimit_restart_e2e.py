@@ -64,7 +64,9 @@ def test_a_rest_ban_survives_a_parent_restart(sim, start_feedsup, tmp_path, timi
     wait_for(lambda: time.monotonic() > ban_ends, BAN_S + 5, "the ban's end")
     early = sim.call(lambda core: [(round(w - restarted, 2), p) for w, p in core.rest_log
                                    if restarted <= w < ban_ends - 0.5])
-    assert not early, f"the new parent's workers asked REST during the ban: {early}"
+    assert not early, (f"the new parent's workers asked REST during the ban (ends at "
+                       f"{ban_ends - restarted:.2f} s): {early}; budget now {[read_budget(f) for f in budget_files(tmp_path)]}"
+                       f"; paused {paused} wall {time.time()}")
     # then the resumed topics are backfilled as usual
     wait_for(lambda: rest_calls_since(sim, ban_ends - 0.5), 20, "REST used again after the ban")
     timing("REST ban carried across a parent restart", time.monotonic() - restarted)

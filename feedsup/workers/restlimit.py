@@ -179,10 +179,18 @@ class SharedBudget:
         with self._lock:   # threads of one process; flock covers the processes
             if not self.path:
                 return change(self._memory)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # The lock lives in its own file and the state is replaced
+            # atomically: a worker killed mid-write (SIGKILL, or the process
+            # exiting under a daemon thread) must never leave an empty or
+            # torn file, which would read as "no ban".
+            lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                raw = os.read(fd, 4096)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    with open(self.path, "rb") as f:
+                        raw = f.read(4096)
+                except FileNotFoundError:
+                    raw = b""
                 try:
                     loaded = json.loads(raw) if raw else {}
                 except ValueError:
@@ -190,12 +198,17 @@ class SharedBudget:
                 state = BudgetState.from_dict(loaded if isinstance(loaded, dict) else {})
                 result = change(state)
                 data = json.dumps(asdict(state)).encode()
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.ftruncate(fd, 0)
-                os.write(fd, data)
+                if data != raw:
+                    tmp = f"{self.path}.{os.getpid()}.tmp"
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, self.path)
                 return result
             finally:
-                os.close(fd)   # closing releases the lock
+                os.close(lock)   # closing releases the lock
 
 
 # -- where the budget lives ------------------------------------------------------------
