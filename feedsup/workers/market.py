@@ -67,9 +67,10 @@ def run(rt: Runtime) -> None:
             streaming = True
             rt.streaming()
         if hole is None:
-            hole = read_loop(rt, ws, normalise, streaming, continuity.check)
-            assert hole is not None
-            streaming = True
+            found = read_loop(rt, ws, normalise, streaming, continuity.check)
+            assert found is not None
+            hole, announced = found
+            streaming = streaming or announced
             pending.append(hole)
         rt.extra_stats["holes"] += 1
         plans = [hole_plan(rt, hole)]
@@ -95,9 +96,10 @@ class Entry(NamedTuple):
 
 
 def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool = False,
-              check: Callable[[str, int, bool, dict], int | None] | None = None) -> Entry | None:
+              check: Callable[[str, int, bool, dict], int | None] | None = None) -> tuple[Entry, bool] | None:
     """The hot loop. Returns only when ``check`` finds a hole, with the
-    frame that revealed it (not sent); otherwise raises ConnectionEnded."""
+    frame that revealed it (not sent) and whether STREAMING has been
+    announced by now; otherwise raises ConnectionEnded."""
     counters = rt.counters
     uplink_send = rt.uplink.send
     recv = ws.recv_data
@@ -132,7 +134,7 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
                 if resume == backfill.MALFORMED:      # an impossible jump: hostile or corrupt
                     counters.malformed += 1
                     continue
-                return Entry(topic, major, resume, encode_data(tb, major, minor, final, body))
+                return Entry(topic, major, resume, encode_data(tb, major, minor, final, body)), not first
             uplink_send(encode_data(tb, major, minor, final, body))
             counters.last_event_ms = event.get("E") or event.get("T") or 0
             counters.last_recv_ms = recv_ns // 1_000_000
