@@ -433,3 +433,20 @@ def test_a_jump_the_next_frame_confirms_is_a_real_hole_after_all():
     later = T + 400 * 86_400_000
     assert k.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == backfill.MALFORMED
     assert k.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == T - 1
+
+
+def test_a_first_live_event_far_beyond_what_rest_shows_is_implausible():
+    # The first live frame of a topic after a reconnect is not checked by
+    # Continuity (nothing before it on this connection); REST's present is
+    # the reference instead, by exchange ids and times.
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    plan.first_live, plan.first_live_time = 2**62, 1000 + 600
+    assert plan.on_page([agg_row(a) for a in range(11, 501)]) is Step.DONE
+    assert plan.implausible_live
+    lagging = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    lagging.first_live, lagging.first_live_time = 600, 1000 + 600      # REST merely behind
+    assert lagging.on_page([agg_row(a) for a in range(11, 501)]) is Step.LAGGING
+    assert not lagging.implausible_live
+    k = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    k.first_live = T + 400 * 86_400_000
+    assert k.on_page([kline_row(T + i * M) for i in range(1, 4)]) is Step.DONE and k.implausible_live

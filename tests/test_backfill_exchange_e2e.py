@@ -153,3 +153,33 @@ def test_an_implausible_id_jump_is_malformed_not_a_hole(sim, start_feedsup, timi
     ids = [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == "aggTrade.BTCUSDT"]
     assert ids == list(range(ids[0], ids[0] + len(ids))), "ids consecutive, the hostile one not among them"
     assert fs.stream("aggs")["stats"].get("holes", 0) == 0
+
+
+def test_an_implausible_first_frame_after_a_reconnect_is_never_published(sim, start_feedsup, timing):
+    aggs = {"name": "aggs", "market": "spot", "channel": "aggTrade", "symbols": SYMBOLS}
+    fs, col = start_feedsup(sim, (aggs,), restart={"intensity": 100},
+                            collect=lambda fs: Collector(fs.pub, ("aggTrade.",)))
+    fs.wait_running("aggs")
+    col.wait_count(20, 15, "aggTrade.BTCUSDT")
+    # BTCUSDT's data is held back on every connection, so the first BTCUSDT
+    # frame the replacement sees is the hostile one (id + 2**62).
+    sim.inject("data_stall", target={"stream": "btcusdt@aggTrade"})
+    old = fs.stream("aggs")["pid"]
+    seen = {c["id"] for c in sim.connections()}
+    os.kill(old, signal.SIGKILL)
+    conn = wait_for(lambda: next((c["id"] for c in sim.connections()
+                                  if c["id"] not in seen and "btcusdt@aggTrade" in c["streams"]), None),
+                    15, "the replacement's connection")
+    sim.inject("malformed", target={"conn": conn}, variant="id_jump")
+    sim.clear_faults()
+    t0 = time.monotonic()
+
+    def live_btc() -> list[int]:
+        return [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == "aggTrade.BTCUSDT"
+                and f["data"] and not f.get("backfill") and f["_t"] > t0]
+    wait_for(lambda: len(live_btc()) >= 100, 15, "live BTCUSDT aggTrades again")
+    timing("hostile first frame after a reconnect -> dropped, live again", time.monotonic() - t0)
+    ids = [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == "aggTrade.BTCUSDT" and f["data"]]
+    assert max(ids) < 2**60, "the hostile frame was published (its watermark would silence the topic)"
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "ids consecutive across the episode"
+    assert not gap_frames(col), "nothing was lost"

@@ -132,6 +132,10 @@ class Plan:
     interval: str = ""
     items: list[Item] = field(default_factory=list)
     first_live: int | None = None   # major of the first live event, once seen
+    first_live_time: int | None = None   # its exchange time (trades), for plausibility
+    # The first live event lies further beyond REST's present than the
+    # exchange could have moved: hostile or corrupt, never to be chased.
+    implausible_live: bool = False
     # kline: REST's newest row so far. Not yet known closed (REST may lag the
     # stream and still be updating it), so it is asked for again and becomes
     # an item only once REST shows a later row.
@@ -182,6 +186,8 @@ class Plan:
                     self.items.append(Item(t, 0, trade_data(self.symbol, row), t, row["time"]))
                     self._next = t + 1
             self.step = Step.DONE   # one page of recent trades is all there is
+            if self.first_live is not None and not self.covered(self.first_live):
+                self.implausible_live = not self._live_plausible(self.first_live)
             return self.step
         self.step = self._after_page(len(rows), len(self.items) - before)
         return self.step
@@ -209,8 +215,29 @@ class Plan:
             return Step.MORE
         # REST is out of rows. Without a live event that is the present (the
         # stream was subscribed before we asked); with one we have not
-        # reached, REST lags the stream: ask again shortly.
-        return Step.LAGGING if self.first_live is not None else Step.DONE
+        # reached, REST lags the stream: ask again shortly, unless the live
+        # event is one the exchange cannot have produced yet.
+        if self.first_live is None:
+            return Step.DONE
+        if not self._live_plausible(self.first_live):
+            self.implausible_live = True
+            return Step.DONE
+        return Step.LAGGING
+
+    def _live_plausible(self, live: int) -> bool:
+        """Could the exchange be at ``live`` while REST's newest row is where
+        it is? The same exchange-data bounds as ``Continuity.plausible``."""
+        if self.channel == "kline":
+            if self.tail is None:
+                return True
+            return live - self.tail.major <= LIFETIME_MS + 2 * (interval_ms(self.interval) or _LONGEST_INTERVAL_MS)
+        if not self.items or self.first_live_time is None:
+            return True
+        last = self.items[-1]
+        elapsed = self.first_live_time - (last.time or self.first_live_time)
+        if elapsed > LIFETIME_MS + SLACK_MS:
+            return False
+        return live - last.major <= MAX_IDS_PER_MS * (max(0, elapsed) + SLACK_MS)
 
     def progress(self) -> dict[str, Any]:
         """How far paging got: rows received, ``done`` and ``remaining`` in

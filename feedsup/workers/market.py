@@ -218,11 +218,13 @@ class BackfillJob:
     def start(self) -> None:
         self._thread.start()
 
-    def note_live(self, topic: str, major: int) -> None:
-        """Reader thread: the first live event of ``topic`` has ordering key ``major``."""
+    def note_live(self, topic: str, major: int, time_ms: int | None = None) -> None:
+        """Reader thread: the first live event of ``topic`` has ordering key
+        ``major`` (and, for trades, exchange time ``time_ms``)."""
         self.first_live[topic] = major
         plan = self.plans.get(topic)
         if plan is not None:
+            plan.first_live_time = time_ms
             plan.first_live = major
         if all(t in self.first_live for t in self.plans):
             self._all_live.set()
@@ -311,7 +313,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             counters.malformed += 1
             continue
         if topic not in job.first_live:
-            job.note_live(topic, major)
+            job.note_live(topic, major, data.get("time"))
         body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
         pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
         counters.last_event_ms = event.get("E") or event.get("T") or 0
@@ -350,6 +352,14 @@ def send_backfill(rt: Runtime, job: BackfillJob, continuity: backfill.Continuity
     """
     stats = rt.extra_stats
     stats["rest_errors"] = stats.get("rest_errors", 0) + job.client.failures
+    bogus = [p.topic for p in job.plans.values() if p.implausible_live]
+    if bogus:
+        # The first live frame of a topic is beyond anything the exchange can
+        # have produced (REST's present is the reference): hostile or corrupt.
+        # Publishing it would set the topic's watermark out of reach, so
+        # nothing of this connection goes out; the next one starts clean.
+        rt.counters.malformed += 1
+        raise ConnectionEnded(f"implausible first live event on {', '.join(bogus)}: reconnecting")
     for topic, plan in job.plans.items():
         failure = job.failures.get(topic)
         if failure is None and topic not in job.finished:
