@@ -8,7 +8,8 @@ every kline and aggTrade topic, injects seeded random faults from the
 simulator's catalogue plus worker SIGKILL and SIGSTOP, and measures how
 long each recovery took. At the end it checks, per symbol:
 
-* every closed 1m kline exactly once and in order, equal to REST ``klines``;
+* every closed 1m kline exactly once and in order, equal field for field to
+  REST ``klines`` (a halted span has no klines: nothing to deliver);
 * every aggTrade id exactly once and in order, equal to REST ``aggTrades``;
 * every hole covered by an announced gap frame.
 
@@ -38,9 +39,14 @@ from feedsup.ipc.client import Subscriber, request
 from feedsup.procs import alive, tied
 
 # Faults that end the targeted connection (recovery = a new worker streams).
-BREAKING = ("drop", "close", "stall", "data_stall", "server_shutdown", "lifetime", "sigkill", "sigstop")
-# Faults the stream rides through (recovery = data keeps flowing).
-NON_BREAKING = ("latency", "malformed", "rest_error", "refuse")
+# ``outage`` is exchange-wide: every connection drops, upgrades and REST fail.
+BREAKING = ("drop", "close", "stall", "data_stall", "server_shutdown", "lifetime", "sigkill", "sigstop",
+            "outage")
+# Faults the stream rides through (recovery = data keeps flowing). ``halt``
+# stops trading on one symbol (no trades, no klines for the span: nothing to
+# deliver, nothing to announce); ``rest_lag`` makes REST trail the streams,
+# its newest kline row still open there.
+NON_BREAKING = ("latency", "malformed", "rest_error", "refuse", "halt", "rest_lag")
 CATALOGUE = BREAKING + NON_BREAKING
 
 
@@ -262,6 +268,16 @@ symbols = {syms}
             params.update(status=self.rng.choice((500, 503, 429)), count=3, retry_after=1)
         elif kind == "server_shutdown":
             params["delay"] = 0.5
+        elif kind == "halt":
+            target = {}
+            params.update(symbol=self.rng.choice(self.o.symbols), duration=self.rng.choice((1, 2)))
+        elif kind == "rest_lag":
+            target = {}
+            params.update(ms=self.rng.choice((5_000, 30_000, 90_000)), duration=3)
+        elif kind == "outage":
+            target = {}
+            params.update(duration=self.rng.choice((1, 2)), mode=self.rng.choice(("503", "reset")),
+                          status=self.rng.choice((500, 502, 503, 504)))
         body = json.dumps({"kind": kind, "target": target, **params}).encode()
         req = urllib.request.Request(self.urls["control_url"] + "/faults", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -419,16 +435,25 @@ symbols = {syms}
         unannounced = [t for t in missing if not any(_covers_ms(g, t) for g in gaps)]
         if unannounced:
             self.report.problems.append(f"{symbol}: {len(unannounced)} closed klines missing without a gap notice")
-        fields = ("open", "high", "low", "close", "volume")
+        # Field for field: a closed kline is the exchange's final record.
         wrong = [row[0] for row in truth if row[0] in by_open and
-                 tuple(by_open[row[0]][f] for f in fields) != tuple(row[1:6])]
+                 tuple(by_open[row[0]][f] for f in _KLINE_FIELDS) != tuple(row[i] for i in _KLINE_COLUMNS)]
         if wrong:
-            self.report.problems.append(f"{symbol}: {len(wrong)} closed klines differ from REST (first {wrong[:3]})")
+            row = next(r for r in truth if r[0] == wrong[0])
+            got = by_open[wrong[0]]
+            diff = {f: (got[f], row[i]) for f, i in zip(_KLINE_FIELDS, _KLINE_COLUMNS) if got[f] != row[i]}
+            self.report.problems.append(f"{symbol}: {len(wrong)} closed klines differ from REST (first {wrong[:3]}; "
+                                        f"{wrong[0]} got/REST {diff}, backfill {bool(got.get('event_time') is None)})")
         self.report.klines[symbol] = len(opens)
 
     @property
     def rest_url(self) -> str:
         return self.urls["rest_url"]
+
+
+_KLINE_FIELDS = ("open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
+                 "taker_buy_volume", "taker_buy_quote_volume")
+_KLINE_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)     # the same, in a REST klines row
 
 
 def _covers_id(gap: dict[str, Any], agg_id: int) -> bool:

@@ -120,9 +120,31 @@ def format_status(reply: dict[str, Any]) -> str:
         ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(STATUS_COLUMNS) - 1)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + str(r[-1]) for r in rows]
+    for s in reply.get("streams", []):
+        progress = (s.get("stats") or {}).get("backfill")
+        if isinstance(progress, dict):
+            lines.append(f"  backfill {s.get('name', '?')}: {format_backfill(progress)}")
     lines.append(f"pid {reply.get('pid')}  up {reply.get('uptime', 0):.0f}s  published {reply.get('published')}"
                  f"  duplicates suppressed {reply.get('suppressed')}")
     return "\n".join(lines)
+
+
+def format_backfill(p: dict[str, Any]) -> str:
+    """One running REST backfill: topic, rows so far, what is left, time left."""
+    text = f"{p.get('topic', '?')}, {p.get('rows', 0)} rows fetched, "
+    remaining = p.get("remaining")
+    if remaining is None:
+        text += "end not known yet"
+    elif p.get("unit") == "ms":
+        text += f"{remaining / 60_000:.1f} min of klines left"
+    else:
+        text += f"{remaining} ids left"
+    left = p.get("topics_left") or 0
+    if left:
+        text += f" (+{left} topic{'s' if left > 1 else ''})"
+    if p.get("eta_s") is not None:
+        text += f", about {p['eta_s']:.0f} s"
+    return text
 
 
 @main.command()

@@ -161,19 +161,77 @@ def test_kline_more_than_1000_pages_by_start_time():
     live = T + 2500 * M
     plan.first_live = live
     asked = run(plan, klines_until(live))
-    assert [p["startTime"] for p in asked] == [T + 1, T + 1001 * M, T + 2001 * M]
+    # each page starts at the previous page's newest row, which REST must show closed
+    assert [p["startTime"] for p in asked] == [T + 1, T + 1000 * M, T + 1999 * M]
     got = [it.major for it in items(merge(plan, live))]
     assert got == list(range(T + M, live, M))
 
 
-def test_kline_missing_minutes_become_a_time_gap():
+def test_kline_missing_minutes_are_no_candles_not_a_gap():
+    # REST is the exchange's record: a minute it skips between two rows it
+    # serves had no trades to make a kline (a trading halt). A fact, not a loss.
     def answer(params: dict) -> list[list]:
         return [kline_row(t) for t in (T + M, T + 4 * M, T + 5 * M) if t >= params["startTime"] - M + 1]
     plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 5 * M
     run(plan, answer)
     out = merge(plan, first_live=T + 5 * M)
-    assert gaps(out) == [Gap("klines not served by REST", from_ms=T + 2 * M, to_ms=T + 4 * M - 1)]
-    assert [e.major if isinstance(e, Item) else "gap" for e in out] == [T + M, "gap", T + 4 * M]
+    assert gaps(out) == []
+    assert [it.major for it in items(out)] == [T + M, T + 4 * M]
+    assert backfill.covered_through(plan, out) == T + 5 * M - 1
+
+
+def test_kline_halt_no_rest_rows_up_to_the_first_live_kline_ends_the_backfill():
+    # Halted from T + M until T + 10 M: REST has nothing between the resume
+    # mark and the live kline, and shows the live kline itself. The backfill
+    # is complete; it must not be planned again with the same inputs.
+    def answer(params: dict) -> list[list]:
+        return [kline_row(t) for t in (T, T + 10 * M) if t >= params["startTime"]]
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 10 * M
+    run(plan, answer)
+    assert plan.step is Step.DONE
+    out = merge(plan, first_live=T + 10 * M)
+    assert out == []
+    mark = backfill.covered_through(plan, out)
+    assert backfill.Continuity.follows(mark, T + 10 * M), "the live kline joins: no new hole, no loop"
+
+
+def test_kline_halt_during_the_backfill_with_no_live_kline_yet():
+    # Connected during the halt: nothing live, REST's newest row is the kline
+    # the halt began in. Not published yet (nothing proves REST's copy final),
+    # and the mark lets the first live kline after the halt trigger one more
+    # fetch, which then ends.
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T - 1, interval="1m")
+    run(plan, lambda p: [kline_row(T)] if p["startTime"] <= T else [])
+    out = merge(plan, None)
+    assert plan.step is Step.DONE and out == []
+    mark = backfill.covered_through(plan, out)
+    assert mark == T - 1
+    again = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=mark, interval="1m")
+    again.first_live = T + 10 * M
+    run(again, lambda p: [kline_row(t) for t in (T, T + 10 * M) if t >= p["startTime"]])
+    out = merge(again, T + 10 * M)
+    assert [it.major for it in items(out)] == [T] and gaps(out) == []
+    assert backfill.Continuity.follows(backfill.covered_through(again, out), T + 10 * M)
+
+
+def test_kline_row_still_open_at_rest_is_refetched_final():
+    # REST lags: its newest row (T + 3 M) is still being updated there though
+    # the stream has moved on to T + 4 M. Only a later row proves it closed,
+    # and then its final values are the ones published.
+    partial = kline_row(T + 3 * M)
+    partial[4], partial[8] = "1.1", 1
+    final = kline_row(T + 3 * M)
+    pages = [[kline_row(T + M), kline_row(T + 2 * M), partial], [final, kline_row(T + 4 * M)]]
+    plan = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    plan.first_live = T + 4 * M
+    assert plan.on_page(pages[0]) is Step.LAGGING
+    assert plan.request()["startTime"] == T + 3 * M, "ask again from the unproven row"
+    assert plan.on_page(pages[1]) is Step.DONE
+    out = merge(plan, T + 4 * M)
+    assert [it.major for it in items(out)] == [T + M, T + 2 * M, T + 3 * M]
+    assert items(out)[-1].data == backfill.kline_data("BTCUSDT", "1m", final)
 
 
 def test_kline_failure_gap_spans_to_the_first_live_kline():
@@ -283,3 +341,112 @@ def test_seed_checks_the_next_live_event_against_the_backfill():
     c2.seed("k", T + M - 1)                             # klines up to T accounted for
     assert c2.check("k", *kl(T + M, False)) is None
     assert c2.check("k", *kl(T + 3 * M, False)) == T + M - 1
+
+
+# -- implausible jumps are malformed, not holes ---------------------------------------
+
+def agg(a: int, t: int) -> tuple:
+    return a, True, {"time": t}
+
+
+def test_an_id_jump_the_exchange_could_not_have_made_is_malformed():
+    c = backfill.Continuity("aggTrade")
+    assert c.check("a", *agg(100, T)) is None
+    assert c.check("a", *agg(101, T + 5)) is None
+    assert c.check("a", *agg(101 + 2**62, T + 10)) == backfill.MALFORMED
+    assert c.check("a", *agg(102, T + 12)) is None, "the hostile frame left no trace"
+    # time itself jumping past a connection's lifetime is hostile too
+    assert c.check("a", *agg(104, T + 2 * 86_400_000)) == backfill.MALFORMED
+    # a real hole (a data stall of 90 s, 400 ids) is still a hole
+    assert c.check("a", *agg(500, T + 90_000)) == 102
+    assert c.check("a", *agg(501, T + 90_001)) is None
+
+
+def test_a_kline_open_time_far_beyond_the_previous_is_malformed():
+    c = backfill.Continuity("kline")
+    assert c.check("k", T, False, {"close_time": T + M - 1, "interval": "1m"}) is None
+    far = T + 400 * 86_400_000
+    assert c.check("k", far, False, {"close_time": far + M - 1, "interval": "1m"}) == backfill.MALFORMED
+    assert c.check("k", T, True, {"close_time": T + M - 1, "interval": "1m"}) is None
+    # a two-hour trading halt is a plausible jump (backfill finds no klines there)
+    later = T + 120 * M
+    assert c.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == T + M - 1
+
+
+# -- progress of a long backfill ---------------------------------------------------------
+
+def test_progress_counts_rows_and_the_span_left_to_the_first_live_event():
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    assert plan.progress() == {"topic": "aggTrade.BTCUSDT", "rows": 0, "done": 0, "remaining": None, "unit": "ids"}
+    plan.first_live = 3011
+    plan.on_page([agg_row(a) for a in range(11, 1011)])
+    assert plan.progress() == {"topic": "aggTrade.BTCUSDT", "rows": 1000, "done": 1000, "remaining": 2000,
+                               "unit": "ids"}
+    k = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    k.first_live = T + 100 * M
+    k.on_page([kline_row(T + i * M) for i in range(1, 11)])
+    p = k.progress()
+    assert (p["rows"], p["unit"], p["remaining"]) == (10, "ms", 90 * M)
+
+
+def test_eta_from_progress_and_elapsed_time():
+    assert backfill.eta_s(done=1000, remaining=3000, elapsed_s=2.0) == pytest.approx(6.0)
+    assert backfill.eta_s(done=0, remaining=3000, elapsed_s=2.0) is None
+    assert backfill.eta_s(done=10, remaining=None, elapsed_s=2.0) is None
+
+
+def test_a_trade_gap_beyond_the_recent_window_names_the_exact_ids_on_the_wire():
+    # Binance serves the last 1000 trades to a key-less client: a longer
+    # outage loses the older ones, and the notice says exactly which.
+    from types import SimpleNamespace
+
+    import msgpack
+
+    from feedsup.ipc import frames
+    from feedsup.workers.market import gap_frame
+    rows = [{"id": i, "price": "1", "qty": "1", "quoteQty": "1", "time": i, "isBuyerMaker": True}
+            for i in range(5000, 6000)]
+    plan = Plan("spot", "trade", "BTCUSDT", "trade.BTCUSDT", resume=1234)
+    plan.on_page(rows)
+    out = merge(plan, first_live=5800)
+    gap = gaps(out)[0]
+    assert (gap.from_id, gap.to_id) == (1235, 4999)
+    assert [it.major for it in items(out)] == list(range(5000, 5800))
+    record = gap_frame(SimpleNamespace(name="trades"), "trade.BTCUSDT", b"trade.BTCUSDT", gap)
+    (_, topic, _, _, _, body), = frames.iter_records(record)
+    notice = msgpack.unpackb(body)
+    assert notice["data"] is None and notice["gap"]["from_id"] == 1235 and notice["gap"]["to_id"] == 4999
+    assert "recent-trades" in notice["gap"]["reason"]
+
+
+def test_a_jump_the_next_frame_confirms_is_a_real_hole_after_all():
+    # Misjudging a real jump must not kill the topic: when the frame after a
+    # rejected one continues from it, the jump was real and is backfilled.
+    c = backfill.Continuity("aggTrade")
+    assert c.check("a", *agg(100, T)) is None
+    far = 100 + 10**12
+    assert c.check("a", *agg(far, T + 3 * 86_400_000)) == backfill.MALFORMED
+    assert c.check("a", *agg(far + 1, T + 3 * 86_400_000 + 1)) == 100
+    assert c.check("a", *agg(far + 2, T + 3 * 86_400_000 + 2)) is None
+    k = backfill.Continuity("kline")
+    assert k.check("k", T, False, {"close_time": T + M - 1, "interval": "1m"}) is None
+    later = T + 400 * 86_400_000
+    assert k.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == backfill.MALFORMED
+    assert k.check("k", later, False, {"close_time": later + M - 1, "interval": "1m"}) == T - 1
+
+
+def test_a_first_live_event_far_beyond_what_rest_shows_is_implausible():
+    # The first live frame of a topic after a reconnect is not checked by
+    # Continuity (nothing before it on this connection); REST's present is
+    # the reference instead, by exchange ids and times.
+    plan = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    plan.first_live, plan.first_live_time = 2**62, 1000 + 600
+    assert plan.on_page([agg_row(a) for a in range(11, 501)]) is Step.DONE
+    assert plan.implausible_live
+    lagging = Plan("spot", "aggTrade", "BTCUSDT", "aggTrade.BTCUSDT", resume=10)
+    lagging.first_live, lagging.first_live_time = 600, 1000 + 600      # REST merely behind
+    assert lagging.on_page([agg_row(a) for a in range(11, 501)]) is Step.LAGGING
+    assert not lagging.implausible_live
+    k = Plan("spot", "kline", "BTCUSDT", "kline.BTCUSDT.1m", resume=T, interval="1m")
+    k.first_live = T + 400 * 86_400_000
+    assert k.on_page([kline_row(T + i * M) for i in range(1, 4)]) is Step.DONE and k.implausible_live

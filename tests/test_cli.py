@@ -204,3 +204,20 @@ def test_run_with_a_bad_config_exits_78_before_starting_anything(tmp_path):
     assert out.returncode == 78
     assert f"{path}: feedsup.pubb: unknown key" in out.stderr
     assert not (tmp_path / "pub").exists(), "nothing was bound"
+
+
+def test_status_table_shows_a_running_backfill():
+    from feedsup.cli import format_status
+    progress = {"topic": "aggTrade.BTCUSDT", "rows": 3000, "done": 3000, "remaining": 12000, "unit": "ids",
+                "eta_s": 8.2, "topics_left": 1}
+    reply = {"pid": 1, "uptime": 5, "published": 10, "suppressed": 0, "streams": [
+        {"name": "aggs", "state": "RUNNING", "pid": 7, "stats": {"backfill": progress}},
+        {"name": "kl", "state": "RUNNING", "pid": 8, "stats": {"backfill": {
+            "topic": "kline.BTCUSDT.1m", "rows": 10, "done": 600000, "remaining": None, "unit": "ms",
+            "eta_s": None, "topics_left": 0}}},
+        {"name": "book", "state": "RUNNING", "pid": 9, "stats": {}}]}
+    text = format_status(reply)
+    assert ("  backfill aggs: aggTrade.BTCUSDT, 3000 rows fetched, 12000 ids left (+1 topic), about 8 s"
+            in text.splitlines())
+    assert "  backfill kl: kline.BTCUSDT.1m, 10 rows fetched, end not known yet" in text.splitlines()
+    assert "backfill book" not in text

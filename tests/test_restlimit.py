@@ -4,6 +4,7 @@ REST client on loopback against the simulator's 429/418/5xx answers."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -94,8 +95,8 @@ class FakeClock:
 def test_budgets_sharing_a_file_share_weight_and_pauses(tmp_path):
     clock = FakeClock(T0)
     path = str(tmp_path / "restweight-spot.json")
-    a = SharedBudget(path, 100, 0.8, clock)
-    b = SharedBudget(path, 100, 0.8, clock)
+    a = SharedBudget(path, 100, 0.8, clock, monotonic=clock)
+    b = SharedBudget(path, 100, 0.8, clock, monotonic=clock)
     a.acquire(50, deadline=T0 + 1)
     with pytest.raises(BudgetUnavailable, match="weight 50\\+40"):
         b.acquire(40, deadline=T0 + 1)       # would have to wait 60 s
@@ -109,8 +110,8 @@ def test_budgets_sharing_a_file_share_weight_and_pauses(tmp_path):
 def test_a_429_seen_by_one_budget_pauses_the_other_until_retry_after(tmp_path):
     clock = FakeClock(T0)
     path = str(tmp_path / "w.json")
-    a = SharedBudget(path, 6000, 0.8, clock)
-    b = SharedBudget(path, 6000, 0.8, clock)
+    a = SharedBudget(path, 6000, 0.8, clock, monotonic=clock)
+    b = SharedBudget(path, 6000, 0.8, clock, monotonic=clock)
     a.observe(429, {"Retry-After": "10", "X-MBX-USED-WEIGHT-1M": "6001"})
     with pytest.raises(BudgetUnavailable, match="429"):
         b.acquire(1, deadline=T0 + 5)
@@ -122,7 +123,8 @@ def test_a_429_seen_by_one_budget_pauses_the_other_until_retry_after(tmp_path):
 
 
 def test_acquire_waits_for_the_window_and_stop_interrupts_it(tmp_path):
-    budget = SharedBudget(str(tmp_path / "w.json"), 10, 1.0, FakeClock(T0 + 30))
+    clock = FakeClock(T0 + 30)
+    budget = SharedBudget(str(tmp_path / "w.json"), 10, 1.0, clock, monotonic=clock)
     budget.acquire(10, deadline=T0 + 100)
     stop = threading.Event()
     stop.set()
@@ -133,7 +135,8 @@ def test_acquire_waits_for_the_window_and_stop_interrupts_it(tmp_path):
 def test_corrupt_state_file_starts_afresh(tmp_path):
     path = tmp_path / "w.json"
     path.write_text("[not a map")
-    budget = SharedBudget(str(path), 100, 1.0, FakeClock(T0))
+    clock = FakeClock(T0)
+    budget = SharedBudget(str(path), 100, 1.0, clock, monotonic=clock)
     budget.acquire(5, deadline=T0 + 1)
     assert budget.state().used == 5
 
@@ -161,11 +164,11 @@ def test_a_429_pauses_every_client_sharing_the_budget_then_both_succeed(sim, tmp
     a, b = client(sim, path), client(sim, path)
     sim.inject("rest_error", status=429, retry_after=1, count=1)
     t0 = time.monotonic()
-    rows = a.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 10)
+    rows = a.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.monotonic() + 10)
     assert isinstance(rows, list) and a.failures == 1
     assert time.monotonic() - t0 >= 0.9, "a waited out Retry-After"
     assert SharedBudget(str(path), 6000).state().paused_until > 0
-    b.fetch("/api/v3/klines", {"symbol": "BTCUSDT", "interval": "1m", "limit": 5}, deadline=time.time() + 10)
+    b.fetch("/api/v3/klines", {"symbol": "BTCUSDT", "interval": "1m", "limit": 5}, deadline=time.monotonic() + 10)
     assert b.failures == 0
     assert SharedBudget(str(path), 6000).state().used >= 4 + 2
 
@@ -173,12 +176,12 @@ def test_a_429_pauses_every_client_sharing_the_budget_then_both_succeed(sim, tmp
 def test_transient_errors_are_retried_and_a_deadline_ends_the_call(sim, tmp_path):
     c = client(sim, tmp_path / "w.json", retry_initial=0.05)
     sim.inject("rest_error", status=503, count=2)
-    c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 5)
+    c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.monotonic() + 5)
     assert c.failures == 2
     sim.inject("rest_error", status=502, duration=30)
     t0 = time.monotonic()
     with pytest.raises(RestFailed, match="deadline.*HTTP 502"):
-        c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 0.5)
+        c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.monotonic() + 0.5)
     assert time.monotonic() - t0 < 1.5
 
 
@@ -187,15 +190,15 @@ def test_a_ban_longer_than_the_deadline_fails_at_once_and_bad_requests_are_fatal
     sim.inject("rest_error", status=418, retry_after=120, count=1)
     t0 = time.monotonic()
     with pytest.raises(RestFailed, match="banned"):
-        c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.time() + 10)
+        c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, deadline=time.monotonic() + 10)
     assert time.monotonic() - t0 < 1.0
     ok = client(sim, tmp_path / "other.json")
     with pytest.raises(RestFailed, match="rejected: HTTP 400"):
-        ok.fetch("/api/v3/aggTrades", {"symbol": "NOPEUSDT", "limit": 5}, deadline=time.time() + 5)
+        ok.fetch("/api/v3/aggTrades", {"symbol": "NOPEUSDT", "limit": 5}, deadline=time.monotonic() + 5)
 
 
 def _charge_many(path: str, times: int) -> None:
-    budget = SharedBudget(path, 10**9, 1.0, lambda: T0 + 1)
+    budget = SharedBudget(path, 10**9, 1.0, lambda: T0 + 1, monotonic=lambda: T0 + 1)
     for _ in range(times):
         budget.acquire(1, deadline=T0 + 2)
 
@@ -216,3 +219,63 @@ def test_processes_sharing_the_file_never_lose_an_update(tmp_path):
             if p.is_alive():
                 p.kill()
     assert SharedBudget(path, 10**9, 1.0, lambda: T0 + 1).state().used == 800
+
+
+# -- one clock per purpose: deadlines are monotonic ------------------------------------
+
+def test_rest_deadlines_ignore_a_stepped_wall_clock(monkeypatch):
+    # NTP steps the wall clock an hour forward between two attempts: the
+    # call's deadline (monotonic) has not passed, so the retry goes out.
+    from feedsup.workers import rest
+    wall = [1_767_225_600.0]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    answers = [rest.Response(503, None, {}), rest.Response(200, [1, 2], {})]
+
+    def fake_get(base, path, params=None, timeout=10.0, headers=None, method="GET"):
+        wall[0] += 3600.0
+        return answers.pop(0)
+    monkeypatch.setattr(rest, "get", fake_get)
+    c = RestClient("http://127.0.0.1:9", "spot", SharedBudget("", 6000), retry_initial=0.01)
+    assert c.fetch("/api/v3/aggTrades", {"symbol": "BTCUSDT", "limit": 5}, time.monotonic() + 5) == [1, 2]
+    assert c.failures == 1
+
+
+def test_budget_wait_deadline_is_monotonic_while_windows_follow_the_wall_clock(monkeypatch):
+    wall = [T0 + 59.9]
+    budget = SharedBudget("", 10, 1.0, clock=lambda: wall[0])
+    budget.acquire(10, deadline=time.monotonic() + 1)
+    # The next minute starts in 0.1 s of wall time: worth waiting for within
+    # a 1 s monotonic deadline, whatever the wall clock reads in absolute terms.
+    stop = threading.Event()
+
+    def step_wall() -> None:
+        wall[0] = T0 + 60.5
+    timer = threading.Timer(0.05, step_wall)
+    timer.start()
+    try:
+        budget.acquire(1, deadline=time.monotonic() + 1, stop=stop)
+    finally:
+        timer.cancel()
+    assert budget.state().used == 1
+
+
+# -- where the budget lives --------------------------------------------------------------
+
+def test_budget_dir_outlives_the_parent(tmp_path, monkeypatch):
+    state = tmp_path / "state.json"
+    assert restlimit.budget_dir(str(state), "/run/p1", "https://api.binance.com") == str(tmp_path)
+    # loopback without a state file: the parent's own run directory (simulators reuse ports)
+    assert restlimit.budget_dir("", "/run/p1", "http://127.0.0.1:4000") == "/run/p1"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert restlimit.budget_dir("", "/run/p1", "https://api.binance.com") == str(tmp_path / "feedsup")
+    assert os.stat(tmp_path / "feedsup").st_mode & 0o777 == 0o700
+    a = restlimit.budget_file("spot", "https://api.binance.com")
+    assert a != restlimit.budget_file("spot", "https://api1.binance.com") and a.startswith("restweight-spot-")
+
+
+def test_a_runtime_dir_that_is_not_ours_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    os.mkdir(tmp_path / "feedsup", 0o777)
+    os.chmod(tmp_path / "feedsup", 0o777)
+    assert restlimit.user_runtime_dir() == ""
+    assert restlimit.budget_dir("", "/run/p1", "https://api.binance.com") == "/run/p1"

@@ -51,12 +51,12 @@ async def control_handler(core: "SimCore", request: web.Request) -> web.Response
         core.faults.expire(time.monotonic())
         return _json([f.as_dict() for f in core.faults.active])
     if path == "/_sim/faults" and method == "DELETE":
-        return _json({"cleared": core.faults.clear()})
+        return _json({"cleared": core.clear_faults()})
     if path.startswith("/_sim/faults/") and method == "DELETE":
         tail = path.rsplit("/", 1)[1]
         if not tail.isdigit():
             return _json({"error": "fault id must be an integer"}, 400)
-        return _json({"cleared": core.faults.clear(int(tail))})
+        return _json({"cleared": core.clear_faults(int(tail))})
     if path == "/_sim/connections" and method == "GET":
         now = time.monotonic()
         return _json([c.info(now) for c in core.hub.connections.values()])

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 INSTANT = frozenset({"drop", "close", "malformed", "server_shutdown", "lifetime", "expire_listen_key"})
-LASTING = frozenset({"stall", "data_stall", "latency", "refuse", "rest_error"})
+LASTING = frozenset({"stall", "data_stall", "latency", "refuse", "rest_error", "halt", "rest_lag", "outage"})
 KINDS = INSTANT | LASTING
-MALFORMED_VARIANTS = ("invalid_json", "unknown_event", "truncated", "oversized")
+MALFORMED_VARIANTS = ("invalid_json", "unknown_event", "truncated", "oversized", "id_jump")
 REST_ERROR_STATUSES = (418, 429, 500, 502, 503, 504)
+OUTAGE_STATUSES = (500, 502, 503, 504)
 
 
 class FaultError(ValueError):
@@ -67,6 +68,7 @@ def validate(kind: str, target: Any, params: dict[str, Any]) -> dict[str, Any]:
         _number(p, "ms", None)
         if p.get("ms") is None:
             raise FaultError("latency needs ms")
+        p["rest"] = bool(p.get("rest", False))    # true: delay REST answers instead of stream data
     elif kind == "malformed":
         p.setdefault("variant", "invalid_json")
         if p["variant"] not in MALFORMED_VARIANTS:
@@ -90,6 +92,27 @@ def validate(kind: str, target: Any, params: dict[str, Any]) -> dict[str, Any]:
         _number(p, "retry_after", None)
     elif kind == "server_shutdown":
         _number(p, "delay", None)
+    elif kind == "halt":
+        if p.get("duration") is None:
+            raise FaultError("halt needs duration (seconds)")
+        symbol = p.get("symbol")
+        if symbol is not None and (not isinstance(symbol, str) or not symbol):
+            raise FaultError("halt symbol must be a symbol name (or absent: every symbol)")
+        if symbol is not None:
+            p["symbol"] = symbol.upper()
+    elif kind == "rest_lag":
+        _number(p, "ms", None)
+        if p.get("ms") is None:
+            raise FaultError("rest_lag needs ms (simulated milliseconds)")
+    elif kind == "outage":
+        if p.get("duration") is None:
+            raise FaultError("outage needs duration (seconds)")
+        p.setdefault("mode", "503")
+        if p["mode"] not in ("503", "reset"):
+            raise FaultError("outage mode must be '503' or 'reset'")
+        p["status"] = int(p.get("status", 503))
+        if p["status"] not in OUTAGE_STATUSES:
+            raise FaultError(f"outage status must be one of {OUTAGE_STATUSES}")
     return p
 
 
@@ -141,7 +164,10 @@ class FaultRegistry:
                 and (f.remaining is None or f.remaining > 0)]
 
     def take_rest_error(self, now: float) -> Fault | None:
-        """The REST fault that answers the next call, consuming one count."""
+        """The REST fault that answers the next call, consuming one count
+        (an exchange-wide outage answers every call)."""
+        for f in self.of_kind("outage", now):
+            return f
         for f in self.of_kind("rest_error", now):
             if f.remaining is not None:
                 f.remaining -= 1
@@ -181,7 +207,7 @@ def effects_for(faults: list[Fault], conn_id: int, streams: Iterable[str], now: 
                 eff.data_stalled = True
             else:
                 stalled_streams.add(f.stream())
-        elif f.kind == "latency":
+        elif f.kind == "latency" and not f.params.get("rest"):
             seconds = f.params["ms"] / 1000.0
             if f.stream() is None:
                 eff.latency = max(eff.latency, seconds)

@@ -124,11 +124,16 @@ class KlineFeed(Feed):
         out = []
         klines = self.series.klines
         interval = self.spec.interval
-        for k in klines[self.series.index_at(self.watermark):-1]:
+        # Every kline whose close time has passed goes out once, final. That
+        # is all but the last, except when a halt began inside the last one.
+        for k in klines[self.series.index_at(self.watermark):]:
+            if k.close_time >= now:
+                break
             out.append(pl.kline_event(self.m, interval, k, True, now))
-        self.watermark = klines[-1].open_time
-        if self.due(now):
-            out.append(pl.kline_event(self.m, interval, klines[-1], False, now))
+            self.watermark = k.close_time + 1
+        current = klines[-1]
+        if self.due(now) and current.close_time >= now and not (self.m.halts and self.m.halted_at(now)):
+            out.append(pl.kline_event(self.m, interval, current, False, now))
         return out
 
 

@@ -38,6 +38,9 @@ class Hub:
         self.subscribers: dict[tuple[str, str], set[Connection]] = defaultdict(set)
         self.connections: dict[int, Connection] = {}
         self.now_ms = options.start_ms
+        # REST trails the streams by this many simulated ms (the ``rest_lag``
+        # fault; set per request by the server).
+        self.rest_lag_ms = 0
 
     def advance(self) -> int:
         """Bring every market to the simulated now; returns it."""

@@ -19,7 +19,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from .intervals import INTERVALS, next_open, open_time
 from .symbols import SymbolSpec
@@ -92,12 +92,18 @@ class Kline:
 
 
 class KlineSeries:
-    """Klines of one interval, oldest first; the last one is open."""
+    """Klines of one interval, oldest first. The last one is open, unless a
+    trading halt began inside it: then it closes at its close time and no
+    kline follows until trading resumes (as on Binance: no trades, no
+    klines for those intervals)."""
 
-    def __init__(self, interval: str, t_ms: int, price: int, cap: int) -> None:
+    def __init__(self, interval: str, t_ms: int, price: int, cap: int,
+                 halted: Callable[[int, int], bool] | None = None) -> None:
         self.interval = interval
         self.cap = cap
         self.klines: list[Kline] = [self._empty(open_time(interval, t_ms), price)]
+        self._halted = halted or (lambda start, end: False)
+        self._next_start = self.klines[-1].close_time + 1   # first kline not yet created
 
     def _empty(self, start: int, price: int) -> Kline:
         return Kline(start, next_open(self.interval, start) - 1, price, price, price, price)
@@ -107,10 +113,19 @@ class KlineSeries:
         return self.klines[-1]
 
     def roll(self, t_ms: int) -> None:
-        """Close klines up to ``t_ms``, adding empty ones for quiet periods."""
-        while t_ms > self.klines[-1].close_time:
-            last = self.klines[-1]
-            self.klines.append(self._empty(last.close_time + 1, last.close))
+        """Close klines up to ``t_ms``, adding empty ones for quiet periods
+        (but none for an interval that lies wholly inside a halt)."""
+        while t_ms >= self._next_start:
+            start = self._next_start
+            end = next_open(self.interval, start) - 1
+            self._next_start = end + 1
+            if not self._halted(start, end):
+                self.klines.append(self._empty(start, self.klines[-1].close))
+        last = self.klines[-1]
+        if t_ms > last.close_time and not self._halted(t_ms, t_ms):
+            # A halt cleared early: the interval was skipped while it looked
+            # wholly halted, but trading resumed inside it.
+            self.klines.append(self._empty(open_time(self.interval, t_ms), last.close))
         if len(self.klines) > self.cap * 1.25:
             del self.klines[: len(self.klines) - self.cap]
 
@@ -157,7 +172,10 @@ class SymbolMarket:
             self.asks[self.center + k] = self._random_qty()
         self.last_price = self.center + 1
         self.last_qty = 0
-        self.klines = {i: KlineSeries(i, start_ms, self.last_price, 5000) for i in INTERVALS}
+        # Trading halts: (first, last) simulated ms, inclusive, oldest first.
+        self.halts: list[tuple[int, int]] = []
+        self.klines = {i: KlineSeries(i, start_ms, self.last_price, 5000, self.halted_through)
+                       for i in INTERVALS}
 
     # -- the random process --------------------------------------------------
 
@@ -171,13 +189,33 @@ class SymbolMarket:
         qmax = self.spec.max_qty_units
         return min(qmax, max(1, int(self._rng.paretovariate(1.5) * qmax / 20))) if self._rng.random() < 0.9 else self._rng.randint(1, qmax)
 
+    # -- trading halts ------------------------------------------------------------
+
+    def halt(self, first_ms: int, last_ms: int) -> None:
+        """No trades, book updates or klines from ``first_ms`` to ``last_ms``
+        (inclusive, both after the market's now). Ids do not advance."""
+        self.halts.append((first_ms, last_ms))
+        self.halts.sort()
+
+    def end_halts(self, now_ms: int) -> None:
+        """Trading resumes now: cut every halt still running at ``now_ms``."""
+        self.halts = [(a, min(b, now_ms)) for a, b in self.halts if a <= now_ms]
+
+    def halted_at(self, t_ms: int) -> bool:
+        return any(a <= t_ms <= b for a, b in self.halts)
+
+    def halted_through(self, start: int, end: int) -> bool:
+        """Is every ms of [start, end] inside one halt?"""
+        return any(a <= start and end <= b for a, b in self.halts)
+
     def advance(self, now_ms: int) -> None:
         """Generate every event with simulated time <= ``now_ms``."""
         if now_ms <= self.now_ms:
             return
         while self._next_ms <= now_ms:
             t = int(self._next_ms)
-            self._event(t)
+            if not (self.halts and self.halted_at(t)):
+                self._event(t)
             self._next_ms += self._gap_ms()
         self.now_ms = now_ms
         for series in self.klines.values():
@@ -298,6 +336,21 @@ class SymbolMarket:
         if end_ms is not None:
             j = self.klines[interval].index_at(end_ms + 1)
         return series[max(0, j - limit):j]
+
+    def kline_as_of(self, interval: str, k: Kline, t_ms: int) -> Kline:
+        """``k`` as it stood at simulated time ``t_ms`` (REST lag serves the
+        newest row with its then-current values, not its final ones)."""
+        if t_ms >= k.close_time:
+            return k
+        series = self.klines[interval]
+        i = series.index_at(k.open_time)
+        past = series._empty(k.open_time, series.klines[i - 1].close if i > 0 else k.open)
+        if k.trades:
+            for trade in self.trades_after(k.first_id - 1):
+                if trade.id > k.last_id or trade.time > t_ms:
+                    break
+                past.add(trade)
+        return past
 
     def depth(self, limit: int) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
         bids = sorted(self.bids.items(), reverse=True)[:limit]

@@ -110,9 +110,21 @@ def klines(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
     if interval not in INTERVALS:
         raise RestError(400, -1120, "Invalid interval.")
     limit = _limit(q, 500, 1000 if market == SPOT else 1500)
-    hub.advance()
-    rows = m.klines_in(interval, _int(q, "startTime"), _int(q, "endTime"), limit)
+    now = hub.advance()
+    end = _int(q, "endTime")
+    seen = _rest_view(hub, now)
+    if seen is not None:
+        end = seen if end is None else min(end, seen)
+    rows = m.klines_in(interval, _int(q, "startTime"), end, limit)
+    if seen is not None and rows:
+        rows[-1] = m.kline_as_of(interval, rows[-1], seen)
     return [pl.kline_row(m, k) for k in rows]
+
+
+def _rest_view(hub: Hub, now: int) -> int | None:
+    """The simulated time REST serves while it lags the streams (the
+    ``rest_lag`` fault): nothing newer than this exists for REST yet."""
+    return now - hub.rest_lag_ms if hub.rest_lag_ms > 0 else None
 
 
 def agg_trades(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
@@ -121,15 +133,17 @@ def agg_trades(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
     start, end, from_id = _int(q, "startTime"), _int(q, "endTime"), _int(q, "fromId")
     if start is not None and end is not None and end - start > 3_600_000:
         raise RestError(400, -1127, "More than 1 hours between startTime and endTime.")
-    hub.advance()
+    seen = _rest_view(hub, hub.advance())
+    if seen is not None:
+        end = seen if end is None else min(end, seen)
     return [pl.agg_trade_row(m, a) for a in m.aggs_in(start, end, from_id, limit)]
 
 
 def trades(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
     m = _symbol(hub, market, q)
     limit = _limit(q, 500, 1000)
-    hub.advance()
-    recent = list(m.trades)[-limit:]
+    seen = _rest_view(hub, hub.advance())
+    recent = [t for t in m.trades if seen is None or t.time <= seen][-limit:]
     return [pl.trade_row(m, t) for t in recent]
 
 

@@ -8,17 +8,18 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 import orjson
 from aiohttp import web
 
-from . import rest
+from . import payloads, rest
 from .clock import SimClock
 from .conn import Connection, Rules, reset_transport
 from .control import control_handler
 from .extra_rest import not_found
-from .faults import Fault, FaultRegistry
+from .faults import Fault, FaultError, FaultRegistry
 from .hub import Hub
 from .limits import AttemptCounter, WeightLimiter
 from .options import SimOptions
@@ -63,6 +64,8 @@ class SimCore:
         }
         self.userdata = UserData(o, self.hub)
         self._conn_ids = 0
+        # (monotonic s, path) of recent REST calls, for tests that check who asked when
+        self.rest_log: deque[tuple[float, str]] = deque(maxlen=10_000)
         self._scenario = sorted(o.scenario, key=lambda f: float(f.get("at", 0)))
         self._started = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
@@ -113,7 +116,7 @@ class SimCore:
     def admit(self, request: web.Request) -> web.StreamResponse | None:
         """None to proceed with the upgrade, else the refusal to return."""
         now = time.monotonic()
-        refusing = self.faults.of_kind("refuse", now)
+        refusing = self.faults.of_kind("outage", now) or self.faults.of_kind("refuse", now)
         if refusing:
             if refusing[0].params.get("mode") == "reset":
                 reset_transport(request.transport)
@@ -126,6 +129,7 @@ class SimCore:
     # -- REST --------------------------------------------------------------------------
 
     async def rest(self, request: web.Request) -> web.StreamResponse:
+        self.rest_log.append((time.monotonic(), request.path))
         market = SPOT if request.path.startswith("/api/") else USDM
         routes = rest.SPOT_ROUTES if market == SPOT else rest.FUTURES_ROUTES
         signed = self.userdata.rest_route(request)
@@ -137,9 +141,16 @@ class SimCore:
             form = await request.post()
             query.update({k: v for k, v in form.items() if isinstance(v, str)})
         weight = (route or signed)[1](query)
-        fault = self.faults.take_rest_error(time.monotonic())
+        now = time.monotonic()
+        fault = self.faults.take_rest_error(now)
         if fault is not None:
             return self._fault_response(fault)
+        slow = [f.params["ms"] for f in self.faults.of_kind("latency", now) if f.params.get("rest")]
+        if slow:
+            await asyncio.sleep(max(slow) / 1000.0)
+            now = time.monotonic()
+        lags = self.faults.of_kind("rest_lag", now)
+        self.hub.rest_lag_ms = int(max(f.params["ms"] for f in lags)) if lags else 0
         verdict = self.weights[market].charge(request.remote or "?", weight, time.time())
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used), "X-MBX-USED-WEIGHT": str(verdict.used)}
         if verdict.status != 200:
@@ -158,6 +169,8 @@ class SimCore:
     def _fault_response(self, fault: Fault) -> web.Response:
         status = fault.params["status"]
         code, msg = _REST_ERROR_BODIES[status]
+        if fault.kind == "outage":
+            msg = "Service unavailable: exchange-wide outage."
         headers = {}
         if status in (418, 429):
             headers["Retry-After"] = str(int(fault.params.get("retry_after", 60 if status == 429 else 120)))
@@ -198,6 +211,9 @@ class SimCore:
 
     def inject(self, kind: str, target: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()
+        symbol = params.get("symbol") if kind == "halt" else None
+        if isinstance(symbol, str) and symbol.upper() not in self.hub.symbols:
+            raise FaultError(f"halt symbol {symbol!r} is not simulated; symbols: {sorted(self.hub.symbols)}")
         fault = self.faults.create(kind, target, params, now)
         targets = [c for c in self.hub.connections.values() if fault.hits(c.id, c.streams)]
         fault.applied_to = [c.id for c in targets]
@@ -212,7 +228,9 @@ class SimCore:
         elif kind == "malformed":
             for conn in targets:
                 for _ in range(p["count"]):
-                    conn.queue.append((fault.stream() or "", _malformed(p["variant"], p["size"], sim_ms, conn), now))
+                    bad = (self._id_jump(conn, fault.stream(), sim_ms) if p["variant"] == "id_jump"
+                           else _malformed(p["variant"], p["size"], sim_ms, conn))
+                    conn.queue.append((fault.stream() or "", bad, now))
                 conn.wake.set()
         elif kind == "server_shutdown":
             for conn in targets:
@@ -222,8 +240,58 @@ class SimCore:
                 conn.opened = now - conn.rules.max_lifetime  # the next keepalive runs the real expiry path
         elif kind == "expire_listen_key":
             fault.applied_to = self.userdata.expire_keys(target.get("listenKey"))
+        elif kind == "halt":
+            fault.applied_to = []
+            self._halt(p, sim_ms)
+        elif kind == "outage":
+            self._outage(p)
         log.info("fault %s %s on %s", kind, p, fault.applied_to or "no connection")
         return fault.as_dict()
+
+    def _id_jump(self, conn: Connection, stream: str | None, sim_ms: int) -> bytes:
+        """A well-formed trade event whose id leaps 2**62 ahead (hostile data)."""
+        name = stream or next((s for s in conn.streams if s.endswith(("@aggTrade", "@trade"))), "btcusdt@aggTrade")
+        symbol, _, kind = name.partition("@")
+        m = self.hub.market(conn.market, symbol) or next(iter(self.hub.markets[conn.market].values()))
+        price, qty = payloads.fmt_of(m).p(m.last_price), payloads.fmt_of(m).q(1)
+        if kind == "trade":
+            event = {"e": "trade", "E": sim_ms, "s": m.spec.symbol, "t": m.next_trade_id + 2**62, "p": price,
+                     "q": qty, "T": sim_ms, "m": False, "M": True}
+        else:
+            event = {"e": "aggTrade", "E": sim_ms, "s": m.spec.symbol, "a": m.next_agg_id + 2**62, "p": price,
+                     "q": qty, "f": m.next_trade_id + 2**62, "l": m.next_trade_id + 2**62, "T": sim_ms,
+                     "m": False, "M": True}
+        raw = orjson.dumps(event)
+        return b'{"stream":"' + name.encode() + b'","data":' + raw + b"}" if conn.combined else raw
+
+    def _halt(self, p: dict[str, Any], sim_ms: int) -> None:
+        """Trading stops now for ``duration`` wall seconds (scaled by speed)."""
+        symbol = p.get("symbol")
+        p["from_ms"] = sim_ms + 1
+        p["to_ms"] = sim_ms + int(p["duration"] * self.options.speed * 1000)
+        for by_symbol in self.hub.markets.values():
+            for name, m in by_symbol.items():
+                if symbol is None or name == symbol:
+                    m.halt(p["from_ms"], p["to_ms"])
+
+    def _outage(self, p: dict[str, Any]) -> None:
+        """The whole venue fails: every connection drops (WebSocket API
+        sessions too); upgrades and REST fail until the fault ends."""
+        for conn in list(self.hub.connections.values()):
+            conn.drop()
+        for ws in list(self.userdata.sockets):
+            req = getattr(ws, "_req", None)
+            reset_transport(req.transport if req is not None else None)
+
+    def clear_faults(self, fault_id: int | None = None) -> int:
+        """Clear lasting faults (all, or one); a cleared halt ends now."""
+        gone = [f for f in self.faults.active if fault_id is None or f.id == fault_id]
+        if any(f.kind == "halt" for f in gone):
+            now = self.hub.advance()
+            for by_symbol in self.hub.markets.values():
+                for m in by_symbol.values():
+                    m.end_halts(now)
+        return self.faults.clear(fault_id)
 
     def state(self) -> dict[str, Any]:
         return {"sim_time": self.hub.advance(), "speed": self.options.speed, "seed": self.options.seed,
@@ -365,7 +433,7 @@ class SimServer:
         return self.call(lambda core: core.inject(kind, target or {}, params))
 
     def clear_faults(self) -> int:
-        return self.call(lambda core: core.faults.clear())
+        return self.call(lambda core: core.clear_faults())
 
     def connections(self) -> list[dict[str, Any]]:
         return self.call(lambda core: [c.info(time.monotonic()) for c in core.hub.connections.values()])

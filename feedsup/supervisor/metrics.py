@@ -146,6 +146,11 @@ class Metrics:
         self.curve_refused = Counter("feedsup_curve_refused_total",
                                      "Connections refused by CURVE authentication (unknown client key)",
                                      registry=r)
+        self.backfill_rows = Gauge("feedsup_backfill_rows", "Rows fetched so far by the stream's running "
+                                   "REST backfill (0: none running)", ["stream"], registry=r)
+        self.backfill_eta = Gauge("feedsup_backfill_eta_seconds", "Estimated seconds left in the stream's "
+                                  "running REST backfill (NaN: none running, or no estimate yet)",
+                                  ["stream"], registry=r)
 
     # -- serving -------------------------------------------------------------
 
@@ -232,6 +237,11 @@ class Metrics:
         stats = row.get("stats") or {}
         # Without an active worker the stats are the dead worker's last ones:
         # counting them again adds nothing, and their idle is frozen, not an age.
+        progress = stats.get("backfill") if instance is not None else None
+        progress = progress if isinstance(progress, dict) else {}
+        self.backfill_rows.labels(stream=stream).set(_number(progress.get("rows")) or 0)
+        eta = _number(progress.get("eta_s"))
+        self.backfill_eta.labels(stream=stream).set(math.nan if eta is None else eta)
         if instance is None:
             self.last_message_age.labels(stream=stream).set(math.nan)
             return

@@ -34,6 +34,7 @@ from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
+from feedsup.workers import restlimit
 from feedsup.workers.runtime import EXIT_FATAL
 from feedsup.workers.spec import WorkerSpec
 
@@ -722,6 +723,8 @@ class Parent:
             resume=self._resume_marks(stream.name),
             log_format=self.config.log_format,
             rundir=self.rundir,
+            restdir=restlimit.budget_dir(self.config.state_file, self.rundir,
+                                         self.config.endpoint(stream.market).rest_url),
         )
         try:
             worker = spawn(spec, self._credential_env)

@@ -271,9 +271,8 @@ class SignedRest:
 
     @classmethod
     def for_worker(cls, rt: Runtime, creds: Credentials) -> "SignedRest":
-        market = rt.spec.stream.market
         return cls(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout,
-                   restlimit.SharedBudget.for_market(rt.spec.rundir, market))
+                   restlimit.SharedBudget.for_spec(rt.spec))
 
     def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.call(method, path, signed_query(params or {}, self.creds, now_ms()))
@@ -285,7 +284,7 @@ class SignedRest:
         timeout = timeout or self.timeout
         if self.budget is not None:
             try:   # while the IP is told to back off, asking again only lengthens it
-                self.budget.acquire(WEIGHTS.get(path, 1), time.time() + timeout)
+                self.budget.acquire(WEIGHTS.get(path, 1), time.monotonic() + timeout)
             except restlimit.BudgetUnavailable as exc:
                 raise ConnectionEnded(f"{what} not sent: {exc}") from None
         try:

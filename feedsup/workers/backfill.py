@@ -132,14 +132,23 @@ class Plan:
     interval: str = ""
     items: list[Item] = field(default_factory=list)
     first_live: int | None = None   # major of the first live event, once seen
-    latest: int | None = None       # kline: newest open time REST showed
+    first_live_time: int | None = None   # its exchange time (trades), for plausibility
+    # The first live event lies further beyond REST's present than the
+    # exchange could have moved: hostile or corrupt, never to be chased.
+    implausible_live: bool = False
+    # kline: REST's newest row so far. Not yet known closed (REST may lag the
+    # stream and still be updating it), so it is asked for again and becomes
+    # an item only once REST shows a later row.
+    tail: Item | None = None
     step: Step = Step.MORE
     pages: int = 0
+    rows: int = 0                   # rows received, for progress reports
 
     def __post_init__(self) -> None:
         if (self.market, self.channel) not in _PATHS:
             raise ValueError(f"no REST history for {self.market} {self.channel}")
         self._next = self.resume + 1
+        self._start = self._next
 
     @property
     def path(self) -> str:
@@ -160,6 +169,7 @@ class Plan:
     def on_page(self, rows: list[Any]) -> Step:
         """Take one page of REST rows; return what to do next."""
         self.pages += 1
+        self.rows += len(rows)
         before = len(self.items)
         if self.channel == "kline":
             self._klines(rows)
@@ -176,44 +186,91 @@ class Plan:
                     self.items.append(Item(t, 0, trade_data(self.symbol, row), t, row["time"]))
                     self._next = t + 1
             self.step = Step.DONE   # one page of recent trades is all there is
+            if self.first_live is not None and not self.covered(self.first_live):
+                self.implausible_live = not self._live_plausible(self.first_live)
             return self.step
         self.step = self._after_page(len(rows), len(self.items) - before)
         return self.step
 
     def _klines(self, rows: list[Any]) -> None:
+        # A kline row is final only once REST itself shows a later row: then
+        # REST's view has passed its close time. Not the local clock, and not
+        # the live stream either (REST may trail it).
+        tail = self.tail
         for row in rows:
             t = row[0]
-            if self.latest is None or t > self.latest:
-                self.latest = t
-            # A kline is known closed only once a later one exists; the
-            # newest row is usually still open and comes live instead.
-            if t >= self._next:
-                self.items.append(Item(t, row[6], kline_data(self.symbol, self.interval, row), row[6], t))
-                self._next = row[6] + 1
+            if t < self._next:
+                continue
+            if tail is not None and t > tail.major:
+                self.items.append(tail)
+            tail = Item(t, row[6], kline_data(self.symbol, self.interval, row), row[6], t)
+        if tail is not None:
+            self.tail = tail
+            self._next = tail.major       # ask for it again: the next page proves it or refreshes it
 
     def _after_page(self, got: int, new: int) -> Step:
-        if self.first_live is not None and self._covered(self.first_live):
+        if self.first_live is not None and self.covered(self.first_live):
             return Step.DONE
         if got >= PAGE and new > 0:
             return Step.MORE
         # REST is out of rows. Without a live event that is the present (the
         # stream was subscribed before we asked); with one we have not
-        # reached, REST lags the stream: ask again shortly.
-        return Step.LAGGING if self.first_live is not None else Step.DONE
+        # reached, REST lags the stream: ask again shortly, unless the live
+        # event is one the exchange cannot have produced yet.
+        if self.first_live is None:
+            return Step.DONE
+        if not self._live_plausible(self.first_live):
+            self.implausible_live = True
+            return Step.DONE
+        return Step.LAGGING
 
-    def _covered(self, live: int) -> bool:
+    def _live_plausible(self, live: int) -> bool:
+        """Could the exchange be at ``live`` while REST's newest row is where
+        it is? The same exchange-data bounds as ``Continuity.plausible``."""
+        if self.channel == "kline":
+            if self.tail is None:
+                return True
+            return live - self.tail.major <= LIFETIME_MS + 2 * (interval_ms(self.interval) or _LONGEST_INTERVAL_MS)
+        if not self.items or self.first_live_time is None:
+            return True
+        last = self.items[-1]
+        elapsed = self.first_live_time - (last.time or self.first_live_time)
+        if elapsed > LIFETIME_MS + SLACK_MS:
+            return False
+        return live - last.major <= MAX_IDS_PER_MS * (max(0, elapsed) + SLACK_MS)
+
+    def progress(self) -> dict[str, Any]:
+        """How far paging got: rows received, ``done`` and ``remaining`` in
+        ``unit`` (ids, or ms of kline open time) up to the first live event
+        (``remaining`` None while no live event says where the end is)."""
+        remaining = None if self.first_live is None else max(0, self.first_live - self._next)
+        return {"topic": self.topic, "rows": self.rows, "done": max(0, self._next - self._start),
+                "remaining": remaining, "unit": "ms" if self.channel == "kline" else "ids"}
+
+    def covered(self, live: int) -> bool:
+        """Has REST reached the live event with ordering key ``live``? For
+        klines: REST showed that kline (or a later one), so every kline before
+        it is either an item or does not exist (no trades, no kline)."""
+        if self.channel == "kline":
+            return self.tail is not None and self.tail.major >= live
         return self._next >= live
+
+    def known_through(self) -> int | None:
+        """kline: the close time up to which REST's answer is complete: just
+        before its newest row. None before REST showed any row."""
+        return None if self.tail is None else self.tail.major - 1
 
     def closed_items(self) -> list[Item]:
         """Items safe to publish: every aggTrade/trade; klines that a later
-        kline proves closed."""
-        if self.channel != "kline":
-            return self.items
-        known = [x for x in (self.latest, self.first_live) if x is not None]
-        if not known:
-            return []
-        bound = max(known)
-        return [it for it in self.items if it.major < bound]
+        REST row proves closed (``_klines`` keeps the others as the tail)."""
+        return self.items
+
+
+def eta_s(done: int, remaining: int | None, elapsed_s: float) -> float | None:
+    """Seconds left at the pace so far; None while there is no pace yet."""
+    if remaining is None or done <= 0 or elapsed_s <= 0:
+        return None
+    return remaining * elapsed_s / done
 
 
 # -- merging -----------------------------------------------------------------------
@@ -256,16 +313,17 @@ def _with_id_gaps(plan: Plan, items: list[Item], first_live: int | None,
 
 def _with_kline_gaps(plan: Plan, items: list[Item], first_live: int | None,
                      failure: str | None) -> list[Item | Gap]:
-    out: list[Item | Gap] = []
-    why = "klines not served by REST"
-    expected = first_open_after(plan.resume, plan.interval)
-    for it in items:
-        if expected is not None and it.major > expected:
-            out.append(Gap(why, from_ms=expected, to_ms=it.major - 1))
-        out.append(it)
-        expected = it.end + 1
+    # An interval REST skips between rows it serves had no kline (a trading
+    # halt: no trades, no klines). That is a fact, not a loss: no gap notice.
+    out: list[Item | Gap] = list(items)
     if failure is None:
         return out
+    expected = first_open_after(plan.resume, plan.interval)
+    if items:
+        expected = items[-1].end + 1
+    known = plan.known_through()
+    if known is not None and (expected is None or known + 1 > expected):
+        expected = known + 1
     start = expected if expected is not None else plan.resume + 1
     if first_live is None:
         out.append(Gap(failure, from_ms=start))
@@ -279,18 +337,39 @@ def covered_through(plan: Plan, merged: list[Item | Gap]) -> int | None:
     for klines the close time of the last kline accounted for (the next one
     opens right after it). None when not known (an open-ended gap, or a
     kline interval without a fixed grid)."""
-    if merged:
+    if merged and isinstance(merged[-1], Gap):
         last = merged[-1]
-        if isinstance(last, Item):
-            return last.end
         return last.to_id if plan.channel != "kline" else last.to_ms
     if plan.channel != "kline":
-        return plan.resume
+        return merged[-1].end if merged else plan.resume
+    marks = [] if not merged else [merged[-1].end]
     first = first_open_after(plan.resume, plan.interval)
-    return None if first is None else first - 1
+    if first is not None:
+        marks.append(first - 1)
+    known = plan.known_through()
+    if known is not None:
+        # Up to REST's newest row, no kline is missing; the live ones from
+        # the first live event on come over the stream.
+        live = plan.first_live
+        marks.append(known if live is None else min(known, live - 1))
+    return max(marks) if marks else None
 
 
 # -- holes inside one live stream -------------------------------------------------------
+
+# A live frame whose ordering key jumps further than the exchange could have
+# moved is hostile or corrupt: counted as malformed and skipped, never a
+# hole to backfill (a backfill towards id 2**62 would hold the topic for
+# minutes, and the parent's watermark would then drop every real event).
+# The bounds come from exchange data alone: within one connection, event
+# times span at most Binance's 24 h connection lifetime, and ids cannot
+# grow faster than a generous trade rate over that exchange time.
+MALFORMED = -1
+LIFETIME_MS = 86_400_000
+SLACK_MS = 60_000
+MAX_IDS_PER_MS = 1_000           # a million trades per second on one symbol
+_LONGEST_INTERVAL_MS = 31 * 86_400_000
+
 
 class Continuity:
     """Notices events missing *within* one connection (pure).
@@ -299,8 +378,9 @@ class Continuity:
     drops messages for a while (a data stall) would otherwise leave a hole
     nobody sees. ``check`` is called for every live frame in arrival order
     and returns the resume mark to backfill from when events before this one
-    are missing, else None. The first frame of a topic is never a hole: the
-    reconnect backfill covers what came before it.
+    are missing, ``MALFORMED`` when the jump is implausible (see
+    ``plausible``), else None. The first frame of a topic is never a hole:
+    the reconnect backfill covers what came before it.
 
     aggTrade/trade: ids are consecutive. kline: every kline that opened
     before the one in hand must have been seen closed.
@@ -312,6 +392,12 @@ class Continuity:
         self._kline = channel == "kline"
         # id of the last event (kline: close time of the last closed kline)
         self.last: dict[str, int] = {}
+        # (ordering key, exchange time) of the topic's first live frame on
+        # this connection: what a later jump is judged against. Set once per
+        # topic, so the per-frame path does no extra work.
+        self.anchor: dict[str, tuple[int, int | None]] = {}
+        # ordering key of a frame just rejected as implausible, per topic
+        self.rejected: dict[str, int] = {}
 
     def check(self, topic: str, major: int, final: bool, data: dict[str, Any]) -> int | None:
         last = self.last.get(topic)
@@ -319,11 +405,47 @@ class Continuity:
             return self._kline_check(topic, last, major, final, data)
         if last is None or major == last + 1:
             self.last[topic] = major
+            if last is None:
+                self.anchor[topic] = (major, data.get("time"))
             return None
         if major <= last:
             return None            # a repeat: the parent drops it
+        if not self._accept_jump(topic, major, data):
+            return MALFORMED
         self.last[topic] = major
         return last
+
+    def _accept_jump(self, topic: str, major: int, data: dict[str, Any]) -> bool:
+        """A plausible jump, or one the next frame confirms: a frame that
+        continues from a rejected one shows the jump was real after all (a
+        misjudged bound must never silence a topic for good)."""
+        if self.plausible(topic, major, data):
+            return True
+        rejected = self.rejected.pop(topic, None)
+        step = (interval_ms(data.get("interval", "")) or _LONGEST_INTERVAL_MS) if self._kline else 1
+        if rejected is not None and 0 <= major - rejected <= step:
+            self.anchor[topic] = (major, None if self._kline else data.get("time"))
+            return True
+        self.rejected[topic] = major
+        return False
+
+    def plausible(self, topic: str, major: int, data: dict[str, Any]) -> bool:
+        """Could the exchange have moved from the topic's anchor to this frame
+        within one connection? Judged on exchange ids and times only."""
+        anchor = self.anchor.get(topic)
+        if anchor is None:
+            self.anchor[topic] = (major, data.get("time") if not self._kline else None)
+            return True
+        key, t0 = anchor
+        if self._kline:
+            length = interval_ms(data.get("interval", "")) or _LONGEST_INTERVAL_MS
+            return major - key <= LIFETIME_MS + 2 * length
+        t = data.get("time")
+        if not isinstance(t, int) or t0 is None:
+            return major - key <= MAX_IDS_PER_MS * (LIFETIME_MS + SLACK_MS)
+        if not -SLACK_MS <= t - t0 <= LIFETIME_MS + SLACK_MS:
+            return False
+        return major - key <= MAX_IDS_PER_MS * (max(0, t - t0) + SLACK_MS)
 
     def seed(self, topic: str, mark: int) -> None:
         """Backfill accounted for everything up to ``mark`` (an id, or a
@@ -341,8 +463,11 @@ class Continuity:
                      data: dict[str, Any]) -> int | None:
         if last is None:
             self.last[topic] = data["close_time"] if final else major - 1
+            self.anchor[topic] = (major, None)
             return None
         hole = last if major > last + 1 else None
+        if hole is not None and not self._accept_jump(topic, major, data):
+            return MALFORMED
         if final:
             self.last[topic] = max(last, data["close_time"])
         elif hole is not None:

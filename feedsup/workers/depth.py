@@ -154,7 +154,7 @@ class SnapshotFetcher:
     def for_runtime(cls, rt: Runtime) -> "SnapshotFetcher":
         spec = rt.spec
         stop = threading.Event()
-        budget = restlimit.SharedBudget.for_market(spec.rundir, spec.stream.market)
+        budget = restlimit.SharedBudget.for_spec(spec)
         client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget, REST_TIMEOUT_S, stop)
         return cls(spec.stream.market, client, stop)
 
@@ -197,7 +197,7 @@ class SnapshotFetcher:
                 return
             try:
                 body = self.client.fetch(path, {"symbol": symbol, "limit": SNAPSHOT_LIMIT},
-                                         time.time() + SNAPSHOT_DEADLINE_S)
+                                         time.monotonic() + SNAPSHOT_DEADLINE_S)
                 self.results.append((symbol, body, ""))
             except rest.RestFailed as exc:
                 self.results.append((symbol, None, str(exc)))

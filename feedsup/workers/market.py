@@ -56,14 +56,21 @@ def run(rt: Runtime) -> None:
             job = BackfillJob(rt, plans)
             job.start()
             try:
-                streaming = catch_up(rt, ws, normalise, job, continuity, pending, streaming)
+                catch_up(rt, ws, normalise, job, continuity, pending)
             finally:
                 job.stop.set()
+        sent = len(pending)
         hole = send_pending(rt, pending)
-        if hole is None:
-            hole = read_loop(rt, ws, normalise, streaming, continuity.check)
-            assert hole is not None
+        if not streaming and len(pending) < sent:
+            # STREAMING hands a rotation over to this worker: only now, with
+            # the backfill sent and live frames going out, does it serve.
             streaming = True
+            rt.streaming()
+        if hole is None:
+            found = read_loop(rt, ws, normalise, streaming, continuity.check)
+            assert found is not None
+            hole, announced = found
+            streaming = streaming or announced
             pending.append(hole)
         rt.extra_stats["holes"] += 1
         plans = [hole_plan(rt, hole)]
@@ -72,7 +79,7 @@ def run(rt: Runtime) -> None:
 
 def check_symbols(rt: Runtime) -> None:
     stream = rt.spec.stream
-    budget = restlimit.SharedBudget.for_market(rt.spec.rundir, stream.market)
+    budget = restlimit.SharedBudget.for_spec(rt.spec)
     bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
                                rt.conn.connect_timeout, budget)
     if bad:
@@ -89,9 +96,10 @@ class Entry(NamedTuple):
 
 
 def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool = False,
-              check: Callable[[str, int, bool, dict], int | None] | None = None) -> Entry | None:
+              check: Callable[[str, int, bool, dict], int | None] | None = None) -> tuple[Entry, bool] | None:
     """The hot loop. Returns only when ``check`` finds a hole, with the
-    frame that revealed it (not sent); otherwise raises ConnectionEnded."""
+    frame that revealed it (not sent) and whether STREAMING has been
+    announced by now; otherwise raises ConnectionEnded."""
     counters = rt.counters
     uplink_send = rt.uplink.send
     recv = ws.recv_data
@@ -123,7 +131,10 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
                 tb = topics[topic] = topic.encode()
             body = packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
             if check is not None and (resume := check(topic, major, final, data)) is not None:
-                return Entry(topic, major, resume, encode_data(tb, major, minor, final, body))
+                if resume == backfill.MALFORMED:      # an impossible jump: hostile or corrupt
+                    counters.malformed += 1
+                    continue
+                return Entry(topic, major, resume, encode_data(tb, major, minor, final, body)), not first
             uplink_send(encode_data(tb, major, minor, final, body))
             counters.last_event_ms = event.get("E") or event.get("T") or 0
             counters.last_recv_ms = recv_ns // 1_000_000
@@ -198,7 +209,8 @@ class BackfillJob:
         self.stop = threading.Event()
         self._all_live = threading.Event()
         self._deadline_s = deadline_s
-        budget = restlimit.SharedBudget.for_market(spec.rundir, spec.stream.market)
+        self._stats = rt.extra_stats
+        budget = restlimit.SharedBudget.for_spec(spec)
         self.client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget,
                                       REST_TIMEOUT_S, self.stop)
         self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
@@ -206,52 +218,68 @@ class BackfillJob:
     def start(self) -> None:
         self._thread.start()
 
-    def note_live(self, topic: str, major: int) -> None:
-        """Reader thread: the first live event of ``topic`` has ordering key ``major``."""
+    def note_live(self, topic: str, major: int, time_ms: int | None = None) -> None:
+        """Reader thread: the first live event of ``topic`` has ordering key
+        ``major`` (and, for trades, exchange time ``time_ms``)."""
         self.first_live[topic] = major
         plan = self.plans.get(topic)
         if plan is not None:
+            plan.first_live_time = time_ms
             plan.first_live = major
         if all(t in self.first_live for t in self.plans):
             self._all_live.set()
 
     def _run(self) -> None:
-        deadline = time.time() + self._deadline_s
+        deadline = time.monotonic() + self._deadline_s
         try:
             self._all_live.wait(LIVE_WAIT_S)
-            for plan in self.plans.values():
+            plans = list(self.plans.values())
+            for i, plan in enumerate(plans):
                 try:
-                    self._fetch(plan, deadline)
+                    self._fetch(plan, deadline, topics_left=len(plans) - 1 - i)
                     self.finished.add(plan.topic)
                 except rest.RestFailed as exc:
                     self.failures[plan.topic] = f"backfill failed: {exc}"
         finally:
+            self._stats.pop("backfill", None)
             self.done.set()
 
-    def _fetch(self, plan: backfill.Plan, deadline: float) -> None:
+    def _report(self, plan: backfill.Plan, started: float, topics_left: int) -> None:
+        """Progress in the liveness stats (``feedsup status``, metrics): one
+        dict assigned at once, so the ticker thread never sees half of it."""
+        progress = plan.progress()
+        eta = backfill.eta_s(progress["done"], progress["remaining"], time.monotonic() - started)
+        self._stats["backfill"] = {**progress, "eta_s": None if eta is None else round(eta, 1),
+                                   "topics_left": topics_left}
+
+    def _fetch(self, plan: backfill.Plan, deadline: float, topics_left: int = 0) -> None:
         lagging_until: float | None = None
+        started = time.monotonic()
+        self._report(plan, started, topics_left)
         while (params := plan.request()) is not None:
-            rows = self.client.fetch(plan.path, params, min(deadline, time.time() + PAGE_DEADLINE_S))
+            rows = self.client.fetch(plan.path, params, min(deadline, time.monotonic() + PAGE_DEADLINE_S))
             try:
                 step = plan.on_page(rows)
             except (KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise rest.RestFailed(f"malformed REST rows: {exc!r}") from None
+            self._report(plan, started, topics_left)
             if step is not backfill.Step.LAGGING:
                 lagging_until = None
                 continue
             if lagging_until is None:
-                lagging_until = min(deadline, time.time() + PAGE_DEADLINE_S)
-            if time.time() + LAG_RETRY_S > lagging_until:
+                lagging_until = min(deadline, time.monotonic() + PAGE_DEADLINE_S)
+            if time.monotonic() + LAG_RETRY_S > lagging_until:
                 raise rest.RestFailed("REST still behind the live stream at the deadline")
             if self.stop.wait(LAG_RETRY_S):
                 raise rest.RestFailed("stopped")
 
 
 def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
-             continuity: backfill.Continuity, pending: deque[Entry], streaming: bool) -> bool:
+             continuity: backfill.Continuity, pending: deque[Entry]) -> None:
     """Hold live frames in ``pending`` until the backfill is done, then send
     the backfill and gap notices. ``pending`` is sent by the caller (it may
-    hold further holes). Returns whether STREAMING was announced."""
+    hold further holes), and STREAMING only once it goes out: a rotation
+    must not hand over to a worker that is still catching up."""
     counters = rt.counters
     check = continuity.check
     topics: dict[str, bytes] = {}
@@ -280,18 +308,17 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
         tb = topics.get(topic)
         if tb is None:
             tb = topics[topic] = topic.encode()
-        if topic not in job.first_live:
-            job.note_live(topic, major)
-        body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
         resume = check(topic, major, final, data)
+        if resume == backfill.MALFORMED:
+            counters.malformed += 1
+            continue
+        if topic not in job.first_live:
+            job.note_live(topic, major, data.get("time"))
+        body = msgpack.packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
         pending.append(Entry(topic, major, resume, frames.encode_data(tb, major, minor, final, body)))
         counters.last_event_ms = event.get("E") or event.get("T") or 0
         counters.last_recv_ms = recv_ns // 1_000_000
-        if not streaming:
-            streaming = True
-            rt.streaming()
     send_backfill(rt, job, continuity, pending, abandoned)
-    return streaming
 
 
 def send_pending(rt: Runtime, pending: deque[Entry]) -> Entry | None:
@@ -325,6 +352,14 @@ def send_backfill(rt: Runtime, job: BackfillJob, continuity: backfill.Continuity
     """
     stats = rt.extra_stats
     stats["rest_errors"] = stats.get("rest_errors", 0) + job.client.failures
+    bogus = [p.topic for p in job.plans.values() if p.implausible_live]
+    if bogus:
+        # The first live frame of a topic is beyond anything the exchange can
+        # have produced (REST's present is the reference): hostile or corrupt.
+        # Publishing it would set the topic's watermark out of reach, so
+        # nothing of this connection goes out; the next one starts clean.
+        rt.counters.malformed += 1
+        raise ConnectionEnded(f"implausible first live event on {', '.join(bogus)}: reconnecting")
     for topic, plan in job.plans.items():
         failure = job.failures.get(topic)
         if failure is None and topic not in job.finished:

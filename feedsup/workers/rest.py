@@ -62,7 +62,7 @@ def invalid_symbols(market: str, rest_url: str, symbols: tuple[str, ...], timeou
     def ask(path: str, params: dict[str, Any] | None) -> Response | None:
         if budget is not None:
             try:
-                budget.acquire(request_weight(market, path, params or {}), time.time())
+                budget.acquire(request_weight(market, path, params or {}), time.monotonic())
             except restlimit.BudgetUnavailable:
                 return None
         resp = get(rest_url, path, params, timeout)
@@ -134,8 +134,9 @@ def request_weight(market: str, path: str, params: dict[str, Any]) -> int:
 class RestClient:
     """GETs under the shared weight budget, retried until a deadline.
 
-    Each request has its own timeout; the caller's deadline (wall-clock
-    seconds) bounds the whole call including waits for weight. ``stop``
+    Each request has its own timeout; the caller's deadline (``time.monotonic``
+    seconds: an NTP step must not end a call early) bounds the whole call
+    including waits for weight. ``stop``
     interrupts waits so a worker that is told to end does not linger.
     """
 
@@ -162,7 +163,7 @@ class RestClient:
                 self.budget.acquire(weight, deadline, self.stop)
             except restlimit.BudgetUnavailable as exc:
                 raise RestFailed(f"{exc} (last: {last})") from None
-            remaining = deadline - time.time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RestFailed(f"deadline passed (last: {last})")
             self.calls += 1
@@ -180,7 +181,7 @@ class RestClient:
             self.failures += 1
             if outcome == "limited":
                 continue            # the budget now holds everyone until Retry-After
-            if time.time() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 raise RestFailed(f"deadline passed (last: {last})")
             if self.stop.wait(delay):
                 raise RestFailed("stopped")

@@ -3,22 +3,30 @@
 Binance counts request weight per IP per clock minute (6000 spot, 2400
 USD-M) and answers 429 + ``Retry-After`` past it, then 418 (a ban of minutes
 to days) to a client that keeps sending. Every worker of one parent shares
-the IP, so they share one budget: a small JSON state file in the parent's
-run directory, read and written under an exclusive ``fcntl`` lock.
+the IP, so they share one budget: a small JSON state file per market and
+REST URL, read and written under an exclusive ``fcntl`` lock. The file
+outlives the parent (``budget_dir``), so a restarted parent honours a ban
+the previous one met instead of escalating it.
 
 ``BudgetState`` + ``reserve`` + ``observe`` are the pure decision core (no
 I/O; ``now`` is wall-clock seconds, because Binance's windows align to the
 clock minute). ``SharedBudget`` is the thin file-and-lock shell around them.
+Callers' deadlines are monotonic seconds: a stepped wall clock may shift a
+window, but never makes a call give up early or wait forever.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import ipaddress
 import json
 import math
 import os
+import stat
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
@@ -120,29 +128,40 @@ class SharedBudget:
     when ``path`` is empty: a worker run outside a parent)."""
 
     def __init__(self, path: str, limit: int, fraction: float = SAFE_FRACTION,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.limit = limit
         self.fraction = fraction
-        self.clock = clock or time.time
+        self.clock = clock or time.time          # windows and pauses (Binance's clock minute)
+        self.monotonic = monotonic               # callers' deadlines
         self._memory = BudgetState()
         self._lock = threading.Lock()
 
     @classmethod
-    def for_market(cls, rundir: str, market: str, fraction: float = SAFE_FRACTION) -> "SharedBudget":
-        path = os.path.join(rundir, f"restweight-{market}.json") if rundir else ""
-        return cls(path, LIMITS[market], fraction)
+    def for_market(cls, rundir: str, market: str, fraction: float = SAFE_FRACTION,
+                   rest_url: str = "") -> "SharedBudget":
+        if not rundir:
+            return cls("", LIMITS[market], fraction)
+        return cls(os.path.join(rundir, budget_file(market, rest_url)), LIMITS[market], fraction)
+
+    @classmethod
+    def for_spec(cls, spec) -> "SharedBudget":
+        """The budget of a worker's market and REST URL, in the directory the
+        parent chose (``WorkerSpec.restdir``; its run directory if none)."""
+        return cls.for_market(spec.restdir or spec.rundir, spec.stream.market,
+                              rest_url=spec.endpoint.rest_url if spec.restdir else "")
 
     def acquire(self, weight: int, deadline: float, stop: threading.Event | None = None) -> None:
         """Block until ``weight`` is reserved; raise ``BudgetUnavailable`` if
-        that cannot happen before ``deadline`` (wall seconds) or on ``stop``."""
+        that cannot happen before ``deadline`` (monotonic seconds) or on ``stop``."""
         stop = stop or threading.Event()
         while True:
             now = self.clock()
             grant = self._update(lambda s: reserve(s, weight, now, self.limit, self.fraction))
             if grant.granted:
                 return
-            if now + grant.wait > deadline:
+            if self.monotonic() + grant.wait > deadline:
                 raise BudgetUnavailable(f"REST weight unavailable for {math.ceil(grant.wait)} s: {grant.why}")
             if stop.wait(grant.wait):
                 raise BudgetUnavailable("stopped")
@@ -160,10 +179,18 @@ class SharedBudget:
         with self._lock:   # threads of one process; flock covers the processes
             if not self.path:
                 return change(self._memory)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # The lock lives in its own file and the state is replaced
+            # atomically: a worker killed mid-write (SIGKILL, or the process
+            # exiting under a daemon thread) must never leave an empty or
+            # torn file, which would read as "no ban".
+            lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                raw = os.read(fd, 4096)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    with open(self.path, "rb") as f:
+                        raw = f.read(4096)
+                except FileNotFoundError:
+                    raw = b""
                 try:
                     loaded = json.loads(raw) if raw else {}
                 except ValueError:
@@ -171,9 +198,72 @@ class SharedBudget:
                 state = BudgetState.from_dict(loaded if isinstance(loaded, dict) else {})
                 result = change(state)
                 data = json.dumps(asdict(state)).encode()
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.ftruncate(fd, 0)
-                os.write(fd, data)
+                if data != raw:
+                    tmp = f"{self.path}.{os.getpid()}.tmp"
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, self.path)
                 return result
             finally:
-                os.close(fd)   # closing releases the lock
+                os.close(lock)   # closing releases the lock
+
+
+# -- where the budget lives ------------------------------------------------------------
+
+def budget_file(market: str, rest_url: str = "") -> str:
+    """File name of one market's budget; keyed by REST URL when it is kept
+    where other parents (or other configs) may look."""
+    if not rest_url:
+        return f"restweight-{market}.json"
+    key = hashlib.sha256(rest_url.rstrip("/").encode()).hexdigest()[:12]
+    return f"restweight-{market}-{key}.json"
+
+
+def budget_dir(state_file: str, rundir: str, rest_url: str) -> str:
+    """A directory for the budget that outlives the parent.
+
+    Beside ``[feedsup] state_file`` when one is set (like the watermarks);
+    else a private per-user runtime directory, since the ban is the IP's
+    and not the parent's. A loopback REST host (``feedsup sim``) without a
+    state file keeps the parent's own run directory: simulators reuse ports,
+    and a test's ban must not leak into another run.
+    """
+    if state_file:
+        return os.path.dirname(os.path.abspath(state_file))
+    host = urllib.parse.urlsplit(rest_url).hostname or ""
+    if _loopback(host):
+        return rundir
+    return user_runtime_dir() or rundir
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def user_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/feedsup`` or ``/tmp/feedsup-<uid>``, created 0700;
+    "" when it exists but is not a private directory of ours (never follow
+    someone else's symlink into a shared /tmp)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(base, "feedsup") if base and os.path.isdir(base) else f"/tmp/feedsup-{os.getuid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return ""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ""
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return ""
+    return path

@@ -30,6 +30,9 @@ class WorkerSpec:
     rundir: str = ""
     # The parent's worker protocol; a worker of another version refuses to start.
     protocol: int = PROTOCOL_VERSION
+    # Where the REST weight budget lives: a directory that outlives the
+    # parent, so a 418 ban survives a parent restart ("" = rundir).
+    restdir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -56,4 +59,5 @@ class WorkerSpec:
             log_format=raw.get("log_format", "logfmt"),
             rundir=raw.get("rundir", ""),
             protocol=raw.get("protocol", 0),
+            restdir=raw.get("restdir", ""),
         )

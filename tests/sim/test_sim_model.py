@@ -211,3 +211,21 @@ def test_fault_validation_and_effects():
     assert reg.take_rest_error(1.0) is err and reg.take_rest_error(1.0) is err and reg.take_rest_error(1.0) is None
     reg.expire(1.0)  # the used-up rest_error leaves
     assert reg.clear() == 2
+
+
+def test_a_halt_cleared_early_resumes_klines_where_trading_resumes():
+    from feedsup.sim.market import SymbolMarket
+    from feedsup.sim.symbols import spec_for
+    m = SymbolMarket(spec_for("BTCUSDT"), "spot", 3, 1_767_225_600_000, 20.0, 5.0, 20, 100_000)
+    t = 1_767_225_600_000
+    m.advance(t + 30_000)
+    m.halt(t + 30_001, t + 600_000)            # ten minutes planned ...
+    m.advance(t + 150_000)
+    m.end_halts(t + 150_000)                   # ... cleared after two
+    m.advance(t + 400_000)
+    series = m.klines["1m"].klines
+    trades_by_minute: dict[int, int] = {}
+    for tr in m.trades:
+        trades_by_minute[tr.time // 60_000 * 60_000] = trades_by_minute.get(tr.time // 60_000 * 60_000, 0) + 1
+    assert {k.open_time: k.trades for k in series if k.trades} == trades_by_minute
+    assert t + 60_000 not in {k.open_time for k in series}, "the wholly halted minute has no kline"
