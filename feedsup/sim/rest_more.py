@@ -1,7 +1,7 @@
 """Spot REST details that replace the base handlers in ``rest.py`` (registered
-at the end of its route table): kline ``startTime`` and ``timeZone``, ``aggTrades``
-without the one-hour window, ``symbols=[...]`` and ``type`` on the tickers with
-their weights. Source: rest-api.md "Market data endpoints".
+at the end of its route table): kline ``startTime`` and ``timeZone``,
+``symbols=[...]`` and ``type`` on the tickers with their weights. (Spot
+``aggTrades`` without the one-hour window is ``rest.agg_trades``.) Source: rest-api.md "Market data endpoints".
 """
 
 from __future__ import annotations
@@ -48,10 +48,15 @@ def klines(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
     limit = rest._limit(q, 500, 1000 if market == SPOT else 1500)
     offset = time_zone_ms(q.get("timeZone")) if market == SPOT else 0   # timeZone is spot's
     start, end = rest._int(q, "startTime"), rest._int(q, "endTime")
-    hub.advance()
+    seen = rest._rest_view(hub, hub.advance())     # the rest_lag fault: REST trails the streams
+    if seen is not None:
+        end = seen if end is None else min(end, seen)
     series = m.klines[interval].klines if not offset or _unshifted(interval, offset) else _shifted(m, interval,
                                                                                                     offset)
-    return [pl.kline_row(m, k) for k in window(series, start, end, limit)]
+    rows = window(series, start, end, limit)
+    if seen is not None and rows and not offset:
+        rows[-1] = m.kline_as_of(interval, rows[-1], seen)
+    return [pl.kline_row(m, k) for k in rows]
 
 
 def window(series: list[Kline], start: int | None, end: int | None, limit: int) -> list[Kline]:
@@ -88,16 +93,6 @@ def _shifted(m: SymbolMarket, interval: str, offset: int) -> list[Kline]:
         cur.taker_volume += k.taker_volume
         cur.taker_quote_volume += k.taker_quote_volume
     return out
-
-
-def agg_trades(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    """Spot ``aggTrades`` takes any startTime/endTime span (the one-hour limit is
-    USD-M's only)."""
-    m = rest._symbol(hub, market, q)
-    limit = rest._limit(q, 500, 1000)
-    start, end, from_id = rest._int(q, "startTime"), rest._int(q, "endTime"), rest._int(q, "fromId")
-    hub.advance()
-    return [pl.agg_trade_row(m, a) for a in m.aggs_in(start, end, from_id, limit)]
 
 
 # -- tickers: symbol=, symbols=[...], or all; type=FULL|MINI ------------------------------------
@@ -175,7 +170,6 @@ FUTURES_OVERRIDES: dict[str, rest.Route] = {
 SPOT_OVERRIDES: dict[str, rest.Route] = {
     "/api/v3/klines": (klines, rest._fixed(2)),
     "/api/v3/uiKlines": (klines, rest._fixed(2)),
-    "/api/v3/aggTrades": (agg_trades, rest._fixed(4)),
     "/api/v3/ticker/24hr": (ticker_24hr, ticker_24hr_weight),
     "/api/v3/ticker/price": (_tickers(rest._price_row), price_weight),
     "/api/v3/ticker/bookTicker": (_tickers(rest._book_row), price_weight),
