@@ -172,6 +172,18 @@ def test_a_worker_that_never_pings_gets_the_spawn_allowance_then_is_replaced():
     assert one(actions, Kill).instance == instance and len(of(actions, Spawn)) == 1
 
 
+def test_a_fresh_worker_on_a_loaded_host_has_seconds_for_its_first_ping():
+    # Eight interpreters starting at once on a busy 2-core host took over
+    # 2.5 s to send their first ping: killing them then (and their
+    # replacements, for the same reason) ended streams FATAL in an outage.
+    policy = make(conn={"liveness_timeout": 1.5})
+    instance = one(policy.start(0.0), Spawn).instance
+    assert of(policy.tick(4.0), Kill) == []
+    policy.on_liveness(instance, {}, 4.0)
+    assert of(policy.tick(5.4), Kill) == []
+    assert one(policy.tick(5.5), Kill).instance == instance     # from the first ping on: liveness_timeout
+
+
 def test_hung_workers_count_toward_the_restart_intensity():
     policy = make(intensity=2, period=60.0)
     instance, now, killed = one(policy.start(0.0), Spawn).instance, 0.0, []

@@ -49,9 +49,13 @@ RESTART_REQUESTED = "restart requested"
 # our bug, not the network's, even though it exits with EX_TEMPFAIL.
 WORKER_CRASHED = ("worker error", "worker returned")
 
-# A new process needs this long (interpreter start, imports) before its
-# ticker can send the first liveness ping; from then on liveness_timeout.
-SPAWN_ALLOWANCE_S = 1.0
+# A new process needs time (interpreter start, imports) before its ticker
+# can send the first liveness ping: allowed this on top of liveness_timeout,
+# from then on liveness_timeout alone. Under load (eight workers starting
+# at once on two busy cores) the first ping took over 2.5 s; a worker killed
+# for that is replaced by one just as slow, so be generous: only a process
+# that hangs before it ever pings is found this much later.
+SPAWN_ALLOWANCE_S = 5.0
 # A worker that pings but is not READY after START_TIMEOUT_STEPS x
 # connect_timeout is stuck. Before READY a worker runs at most three
 # sequential steps, each bounded by connect_timeout: the REST symbol check
