@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feedsup.chaos import BREAKING, CATALOGUE, ChaosOptions, ChaosRun
+from feedsup.chaos import BREAKING, CATALOGUE, ChaosOptions, ChaosRun, OutageOptions, OutageRun
 
 
 def test_every_fault_kind_loses_and_duplicates_nothing(tmp_path, timing, capsys):
@@ -87,3 +87,20 @@ def test_verifier_accepts_a_halted_span_without_klines(tmp_path):
     run = _FakeTruth(tmp_path, TRUTH_TRADES, [TRUTH_KLINES[0], TRUTH_KLINES[2]])   # no kline at 60 000
     run.verify([_trade(i) for i in range(1, 6)] + [_kline(0), _kline(120_000)])
     assert run.report.problems == []
+
+
+def test_an_exchange_wide_outage_across_eight_streams_leaves_none_fatal_and_loses_nothing(tmp_path, timing, capsys):
+    # The long form: python bench/outage.py (90 s, backoff_max 10).
+    run = OutageRun(OutageOptions(outage_s=20, backoff_max=2, intensity=5), tmp_path)
+    report = run.run()
+    with capsys.disabled():
+        print("\n" + report.summary())
+    for name, seconds in sorted(report.resumed.items()):
+        timing(f"outage end -> {name} delivering (backoff_max 2 s)", seconds)
+    assert report.streams == 8
+    assert report.fatal == []
+    assert report.problems == []
+    assert set(report.resumed) == set(report.live) == set(run.names)
+    for symbol in run.o.symbols:
+        assert report.klines[symbol] >= 10 and report.trades[symbol] > 1000
+    assert report.backfilled > 0, "the outage must have been bridged by REST backfill"
