@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import random
 import shutil
@@ -12,7 +13,7 @@ import msgpack
 import pytest
 
 from feedsup.config import Config, Connection, Restart, Stream
-from feedsup.supervisor import parent as parent_mod
+from feedsup.supervisor import parent as parent_mod, state as saved
 from feedsup.supervisor.parent import Parent
 from feedsup.supervisor.policy import Restarted, State, StateChanged
 
@@ -152,3 +153,22 @@ def test_restarted_actions_reach_the_metrics(make_parent):
     parent = make_parent(PRICE)
     parent._execute([Restarted("price", "rotated"), Restarted("price", "fatal")])
     assert parent.metrics.restarts == [("price", "rotated"), ("price", "fatal")]
+
+
+def test_a_clean_stop_saves_the_marks_of_the_previous_save(make_parent, tmp_path):
+    # PUB drops silently for a subscriber at its high-water mark, and after
+    # the last frame no later seq can reveal it: the marks saved at a clean
+    # stop are the previous save's (about a second old), so the next parent
+    # replays that last second (flagged backfill) rather than lose it.
+    parent = make_parent(PRICE)
+    parent.config = dataclasses.replace(parent.config, state_file=str(tmp_path / "state"))
+    topic = b"aggTrade.BTCUSDT"
+    parent.sequencer.admit(topic, 1, 0, True)
+    parent._save_state()                     # periodic: remembers mark 1 for the next save
+    for agg_id in range(2, 6):
+        parent.sequencer.admit(topic, agg_id, 0, True)
+    parent.sequencer.admit(b"aggTrade.ETHUSDT", 7, 0, True)   # first delivered since that save
+    parent._save_state(final=True)           # the clean stop's save
+    marks = saved.load(str(tmp_path / "state")).marks
+    assert marks["aggTrade.BTCUSDT"][0] == 1
+    assert marks["aggTrade.ETHUSDT"][0] == 7, "a topic new since the last save keeps its mark: the downtime is backfilled"

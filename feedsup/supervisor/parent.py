@@ -198,10 +198,9 @@ class Parent:
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
-            # Let PUB hand its queue to subscribers, so the exact watermarks
-            # saved below are what they really received.
+            # Let PUB hand its queue to subscribers before the last save.
             pub.close(linger=PUB_FLUSH_MS)
-            self._save_state(exact=True)
+            self._save_state(final=True)
             for sock in sockets:
                 sock.close(linger=0)
             self._stop_auth()
@@ -691,22 +690,26 @@ class Parent:
                    recent_attempts=len(state.attempts), age=f"{now_wall - state.saved_at:.1f}s")
         return bool(marks)
 
-    def _save_state(self, exact: bool = False) -> None:
+    def _save_state(self, final: bool = False) -> None:
         """Save watermarks and recent connection attempts.
 
-        While running, the watermarks written are those of the previous save,
-        one period old. Frames still queued in PUB die with a crashed parent,
-        so the newest marks may count frames no subscriber got; the older
-        marks make a new parent replay that last second instead of losing
-        it. On a clean exit PUB has been flushed and the marks are exact.
+        The watermarks written are always those of the previous save, one
+        period old: frames still queued in PUB die with a crashed parent, and
+        even a clean stop's flush drops frames for a subscriber at its
+        high-water mark, with no later seq to reveal it. The older marks make
+        a new parent replay that last second (flagged backfill) instead of
+        losing it. ``final``: the last save, after PUB's flush.
         """
         if not self.config.state_file:
             return
         now_wall, now_mono = time.time(), time.monotonic()
         attempts = saved.to_wall(self.policy.connect_attempts(now_mono), now_wall, now_mono)
         current = self.sequencer.marks()
-        marks = current if exact else self._marks_behind
-        self._marks_behind = current
+        # A topic first delivered since the previous save has no older mark:
+        # its newest one still makes the next parent backfill the downtime.
+        marks = {**current, **self._marks_behind}
+        if not final:
+            self._marks_behind = current
         try:
             saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall), self._origins)
         except OSError as exc:
