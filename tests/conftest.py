@@ -66,6 +66,10 @@ def start_feedsup(tmp_path):
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 import os as _os  # noqa: E402
 
-_hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-_hypothesis_settings.register_profile("dev", deadline=None)
+# The fuzz tests of each boundary (config loader, uplink, control socket,
+# normalisers) take their example count from the profile: 300 here, and
+# 5,000 with random seeds in the long run (python bench/fuzz.py, profile "long").
+_hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True, max_examples=300)
+_hypothesis_settings.register_profile("dev", deadline=None, max_examples=300)
+_hypothesis_settings.register_profile("long", deadline=None, max_examples=5_000)
 _hypothesis_settings.load_profile("ci" if _os.environ.get("CI") else "dev")

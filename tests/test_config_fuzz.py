@@ -10,20 +10,19 @@ from hypothesis import HealthCheck, given, settings
 from config_fuzz import check_one, documents, near_valid, raw_texts, render
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(documents)
 def test_structured_documents_give_config_or_config_error(tmp_path, document):
     check_one(tmp_path / "feedsup.toml", render(document))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw_texts)
 def test_arbitrary_text_gives_config_or_config_error(tmp_path, text):
     check_one(tmp_path / "feedsup.toml", text)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(near_valid())
 def test_near_valid_documents_load_only_within_bounds(tmp_path, document):
     check_one(tmp_path / "feedsup.toml", render(document))

@@ -115,7 +115,7 @@ def mutated_events(draw):
     return channel, market, event
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_events())
 def test_fuzz_mutated_events_conform_or_are_malformed(case):
     channel, market, event = case
@@ -127,7 +127,7 @@ def test_fuzz_mutated_events_conform_or_are_malformed(case):
     assert type(major) is int and 0 <= major < 1 << 63 and type(minor) is int and type(final) is bool
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.sampled_from(CASES), json_values)
 def test_fuzz_arbitrary_values_are_malformed(case, value):
     channel, market, _event, _key = case

@@ -166,7 +166,7 @@ def uplink_messages(draw):
                                                 inner, max_size=6)), max_leaves=12))))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(uplink_messages(), max_size=5))
 def test_fuzz_any_uplink_bytes_never_escape_the_parent(parent, messages):
     parent.pub = FakePub()
@@ -195,7 +195,7 @@ class FakeRouter:
         self.replies.append(parts)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(st.one_of(st.binary(max_size=40), st.builds(msgpack.packb, st.dictionaries(
     st.sampled_from(["cmd", "stream", "prefix", "token"]),
     st.one_of(st.sampled_from(["status", "restart", "ping", "last", "hello", "price"]), st.none(),
