@@ -124,6 +124,8 @@ class Config:
     connection: Connection = field(default_factory=Connection)
     restart: Restart = field(default_factory=Restart)
     streams: tuple[Stream, ...] = ()
+    instance: str = ""               # names this feedsup in sink frames (``source``); "" = host name
+    sink: object = None              # feedsup.sinks.config.NatsSink, or None: no [sink.nats]
 
     def endpoint(self, market: str) -> Endpoint:
         return self.spot if market == "spot" else self.usdm
@@ -182,8 +184,8 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 # Unix socket paths (sun_path) hold 107 bytes plus the terminating NUL.
 _MAX_IPC_PATH = 107
 
-_TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
-_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file")
+_TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream", "sink")
+_FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file", "instance")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
@@ -460,7 +462,8 @@ def load_config(path: str) -> Config:
     config = Config(path=path, spot=spot, usdm=usdm, connection=connection,
                     restart=restart, **feedsup)
     streams = _load_streams(top.raw.get("stream"), section("stream"), config)
-    config = replace(config, streams=streams)
+    from feedsup.sinks.config import load_sinks   # late: it builds on this module's converters
+    config = replace(config, streams=streams, sink=load_sinks(top.raw.get("sink", {}), section("sink"), path))
     if _reaches_beyond_loopback(config):
         _check_connect_budget(restart, section("restart"))
     _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
@@ -501,6 +504,7 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         # 0 would mean "unlimited" to ZeroMQ: unbounded memory, never on purpose.
         "pub_hwm": table.get("pub_hwm", _positive_int, default.pub_hwm),
         "state_file": table.get("state_file", _state_path(config_path), default.state_file),
+        "instance": table.get("instance", _non_empty, default.instance),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")

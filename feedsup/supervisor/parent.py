@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -80,6 +81,11 @@ class Parent:
         self.pub: zmq.Socket | None = None
         self._state_due = 0.0
         self._marks_behind: dict[str, Any] = {}
+        self.sink = None
+        if config.sink is not None:     # nats is imported only then (feedsup/sinks/nats.py)
+            from feedsup.sinks.nats import NatsSinkThread
+            self.sink = NatsSinkThread(config.sink, config.instance or socket.gethostname())
+        self._sink_batch: list[Any] = []    # frames published, in order, not yet handed to the sink
 
     # -- public surface used by control commands ------------------------------
 
@@ -110,6 +116,7 @@ class Parent:
             "published": self.published,
             "suppressed": self.sequencer.suppressed,
             "streams": rows,
+            "sink": self.sink.status() if self.sink is not None else None,
         }
 
     # -- the loop ------------------------------------------------------------------
@@ -129,6 +136,8 @@ class Parent:
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
         self.pub = pub
+        if self.sink is not None:
+            self.sink.start()
         old_handlers = self._install_signals()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -158,6 +167,9 @@ class Parent:
             # Let PUB hand its queue to subscribers, so the exact watermarks
             # saved below are what they really received.
             pub.close(linger=PUB_FLUSH_MS)
+            if self.sink is not None:
+                self._flush_sink()
+                self.sink.stop()
             self._save_state(exact=True)
             for sock in sockets:
                 sock.close(linger=0)
@@ -206,6 +218,7 @@ class Parent:
         sndmore = zmq.SNDMORE
         DATA, CONTROL = frames.DATA, frames.CONTROL
         published = 0
+        to_sink = self._sink_batch if self.sink is not None else None
         for _ in range(DRAIN_BATCH):
             try:
                 message = recv(zmq.NOBLOCK)
@@ -239,7 +252,11 @@ class Parent:
                 send(payload)
                 last_values[topic] = payload
                 published += 1
+                if to_sink is not None:
+                    to_sink.append((topic, major, minor, final, payload))
         self.published += published
+        if to_sink:
+            self._flush_sink()
 
     def _publish(self, topic: bytes, body: bytes, seq: int | None = None) -> None:
         """Publish outside the hot path (gap notices, hello)."""
@@ -248,7 +265,13 @@ class Parent:
         self.pub.send(payload)
         if not topic.startswith(topics.HELLO_PREFIX.encode()):
             self.last_values[topic] = payload
+            if self.sink is not None:
+                self._sink_batch.append((topic, None, 0, False, payload))
         self.published += 1
+
+    def _flush_sink(self) -> None:
+        self.sink.offer(self._sink_batch)
+        self._sink_batch = []
 
     def _announce_loss(self, stream_name: str, reason: str, fatal: bool = False) -> None:
         """The stream's source is gone: open a gap on each of its topics.
@@ -350,6 +373,8 @@ class Parent:
             actions += self.policy.request_stop(now)
         actions += self._reap(now)
         actions += self.policy.tick(now)
+        if self._sink_batch:
+            self._flush_sink()
         if self.config.state_file and now >= self._state_due:
             self._state_due = now + STATE_PERIOD_S
             self._save_state()
@@ -440,6 +465,8 @@ class Parent:
         current = self.sequencer.marks()
         marks = current if exact else self._marks_behind
         self._marks_behind = current
+        if self.sink is not None:       # never past what JetStream acknowledged
+            marks = self.sink.cap_marks(marks)
         try:
             saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall))
         except OSError as exc:

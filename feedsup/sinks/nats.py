@@ -1,0 +1,284 @@
+"""The JetStream sink's I/O shell: an asyncio loop in its own thread.
+
+The parent is a synchronous ZeroMQ loop and nats-py is asyncio, so the sink
+runs its own event loop in a daemon thread. The parent's side is ``offer``:
+append a batch to a deque (no lock, no syscall unless the sink sleeps) and
+return. It never blocks and never waits for NATS. Everything else (ids,
+order, the bounded buffer, gap notices, watermark caps) is decided by
+``SinkCore``; this shell connects, creates the stream if missing, publishes
+what the core hands out with ``Nats-Msg-Id`` and reports acks and failures
+back.
+
+nats-py is imported only here, and only inside the sink's thread, so a
+feedsup without ``[sink.nats]`` never loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import threading
+from collections import deque
+from functools import partial
+from typing import Any
+
+from feedsup import logs
+from feedsup.sinks.config import NatsSink
+from feedsup.sinks.core import Key, Offer, Pending, SinkCore
+
+log = logging.getLogger("feedsup.sink")
+
+IDLE_WAKE_S = 0.05       # sweep for ack timeouts and retry pauses at least this often
+RECONNECT_WAIT_S = 0.5
+CONNECT_RETRY_S = 1.0
+STOP_FLUSH_S = 3.0       # a clean stop waits this long for pending acks
+
+
+class NatsSinkThread:
+    """Parent-side handle of the JetStream sink (see module docstring)."""
+
+    def __init__(self, conf: NatsSink, source: str) -> None:
+        self.conf = conf
+        self.source = source
+        self.core = SinkCore(capacity=conf.buffer, max_inflight=conf.max_inflight, source=source,
+                             boot=os.urandom(4).hex(), ack_timeout=conf.ack_timeout)
+        self._lock = threading.Lock()           # core: sink thread vs status/cap_marks
+        self._handoff: deque[list[Offer]] = deque()
+        self._offered = 0                        # written by the parent thread only
+        self._taken = 0                          # written by the sink thread only
+        self._idle = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._flush_deadline = STOP_FLUSH_S
+        self._thread: threading.Thread | None = None
+        self._nc: Any = None
+        self._futures: dict[int, Any] = {}       # id(entry) -> its publish future
+        self.stream_ready = False
+
+    # -- parent thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="feedsup-sink-nats", daemon=True)
+        self._thread.start()
+
+    def offer(self, batch: list[Offer]) -> None:
+        """Frames the parent just published on PUB. Never blocks."""
+        self._handoff.append(batch)
+        self._offered += len(batch)
+        if self._idle and self._loop is not None:
+            self._idle = False
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop(self, flush_s: float = STOP_FLUSH_S) -> None:
+        """Publish what is pending for up to ``flush_s``, then close."""
+        self._flush_deadline = flush_s
+        self._stopping = True
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass                             # the loop already ended
+        if self._thread is not None:
+            self._thread.join(timeout=flush_s + 2.0)
+
+    def status(self) -> dict[str, Any]:
+        c = self.core
+        nc = self._nc
+        url = nc.connected_url if nc is not None and nc.is_connected else None
+        return {
+            "servers": list(self.conf.servers),
+            "stream": self.conf.stream,
+            "connected": f"{url.scheme}://{url.netloc}" if url is not None else None,
+            "acked": c.acked,
+            "duplicates": c.duplicates,
+            "pending": c.pending + (self._offered - self._taken),
+            "inflight": c.inflight,
+            "dropped": c.dropped,
+            "gaps": c.gaps,
+            "failures": c.failures,
+            "last_error": c.last_error or None,
+        }
+
+    def cap_marks(self, marks: dict[str, Key]) -> dict[str, Key]:
+        """The parent's watermarks held back to what JetStream acknowledged
+        (frames still in the hand-off are not acknowledged either)."""
+        with self._lock:
+            self._pull()
+            return self.core.cap_marks(marks)
+
+    # -- sink thread -----------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception as exc:                 # never take the parent down
+            logs.event(log, "sink stopped", logging.ERROR, error=repr(exc))
+
+    def _pull(self) -> None:
+        """Move offered batches into the core (caller holds the lock)."""
+        handoff, offer = self._handoff, self.core.offer
+        while handoff:
+            batch = handoff.popleft()
+            offer(batch)
+            self._taken += len(batch)
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        nc = await self._connect()
+        if nc is None:
+            return
+        js = nc.jetstream(timeout=self.conf.ack_timeout)
+        await self._ensure_stream(js)
+        flush_until = None
+        while True:
+            if self._stopping:
+                flush_until = flush_until or self._loop.time() + self._flush_deadline
+                if (not self.core.pending and not self._handoff) or self._loop.time() >= flush_until:
+                    break
+            await self._step(js)
+            await self._sleep()
+        if self.core.pending:
+            logs.event(log, "sink stop with frames unacknowledged", logging.WARNING, pending=self.core.pending)
+        await nc.close()
+
+    async def _step(self, js: Any) -> None:
+        now = self._loop.time()
+        with self._lock:
+            self._pull()
+            for entry in self.core.expire(now):
+                future = self._futures.pop(id(entry), None)
+                if future is not None:
+                    future.cancel()
+            sends = self.core.take(now) if self.stream_ready else []
+        for entry in sends:
+            await self._publish(js, entry)
+
+    async def _publish(self, js: Any, entry: Pending) -> None:
+        subject = f"{self.conf.subject_prefix}.{entry.topic.decode()}"
+        try:
+            future = await js.publish_async(subject, self.core.wire_payload(entry),
+                                            headers={"Nats-Msg-Id": entry.msg_id})
+        except Exception as exc:                 # disconnected with a full client buffer, closed, ...
+            with self._lock:
+                self.core.failed(entry, f"publish: {exc!r}", self._loop.time())
+            return
+        self._futures[id(entry)] = future
+        future.add_done_callback(partial(self._done, entry))
+
+    def _done(self, entry: Pending, future: Any) -> None:
+        if self._futures.get(id(entry)) is future:
+            del self._futures[id(entry)]
+        if future.cancelled():
+            return
+        exc = future.exception()
+        with self._lock:
+            if exc is None:
+                self.core.acked_ok(entry, bool(future.result().duplicate))
+            else:
+                self.core.failed(entry, f"ack: {exc!r}", self._loop.time())
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        if self._handoff or self._stopping and not self.core.pending:
+            return
+        self._idle = True
+        if self._handoff:                        # offered between the check and the flag
+            self._idle = False
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
+        except asyncio.TimeoutError:
+            pass
+        self._idle = False
+        self._wake.clear()
+
+    async def _connect(self) -> Any:
+        import nats                              # only here: see module docstring
+
+        options = self._options()
+        while not self._stopping:
+            try:
+                nc = await nats.connect(**options)
+            except Exception as exc:
+                self.core.last_error = f"connect: {exc!r}"
+                logs.event(log, "sink connect failed", logging.WARNING, servers=",".join(self.conf.servers),
+                           error=repr(exc))
+                await self._pause(CONNECT_RETRY_S)
+                continue
+            self._nc = nc
+            logs.event(log, "sink connected", server=self.status()["connected"])
+            return nc
+        return None
+
+    async def _ensure_stream(self, js: Any) -> None:
+        """Create the stream if missing; an existing one is used as it is."""
+        from nats.js.errors import NotFoundError
+
+        c = self.conf
+        while not self._stopping:
+            try:
+                try:
+                    info = await js.stream_info(c.stream)
+                    subjects = info.config.subjects or []
+                    if f"{c.subject_prefix}.>" not in subjects:
+                        logs.event(log, "sink stream subjects differ", logging.WARNING, stream=c.stream,
+                                   subjects=",".join(subjects), expected=f"{c.subject_prefix}.>")
+                except NotFoundError:
+                    await js.add_stream(name=c.stream, subjects=[f"{c.subject_prefix}.>"],
+                                        num_replicas=c.replicas, duplicate_window=c.duplicate_window)
+                    logs.event(log, "sink stream created", stream=c.stream, replicas=c.replicas)
+                self.stream_ready = True
+                return
+            except Exception as exc:             # cluster still forming, no quorum, timeout
+                self.core.last_error = f"stream: {exc!r}"
+                logs.event(log, "sink stream not ready", logging.WARNING, stream=c.stream, error=repr(exc))
+                await self._pause(CONNECT_RETRY_S)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _options(self) -> dict[str, Any]:
+        c = self.conf
+
+        async def on_error(exc: Exception) -> None:
+            self.core.last_error = repr(exc)
+            logs.event(log, "sink error", logging.WARNING, error=repr(exc))
+
+        async def on_disconnected() -> None:
+            logs.event(log, "sink disconnected", logging.WARNING)
+
+        async def on_reconnected() -> None:
+            logs.event(log, "sink reconnected", server=self.status()["connected"])
+
+        options: dict[str, Any] = {
+            "servers": list(c.servers), "name": f"feedsup-{self.source}",
+            "max_reconnect_attempts": -1, "reconnect_time_wait": RECONNECT_WAIT_S,
+            "connect_timeout": 2, "allow_reconnect": True, "error_cb": on_error,
+            "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected,
+            # Frames written while reconnecting wait in the client; our core
+            # already bounds what is in flight, so this only has to hold that.
+            "pending_size": 64 * 1024 * 1024,
+        }
+        if c.creds_file:
+            options["user_credentials"] = c.creds_file
+        if c.nkey_seed_file:
+            options["nkeys_seed"] = c.nkey_seed_file
+        if c.user:
+            options["user"] = c.user
+            options["password"] = os.environ.get(c.password_env, "") if c.password_env else None
+        if c.token_env:
+            options["token"] = os.environ.get(c.token_env, "")
+        if c.tls_ca_file or c.tls_cert_file or any(s.startswith("tls://") for s in c.servers):
+            ctx = ssl.create_default_context(cafile=c.tls_ca_file or None)
+            if c.tls_cert_file:
+                ctx.load_cert_chain(c.tls_cert_file, c.tls_key_file)
+            options["tls"] = ctx
+        return options
