@@ -175,3 +175,22 @@ def test_cap_never_raises_a_mark():
     # the saved marks are one save behind: older than the sink's hold
     assert c.cap_marks({"x": (40, 0, True)}) == {"x": (40, 0, True)}
     assert c.cap_marks({"x": (50, 0, True)}) == {"x": (49, 0, True)}
+
+
+def test_transient_failure_retries_only_that_topic_soon():
+    c = core()
+    c.offer([trade("x", 1), trade("y", 1), trade("y", 2)])
+    ex, ey = c.take(0.0)
+    c.failed(ex, "in process", now=1.0, transient=True)
+    c.acked_ok(ey, False)
+    assert [e.msg_id for e in c.take(1.0)] == ["y:2"]     # no global pause
+    assert [e.msg_id for e in c.take(1.05)] == ["x:1"]
+    assert c.failures == 0
+
+
+def test_key_of_inverts_msg_id():
+    from feedsup.sinks.core import key_of
+    for key in [(42, 0, True), (60_000, 61_234, False)]:
+        assert key_of("kline.X.1m", msg_id("kline.X.1m", *key)) == key
+    assert key_of("aggTrade.X", "aggTrade.X:gap:a:b0:3") is None
+    assert key_of("aggTrade.X", "aggTrade.XY:5") is None

@@ -39,6 +39,7 @@ Offer = tuple[bytes, "int | None", int, bool, bytes]
 
 SOURCE_KEY = msgpack.packb("source")
 GAP_REASON = "sink buffer full"
+TRANSIENT_RETRY_S = 0.02
 
 
 def msg_id(topic: str, major: int, minor: int, final: bool) -> str:
@@ -48,6 +49,22 @@ def msg_id(topic: str, major: int, minor: int, final: bool) -> str:
     names the event; a non-final one (an open kline) is one update of it,
     named by its event time too (``minor``)."""
     return f"{topic}:{major}" if final else f"{topic}:{major}:{minor}"
+
+
+def key_of(topic: str, mid: str) -> Key | None:
+    """The exchange key a ``Nats-Msg-Id`` names (inverse of ``msg_id``);
+    None for ids of notices or of another topic."""
+    if not mid.startswith(topic + ":"):
+        return None
+    parts = mid[len(topic) + 1:].split(":")
+    try:
+        if len(parts) == 1:
+            return (int(parts[0]), 0, True)
+        if len(parts) == 2:
+            return (int(parts[0]), int(parts[1]), False)
+    except ValueError:
+        pass
+    return None
 
 
 def with_source(payload: bytes, source: bytes) -> bytes:
@@ -106,6 +123,7 @@ class SinkCore:
     _inflight: dict[bytes, Pending] = field(default_factory=dict)
     _last_key: dict[bytes, Key] = field(default_factory=dict)
     _lost: dict[bytes, LostRun] = field(default_factory=dict)
+    _delayed: deque[tuple[float, bytes]] = field(default_factory=deque)   # (due, topic), due ascending
     _size: int = 0
     _paused_until: float = 0.0
     _serial: int = 0
@@ -148,13 +166,19 @@ class SinkCore:
         else:
             del self._queues[entry.topic]
 
-    def failed(self, entry: Pending, error: str, now: float) -> None:
+    def failed(self, entry: Pending, error: str, now: float, transient: bool = False) -> None:
         """The publish of ``entry`` failed: it stays first of its topic and is
-        resent (same Nats-Msg-Id) after ``retry_delay``, everything paused."""
+        resent (same Nats-Msg-Id). After ``retry_delay`` with everything
+        paused (the connection or the stream is in trouble); or, if
+        ``transient`` (the other instance's copy of this very event is being
+        stored), after ``TRANSIENT_RETRY_S`` for this topic alone."""
         if self._inflight.get(entry.topic) is not entry:
             return
         del self._inflight[entry.topic]
         entry.sent_at = None
+        if transient:
+            self._delayed.append((now + TRANSIENT_RETRY_S, entry.topic))
+            return
         self.failures += 1
         self.last_error = error
         self._paused_until = max(self._paused_until, now + self.retry_delay)
@@ -174,6 +198,9 @@ class SinkCore:
         """Frames to publish now (each marked in flight at ``now``)."""
         if now < self._paused_until:
             return []
+        if self._delayed and self._delayed[0][0] <= now:
+            while self._delayed and self._delayed[0][0] <= now:
+                self._ready.appendleft(self._delayed.popleft()[1])
         if self._lost and self._size < self.capacity:
             for topic in list(self._lost):
                 self._announce(topic)
@@ -213,6 +240,9 @@ class SinkCore:
             if topic not in self._queues and run.prev is not None:
                 held[topic.decode()] = run.prev
         return held
+
+    def in_flight(self) -> list[Pending]:
+        return list(self._inflight.values())
 
     @property
     def pending(self) -> int:

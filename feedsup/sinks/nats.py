@@ -20,27 +20,34 @@ import logging
 import os
 import ssl
 import threading
+import time
 from collections import deque
-from functools import partial
+import json
 from typing import Any
 
 from feedsup import logs
 from feedsup.sinks.config import NatsSink
-from feedsup.sinks.core import Key, Offer, Pending, SinkCore
+from feedsup.sinks.core import Key, Offer, Pending, SinkCore, key_of
 
 log = logging.getLogger("feedsup.sink")
 
 IDLE_WAKE_S = 0.05       # sweep for ack timeouts and retry pauses at least this often
 RECONNECT_WAIT_S = 0.5
 CONNECT_RETRY_S = 1.0
-STOP_FLUSH_S = 3.0       # a clean stop waits this long for pending acks
+STOP_FLUSH_S = 3.0
+SEED_WAIT_S = 5.0        # longest a starting parent waits to learn what JetStream holds
+SEED_CONCURRENCY = 64
+IN_PROCESS = "/10158:"     # JetStream: "duplicate message id is in process"       # a clean stop waits this long for pending acks
 
 
 class NatsSinkThread:
     """Parent-side handle of the JetStream sink (see module docstring)."""
 
-    def __init__(self, conf: NatsSink, source: str) -> None:
+    def __init__(self, conf: NatsSink, source: str, topics: list[str] = ()) -> None:
         self.conf = conf
+        self.topics = list(topics)               # whose last stored key seeds the parent's watermarks
+        self._seed: dict[str, Key] | None = None
+        self._started_at = 0.0
         self.source = source
         self.core = SinkCore(capacity=conf.buffer, max_inflight=conf.max_inflight, source=source,
                              boot=os.urandom(4).hex(), ack_timeout=conf.ack_timeout)
@@ -55,12 +62,15 @@ class NatsSinkThread:
         self._flush_deadline = STOP_FLUSH_S
         self._thread: threading.Thread | None = None
         self._nc: Any = None
-        self._futures: dict[int, Any] = {}       # id(entry) -> its publish future
+        self._waiting: dict[str, Pending] = {}   # reply token -> the publish awaiting that ack
+        self._token = 0
+        self._inbox = ""
         self.stream_ready = False
 
     # -- parent thread ---------------------------------------------------------
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._main, name="feedsup-sink-nats", daemon=True)
         self._thread.start()
 
@@ -83,6 +93,16 @@ class NatsSinkThread:
                 pass                             # the loop already ended
         if self._thread is not None:
             self._thread.join(timeout=flush_s + 2.0)
+
+    def seed_marks(self, now: float) -> dict[str, Key] | None:
+        """The newest exchange key JetStream holds per topic, once known; {}
+        after ``SEED_WAIT_S`` without an answer (NATS unreachable); None
+        while still asking. A fresh instance of an A/B pair resumes (and
+        backfills) from there, so it never stores a later event before an
+        earlier one its partner has not stored yet."""
+        if self._seed is not None:
+            return self._seed
+        return {} if now - self._started_at >= SEED_WAIT_S else None
 
     def status(self) -> dict[str, Any]:
         c = self.core
@@ -132,7 +152,14 @@ class NatsSinkThread:
         if nc is None:
             return
         js = nc.jetstream(timeout=self.conf.ack_timeout)
+        # Acks come to our own inbox: nats-py's publish_async leaves a future
+        # unresolved when JetStream answers with an error (it raises inside
+        # its reply handler), and "duplicate message id is in process" (two
+        # instances publishing one event at once) is such an answer.
+        self._inbox = nc.new_inbox()
+        await nc.subscribe(self._inbox + ".*", cb=self._on_reply)
         await self._ensure_stream(js)
+        await self._learn_seed(js)
         flush_until = None
         while True:
             if self._stopping:
@@ -149,37 +176,36 @@ class NatsSinkThread:
         now = self._loop.time()
         with self._lock:
             self._pull()
-            for entry in self.core.expire(now):
-                future = self._futures.pop(id(entry), None)
-                if future is not None:
-                    future.cancel()
+            if self.core.expire(now):
+                live = {id(e) for e in self.core.in_flight()}
+                self._waiting = {t: e for t, e in self._waiting.items() if id(e) in live}
             sends = self.core.take(now) if self.stream_ready else []
         for entry in sends:
-            await self._publish(js, entry)
+            await self._publish(entry)
 
-    async def _publish(self, js: Any, entry: Pending) -> None:
+    async def _publish(self, entry: Pending) -> None:
         subject = f"{self.conf.subject_prefix}.{entry.topic.decode()}"
+        self._token += 1
+        token = str(self._token)
+        self._waiting[token] = entry
         try:
-            future = await js.publish_async(subject, self.core.wire_payload(entry),
-                                            headers={"Nats-Msg-Id": entry.msg_id})
+            await self._nc.publish(subject, self.core.wire_payload(entry), reply=f"{self._inbox}.{token}",
+                                   headers={"Nats-Msg-Id": entry.msg_id})
         except Exception as exc:                 # disconnected with a full client buffer, closed, ...
+            self._waiting.pop(token, None)
             with self._lock:
-                self.core.failed(entry, f"publish: {exc!r}", self._loop.time())
-            return
-        self._futures[id(entry)] = future
-        future.add_done_callback(partial(self._done, entry))
+                self.core.failed(entry, f"publish: {type(exc).__name__}: {exc}", self._loop.time())
 
-    def _done(self, entry: Pending, future: Any) -> None:
-        if self._futures.get(id(entry)) is future:
-            del self._futures[id(entry)]
-        if future.cancelled():
-            return
-        exc = future.exception()
+    async def _on_reply(self, msg: Any) -> None:
+        entry = self._waiting.pop(msg.subject.rsplit(".", 1)[1], None)
+        if entry is None:
+            return                               # the ack of an attempt given up (expired)
+        duplicate, error = parse_ack(msg.data, msg.headers)
         with self._lock:
-            if exc is None:
-                self.core.acked_ok(entry, bool(future.result().duplicate))
+            if error is None:
+                self.core.acked_ok(entry, duplicate)
             else:
-                self.core.failed(entry, f"ack: {exc!r}", self._loop.time())
+                self.core.failed(entry, error, self._loop.time(), transient=IN_PROCESS in error)
         self._wake.set()
 
     async def _sleep(self) -> None:
@@ -238,6 +264,32 @@ class NatsSinkThread:
                 logs.event(log, "sink stream not ready", logging.WARNING, stream=c.stream, error=repr(exc))
                 await self._pause(CONNECT_RETRY_S)
 
+    async def _learn_seed(self, js: Any) -> None:
+        from nats.js.errors import NotFoundError
+
+        sem = asyncio.Semaphore(SEED_CONCURRENCY)
+        c = self.conf
+
+        async def last(topic: str) -> tuple[str, Key | None]:
+            async with sem:
+                while True:                      # a new stream may have no leader yet
+                    try:
+                        msg = await js.get_last_msg(c.stream, c.subject(topic))
+                    except NotFoundError:
+                        return topic, None
+                    except Exception:
+                        await asyncio.sleep(0.2)
+                        continue
+                    return topic, key_of(topic, (msg.headers or {}).get("Nats-Msg-Id", ""))
+        try:
+            found = await asyncio.wait_for(asyncio.gather(*(last(t) for t in self.topics)), SEED_WAIT_S)
+        except Exception as exc:
+            logs.event(log, "sink seed failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+            self._seed = {}
+            return
+        self._seed = {t: k for t, k in found if k is not None}
+        logs.event(log, "sink seeded", topics=len(self._seed))
+
     async def _pause(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
@@ -249,8 +301,8 @@ class NatsSinkThread:
         c = self.conf
 
         async def on_error(exc: Exception) -> None:
-            self.core.last_error = repr(exc)
-            logs.event(log, "sink error", logging.WARNING, error=repr(exc))
+            self.core.last_error = f"{type(exc).__name__}: {exc}"
+            logs.event(log, "sink error", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
 
         async def on_disconnected() -> None:
             logs.event(log, "sink disconnected", logging.WARNING)
@@ -282,3 +334,19 @@ class NatsSinkThread:
                 ctx.load_cert_chain(c.tls_cert_file, c.tls_key_file)
             options["tls"] = ctx
         return options
+
+
+def parse_ack(data: bytes, headers: dict[str, str] | None) -> tuple[bool, str | None]:
+    """A JetStream publish reply: (duplicate, error or None)."""
+    if headers and headers.get("Status") == "503":
+        return False, "no responders: stream unavailable (no leader yet?)"
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return False, "unreadable ack"
+    err = reply.get("error")
+    if err:
+        # 10158 "duplicate message id is in process": the other instance's
+        # copy is being stored; the resend will be acked as a duplicate.
+        return False, f"JetStream {err.get('code')}/{err.get('err_code')}: {err.get('description')}"
+    return bool(reply.get("duplicate")), None

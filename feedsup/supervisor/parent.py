@@ -84,7 +84,8 @@ class Parent:
         self.sink = None
         if config.sink is not None:     # nats is imported only then (feedsup/sinks/nats.py)
             from feedsup.sinks.nats import NatsSinkThread
-            self.sink = NatsSinkThread(config.sink, config.instance or socket.gethostname())
+            self.sink = NatsSinkThread(config.sink, config.instance or socket.gethostname(), list(self._topic_owner))
+        self._seeded = False
         self._sink_batch: list[Any] = []    # frames published, in order, not yet handed to the sink
 
     # -- public surface used by control commands ------------------------------
@@ -150,7 +151,7 @@ class Parent:
         try:
             started = False
             while code is None:
-                if not started and time.monotonic() >= start_at:
+                if not started and time.monotonic() >= start_at and self._sink_seeded():
                     started = True
                     code = self._execute(self.policy.start(time.monotonic()))
                     continue
@@ -268,6 +269,19 @@ class Parent:
             if self.sink is not None:
                 self._sink_batch.append((topic, None, 0, False, payload))
         self.published += 1
+
+    def _sink_seeded(self) -> bool:
+        """Topics without a saved watermark resume from the newest event
+        JetStream holds (stored by this instance or its A/B partner)."""
+        if self.sink is None or self._seeded:
+            return True
+        seed = self.sink.seed_marks(time.monotonic())
+        if seed is None:
+            return False
+        known = self.sequencer.marks()
+        self.sequencer.restore({t: k for t, k in seed.items() if t not in known})
+        self._seeded = True
+        return True
 
     def _flush_sink(self) -> None:
         self.sink.offer(self._sink_batch)
