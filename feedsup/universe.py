@@ -1,0 +1,134 @@
+"""The whole market: which symbols a stream with ``symbols = "*"`` takes,
+which of them this host takes (``[feedsup] shard = "k/n"``), and how they
+split into connections, all pure; plus a small REST reader for exchangeInfo.
+
+* ``select``: the symbols of an exchangeInfo body that pass the filters
+  (status TRADING, quote assets, USD-M perpetuals);
+* ``in_shard``: a stable hash of the symbol (CRC-32, the same on every host
+  and Python) picks one of ``n`` shards, so ``n`` hosts with shards 1/n ...
+  n/n split the market with no overlap and no coordination, and two hosts
+  with the same shard are an A/B pair;
+* ``assign``: symbols -> connections of at most ``per_connection`` symbols,
+  changing as few connections as possible when the universe changes: a
+  listing joins a connection with room (or a new one), a delisting leaves
+  its connection, and every other connection keeps running untouched;
+* ``expand``: one configured stream -> one worker stream per connection,
+  named ``name/0``, ``name/1``, ...
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import zlib
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+from feedsup.config import MAX_STREAMS_PER_CONNECTION, Stream
+
+# Binance documents 1024 streams per connection for spot; for USD-M its
+# sources disagree (200 or 1024), so plan for the lower figure, as config does.
+MAX_STREAMS = {"spot": MAX_STREAMS_PER_CONNECTION, "usdm": 200}
+EXCHANGE_INFO_PATH = {"spot": "/api/v3/exchangeInfo", "usdm": "/fapi/v1/exchangeInfo"}
+EXCHANGE_INFO_WEIGHT = {"spot": 20, "usdm": 1}
+
+
+@dataclass(frozen=True)
+class Shard:
+    k: int      # 1..n
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+ALL = Shard(1, 1)
+
+
+def parse_shard(text: str) -> Shard:
+    """``"k/n"`` with 1 <= k <= n; raise ValueError saying why."""
+    try:
+        k, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f'shard must be "k/n" such as "2/3", got "{text}"') from None
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {text}: need 1 <= k <= n")
+    return Shard(k, n)
+
+
+def shard_of(symbol: str, n: int) -> int:
+    """The shard (1..n) that owns ``symbol``."""
+    return zlib.crc32(symbol.upper().encode()) % n + 1
+
+
+def in_shard(symbol: str, shard: Shard) -> bool:
+    return shard_of(symbol, shard.n) == shard.k
+
+
+def select(info: dict[str, Any], quote_assets: Iterable[str] = (), statuses: Iterable[str] = ("TRADING",),
+           contract_types: Iterable[str] = ("PERPETUAL",), shard: Shard = ALL) -> list[str]:
+    """Symbols of an exchangeInfo body passing the filters, in this shard, sorted.
+
+    ``quote_assets`` empty = any. ``contract_types`` applies to USD-M
+    entries only (spot entries have no ``contractType``)."""
+    quotes, states, kinds = set(quote_assets), set(statuses), set(contract_types)
+    out = []
+    for entry in info.get("symbols", []):
+        symbol = entry.get("symbol", "")
+        if not symbol or entry.get("status") not in states:
+            continue
+        if quotes and entry.get("quoteAsset") not in quotes:
+            continue
+        if "contractType" in entry and kinds and entry["contractType"] not in kinds:
+            continue
+        if in_shard(symbol, shard):
+            out.append(symbol)
+    return sorted(out)
+
+
+def per_connection(market: str, channel: str, intervals: int = 1, target: int = 0) -> int:
+    """Symbols per connection: Binance's stream cap (or a lower ``target`` of
+    streams per connection) divided by the streams each symbol takes."""
+    cap = MAX_STREAMS[market] if target <= 0 else min(target, MAX_STREAMS[market])
+    per_symbol = max(1, intervals) if channel == "kline" else 1
+    return max(1, cap // per_symbol)
+
+
+Slots = list[tuple[str, ...]]
+
+
+def assign(previous: Slots, universe: Iterable[str], limit: int) -> tuple[Slots, set[int]]:
+    """New connection slots for ``universe`` and the indices that changed.
+
+    Symbols stay in their slot; gone ones are removed; new ones fill the
+    lowest slots with room, then new slots. A slot left empty stays (empty)
+    so the others keep their index, except at the end, where it is dropped.
+    """
+    wanted = set(universe)
+    slots = [[s for s in slot if s in wanted] for slot in previous]
+    placed = {s for slot in slots for s in slot}
+    changed = {i for i, (old, new) in enumerate(zip(previous, slots)) if len(old) != len(new)}
+    i = 0
+    for symbol in sorted(wanted - placed):
+        while i < len(slots) and len(slots[i]) >= limit:
+            i += 1
+        if i == len(slots):
+            slots.append([])
+        slots[i].append(symbol)
+        changed.add(i)
+    while slots and not slots[-1]:
+        slots.pop()
+        changed.add(len(slots))
+    return [tuple(slot) for slot in slots], changed
+
+
+def expand(stream: Stream, slots: Slots) -> list[Stream]:
+    """One worker stream per non-empty slot: ``name/0``, ``name/1``, ..."""
+    return [replace(stream, name=f"{stream.name}/{i}", symbols=slot) for i, slot in enumerate(slots) if slot]
+
+
+def fetch_exchange_info(rest_url: str, market: str, timeout: float = 10.0) -> dict[str, Any]:
+    """GET exchangeInfo (weight 20 on spot, 1 on USD-M: a refresh every few
+    minutes is a negligible share of the per-IP weight budget)."""
+    with urllib.request.urlopen(rest_url.rstrip("/") + EXCHANGE_INFO_PATH[market], timeout=timeout) as resp:
+        return json.loads(resp.read())
