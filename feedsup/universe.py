@@ -132,3 +132,48 @@ def fetch_exchange_info(rest_url: str, market: str, timeout: float = 10.0) -> di
     minutes is a negligible share of the per-IP weight budget)."""
     with urllib.request.urlopen(rest_url.rstrip("/") + EXCHANGE_INFO_PATH[market], timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+@dataclass(frozen=True)
+class Change:
+    """What the parent must do for one connection of an expanded stream."""
+
+    stream: str                     # "name/i"
+    old: tuple[str, ...]            # () = a new connection
+    new: tuple[str, ...]            # () = the connection goes away
+
+
+@dataclass
+class Universe:
+    """The live symbol set of one ``symbols = "*"`` stream, fed exchangeInfo
+    bodies as they are fetched (at start, then on a schedule). Pure: the
+    caller fetches and carries out the changes (start a worker for a new
+    connection, make-before-break replace a changed one, stop a removed one).
+    """
+
+    template: Stream
+    limit: int                      # symbols per connection (``per_connection``)
+    quote_assets: tuple[str, ...] = ()
+    shard: Shard = ALL
+    slots: Slots = None             # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.slots = list(self.slots or [])
+
+    def update(self, info: dict[str, Any]) -> list[Change]:
+        """A new exchangeInfo body: the connections whose symbols changed.
+
+        An empty selection (a failed or truncated answer) changes nothing:
+        dropping the whole market on one bad response would be worse than
+        keeping yesterday's list."""
+        symbols = select(info, self.quote_assets, shard=self.shard)
+        if not symbols:
+            return []
+        old = self.slots
+        self.slots, changed = assign(old, symbols, self.limit)
+        name = self.template.name
+        return [Change(f"{name}/{i}", old[i] if i < len(old) else (),
+                       self.slots[i] if i < len(self.slots) else ()) for i in sorted(changed)]
+
+    def streams(self) -> list[Stream]:
+        return expand(self.template, self.slots)

@@ -93,3 +93,19 @@ def test_whole_market_from_the_simulator(start_sim):
         per_host.append([sym for s in streams for sym in s.symbols])
     flat = sum(per_host, [])
     assert sorted(flat) == sorted(symbols[:300])                 # the whole USDT market, once
+
+
+def test_universe_reports_only_changed_connections():
+    from feedsup.universe import Change, Universe
+
+    u = Universe(Stream(name="all", market="spot", channel="trade"), limit=2, quote_assets=("USDT",))
+    day1 = info(("AUSDT", "USDT", "TRADING"), ("BUSDT", "USDT", "TRADING"), ("CUSDT", "USDT", "TRADING"))
+    assert u.update(day1) == [Change("all/0", (), ("AUSDT", "BUSDT")), Change("all/1", (), ("CUSDT",))]
+    assert [s.name for s in u.streams()] == ["all/0", "all/1"]
+    day2 = info(("AUSDT", "USDT", "TRADING"), ("BUSDT", "USDT", "BREAK"), ("CUSDT", "USDT", "TRADING"),
+                ("DUSDT", "USDT", "TRADING"))
+    # BUSDT halted/delisted and DUSDT listed: all/0 swaps one symbol, all/1 untouched
+    assert u.update(day2) == [Change("all/0", ("AUSDT", "BUSDT"), ("AUSDT", "DUSDT"))]
+    assert u.update({"symbols": []}) == []          # a bad answer never empties the market
+    assert u.update(info(("AUSDT", "USDT", "TRADING"), ("DUSDT", "USDT", "TRADING"))) == [
+        Change("all/1", ("CUSDT",), ())]
