@@ -159,3 +159,56 @@ def test_tail_nats_prints_stored_frames(node):
     lines = out.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["t.A"] * 3
     assert "agg_id=1 " in lines[0] + " " and "js=1 source=host-a" in lines[0]
+
+
+@pytest.fixture
+def cluster3():
+    cluster = NatsCluster(3)
+    try:
+        cluster.start()
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_consumer_reopened_twice_without_reading_keeps_its_position(cluster3):
+    """A durable re-created at its floor and closed again before reading must
+    not fall back to the stream's start (on a cluster, a fresh consumer's ack
+    floor reads 0)."""
+    node = cluster3
+
+    async def publish() -> None:
+        nc = await nats.connect(node.urls)
+        js = nc.jetstream()
+        await js.add_stream(name="FEEDSUP", subjects=["feedsup.>"], num_replicas=3)
+        for i in range(1, 31):
+            await js.publish("feedsup.t.A", msgpack.packb({"topic": "t.A", "seq": i, "data": {"agg_id": i}}))
+        await nc.close()
+    asyncio.run(publish())
+    first = JetStreamConsumer(node.urls, durable="p", batch=8)
+    assert [first.next(2)["js_seq"] for _ in range(5)] == [1, 2, 3, 4, 5]
+    first.close()
+    JetStreamConsumer(node.urls, durable="p", batch=8).close()     # opened and closed, nothing read
+    third = JetStreamConsumer(node.urls, durable="p", batch=8)
+    assert third.next(2)["js_seq"] == 6
+    third.close()
+
+
+def test_consumer_waits_for_the_stream_to_be_created(node):
+    import threading
+
+    got: list = []
+    async def create() -> None:
+        nc = await nats.connect(node.urls)
+        await nc.jetstream().add_stream(name="FEEDSUP", subjects=["feedsup.>"])
+        await nc.close()
+    # feedsup creates the stream on its first start: here, a second after the consumer
+    later = threading.Timer(1.0, lambda: asyncio.run(create()))
+    later.start()
+    try:
+        got.append(JetStreamConsumer(node.urls, durable="w", open_timeout=20))
+    finally:
+        later.join(25)
+    assert got
+    got[0].close()

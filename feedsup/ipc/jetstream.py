@@ -54,7 +54,8 @@ class JetStreamConsumer:
     def __init__(self, servers: list[str] | str, topics: list[str] | tuple[str, ...] = ("",), *,
                  durable: str | None = None, stream: str = "FEEDSUP", subject_prefix: str = "feedsup",
                  start: "str | float | dt.datetime" = "all", start_seq: int | None = None,
-                 batch: int = FETCH_BATCH, connect_options: dict[str, Any] | None = None) -> None:
+                 batch: int = FETCH_BATCH, connect_options: dict[str, Any] | None = None,
+                 open_timeout: float = 30.0) -> None:
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.subjects = subjects_for(list(topics), subject_prefix)
         self.durable = durable
@@ -72,7 +73,8 @@ class JetStreamConsumer:
         self._maybe_seen = 0
         self._js: Any = None
         self._config: Any = None
-        self._run(self._open())
+        self._resume_seq: int | None = None       # learned from a durable's ack floor, kept across retries
+        self._run(self._open_retrying(open_timeout))
 
     # -- public ----------------------------------------------------------------
 
@@ -106,6 +108,23 @@ class JetStreamConsumer:
 
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
+
+    async def _open_retrying(self, timeout: float) -> None:
+        """Open, waiting out what a cluster goes through: the stream not
+        created yet (feedsup creates it on its first start), a leader
+        election (requests time out), a node down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                return await self._open()
+            except Exception:
+                if self._nc is not None:
+                    await self._nc.close()
+                    self._nc = None
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _open(self) -> None:
         import nats
@@ -149,8 +168,18 @@ class JetStreamConsumer:
         try:
             info = await js.consumer_info(self.stream, self.durable)
         except NotFoundError:
+            if self._resume_seq is not None:     # deleted by an earlier attempt that then failed
+                config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = self._resume_seq
             return
         floor = info.ack_floor.stream_seq
+        if info.config.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE and info.config.opt_start_seq:
+            floor = max(floor, info.config.opt_start_seq - 1)   # a fresh floor reads 0, not start - 1
+        elif floor == 0:
+            return          # nothing acknowledged yet: its own start (all, new, a time) still holds
+        if info.delivered.stream_seq <= floor:
+            return          # nothing handed out past the floor: the consumer is right as it is
+        self._resume_seq = floor + 1
         if info.delivered.stream_seq > floor:
             # We ack each frame before handing out the next, so at most the
             # first one after the floor was being processed when it died.
