@@ -212,3 +212,13 @@ def test_consumer_waits_for_the_stream_to_be_created(node):
         later.join(25)
     assert got
     got[0].close()
+
+
+def test_handoff_stays_bounded_when_the_sink_thread_is_not_pulling():
+    s = NatsSinkThread(NatsSink(servers=("nats://127.0.0.1:1",), buffer=10), "a")     # never started
+    for i in range(1000):
+        s.offer([frame("t.A", 5 * i + j, 1) for j in range(5)] + [frame("t.B", i, 1)])
+    assert len(s._handoff) <= 3                     # two real batches, then one summary
+    with s._lock:
+        s._pull()
+    assert s.core.pending == 10 and s.core.dropped == 6000 - 10

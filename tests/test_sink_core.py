@@ -194,3 +194,21 @@ def test_key_of_inverts_msg_id():
         assert key_of("kline.X.1m", msg_id("kline.X.1m", *key)) == key
     assert key_of("aggTrade.X", "aggTrade.X:gap:a:b0:3") is None
     assert key_of("aggTrade.X", "aggTrade.XY:5") is None
+
+
+def test_frames_lost_before_the_buffer_are_announced_like_overflow():
+    from feedsup.sinks.nats import summarise
+
+    c = core()
+    c.offer([trade("x", 1)])
+    c.offer_lost(summarise([trade("x", i) for i in range(2, 7)] + [trade("y", 1)]))
+    assert c.dropped == 6
+    c.offer([trade("x", 7)])
+    sent = []
+    while c.pending:
+        for e in c.take(0.0):
+            sent.append((e.topic, msgpack.unpackb(e.payload)))
+            c.acked_ok(e, False)
+    x = [(f["data"] or {}).get("agg_id") or (f["gap"]["from_id"], f["gap"]["to_id"]) for t, f in sent if t == b"x"]
+    assert x == [1, (2, 6), 7]
+    assert [f["gap"]["from_id"] for t, f in sent if t == b"y"] == [1]

@@ -151,6 +151,17 @@ class SinkCore:
                 self._last_key[topic] = key
             self._enqueue(Pending(topic, mid, payload, prev if prev is not None or key is None else before(key)))
 
+    def offer_lost(self, summary: dict[bytes, tuple[Offer, Offer, int]]) -> None:
+        """Frames that never reached the buffer (the hand-off to the sink's
+        thread was full): per topic the first, the last and how many."""
+        for topic, (first, last, count) in summary.items():
+            key = None if first[1] is None else first[1:4]
+            self._drop(topic, key, self._last_key.get(topic), first[4])
+            if count > 1:
+                self._drop(topic, None if last[1] is None else last[1:4], None, last[4])
+                self._lost[topic].count += count - 2
+                self.dropped += count - 2
+
     def acked_ok(self, entry: Pending, duplicate: bool) -> None:
         """JetStream stored ``entry`` (or already had it: ``duplicate``)."""
         if self._inflight.get(entry.topic) is not entry:

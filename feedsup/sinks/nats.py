@@ -75,8 +75,20 @@ class NatsSinkThread:
         self._thread.start()
 
     def offer(self, batch: list[Offer]) -> None:
-        """Frames the parent just published on PUB. Never blocks."""
-        self._handoff.append(batch)
+        """Frames the parent just published on PUB. Never blocks.
+
+        If the sink's thread falls behind by more than ``buffer`` frames (or
+        died), batches are reduced to what their gap notices need, so the
+        hand-off stays bounded by the number of topics."""
+        if self._offered - self._taken > self.conf.buffer:
+            with self._lock:                     # rare: the sink thread may be merging too
+                last = self._handoff[-1] if self._handoff else None
+                if isinstance(last, dict):
+                    merge(last, summarise(batch))
+                else:
+                    self._handoff.append(summarise(batch))
+        else:
+            self._handoff.append(batch)
         self._offered += len(batch)
         if self._idle and self._loop is not None:
             self._idle = False
@@ -135,15 +147,20 @@ class NatsSinkThread:
         try:
             asyncio.run(self._run())
         except Exception as exc:                 # never take the parent down
+            self.core.last_error = f"sink thread died: {type(exc).__name__}: {exc}"
             logs.event(log, "sink stopped", logging.ERROR, error=repr(exc))
 
     def _pull(self) -> None:
         """Move offered batches into the core (caller holds the lock)."""
-        handoff, offer = self._handoff, self.core.offer
+        handoff, core = self._handoff, self.core
         while handoff:
             batch = handoff.popleft()
-            offer(batch)
-            self._taken += len(batch)
+            if isinstance(batch, dict):
+                core.offer_lost(batch)
+                self._taken += sum(count for _, _, count in batch.values())
+            else:
+                core.offer(batch)
+                self._taken += len(batch)
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -350,3 +367,18 @@ def parse_ack(data: bytes, headers: dict[str, str] | None) -> tuple[bool, str | 
         # copy is being stored; the resend will be acked as a duplicate.
         return False, f"JetStream {err.get('code')}/{err.get('err_code')}: {err.get('description')}"
     return bool(reply.get("duplicate")), None
+
+
+def summarise(batch: list[Offer]) -> dict[bytes, tuple[Offer, Offer, int]]:
+    """Per topic: first frame, last frame, count (what a gap notice needs)."""
+    out: dict[bytes, tuple[Offer, Offer, int]] = {}
+    for item in batch:
+        seen = out.get(item[0])
+        out[item[0]] = (item, item, 1) if seen is None else (seen[0], item, seen[2] + 1)
+    return out
+
+
+def merge(into: dict[bytes, tuple[Offer, Offer, int]], more: dict[bytes, tuple[Offer, Offer, int]]) -> None:
+    for topic, (first, last, count) in more.items():
+        seen = into.get(topic)
+        into[topic] = (first, last, count) if seen is None else (seen[0], last, seen[2] + count)
