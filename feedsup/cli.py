@@ -37,6 +37,9 @@ def run(path: str) -> None:
 
     config = _load(path)
     logs.setup(config.log_format)
+    if config.universes:                 # symbols = "*": this shard's symbols, from exchangeInfo
+        from feedsup.universe import resolve
+        config = resolve(config)
     sys.exit(Parent(config).run())
 
 

@@ -177,3 +177,77 @@ class Universe:
 
     def streams(self) -> list[Stream]:
         return expand(self.template, self.slots)
+
+
+# -- config: [[stream]] with symbols = "*", [feedsup] shard -------------------------
+
+WILDCARD_KEYS = ("quote_assets", "streams_per_connection")
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    """A ``[[stream]]`` with ``symbols = "*"``: the whole market, filtered."""
+
+    template: Stream                     # every key but the symbols, validated as a normal stream
+    quote_assets: tuple[str, ...] = ()   # empty = any quote asset
+    streams_per_connection: int = 0      # 0 = Binance's cap (1024 spot, 200 usdm)
+
+
+def split_wildcards(raw: object, at: Any, config: Any) -> tuple[object, tuple[Wildcard, ...]]:
+    """Separate ``symbols = "*"`` tables from the others (left as they are).
+
+    Each wildcard table is validated as a normal stream, with a placeholder
+    symbol, so its errors read like every other stream's."""
+    from feedsup import config as cfg
+
+    if not isinstance(raw, list):
+        return raw, ()
+    plain, wild = [], []
+    for i, item in enumerate(raw):
+        if not (isinstance(item, dict) and item.get("symbols") == "*"):
+            plain.append(item)
+            continue
+        base = {k: v for k, v in item.items() if k not in WILDCARD_KEYS}
+        if base.get("channel") == "account":
+            cfg._At(at.file, f"{at.key}[{i}].symbols").fail('an account stream takes no symbols, not "*"')
+        stream = cfg._load_stream({**base, "symbols": ["BTCUSDT"]}, at.index(i), config)
+        where = cfg._At(at.file, f'stream "{stream.name}"')
+        table = cfg._Table({k: item[k] for k in WILDCARD_KEYS if k in item}, where, WILDCARD_KEYS)
+        quotes = table.get("quote_assets", cfg._array(cfg._non_empty), ())
+        target = table.get("streams_per_connection", cfg._int_range(1, MAX_STREAMS[stream.market]), 0)
+        wild.append(Wildcard(replace(stream, symbols=()), tuple(q.upper() for q in quotes), target))
+    return plain, tuple(wild)
+
+
+def shard_converter(value: object, at: Any) -> str:
+    from feedsup import config as cfg
+
+    text = cfg._non_empty(value, at)
+    try:
+        parse_shard(text)
+    except ValueError as exc:
+        at.fail(str(exc))
+    return text
+
+
+def resolve(config: Any, fetch: Any = fetch_exchange_info) -> Any:
+    """``config`` with every wildcard stream expanded into ``name/i`` workers
+    for this host's shard, from exchangeInfo (one fetch per market).
+    Symbols a configured stream already carries on the same topics are left
+    to it."""
+    if not config.universes:
+        return config
+    shard = parse_shard(config.shard) if config.shard else ALL
+    infos: dict[str, dict[str, Any]] = {}
+    taken = {(s.market, s.channel, s.topic_prefix, sym) for s in config.streams for sym in s.symbols}
+    streams = list(config.streams)
+    for w in config.universes:
+        t = w.template
+        if t.market not in infos:
+            infos[t.market] = fetch(config.endpoint(t.market).rest_url, t.market)
+        u = Universe(t, per_connection(t.market, t.channel, len(t.intervals), w.streams_per_connection),
+                     w.quote_assets, shard)
+        u.update({"symbols": [e for e in infos[t.market].get("symbols", [])
+                              if (t.market, t.channel, t.topic_prefix, e.get("symbol")) not in taken]})
+        streams += u.streams()
+    return replace(config, streams=tuple(streams))

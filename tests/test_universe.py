@@ -109,3 +109,45 @@ def test_universe_reports_only_changed_connections():
     assert u.update({"symbols": []}) == []          # a bad answer never empties the market
     assert u.update(info(("AUSDT", "USDT", "TRADING"), ("DUSDT", "USDT", "TRADING"))) == [
         Change("all/1", ("CUSDT",), ())]
+
+
+def test_config_wildcard_stream_and_shard(tmp_path):
+    from feedsup.config import ConfigError, load_config
+    from feedsup.universe import Wildcard
+
+    path = tmp_path / "f.toml"
+    path.write_text('[feedsup]\nshard = "2/3"\n[[stream]]\nname = "all"\nmarket = "spot"\nchannel = "kline"\n'
+                    'symbols = "*"\nintervals = ["1m"]\nquote_assets = ["usdt"]\nstreams_per_connection = 300\n')
+    config = load_config(str(path))
+    assert config.streams == () and config.shard == "2/3"
+    (w,) = config.universes
+    assert w == Wildcard(w.template, ("USDT",), 300) and w.template.intervals == ("1m",)
+    for text, key in [('shard = "4/3"', "feedsup.shard"), ("streams_per_connection = 2000", 'stream "all".'
+                                                                                            "streams_per_connection")]:
+        bad = path.read_text().replace('shard = "2/3"', text) if "shard" in text else \
+            path.read_text().replace("streams_per_connection = 300", text)
+        path.write_text(bad)
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert caught.value.key == key
+        path.write_text(bad.replace(text, 'shard = "2/3"' if "shard" in text else "streams_per_connection = 300"))
+
+
+def test_resolve_expands_for_this_shard_and_leaves_configured_symbols_alone(tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from feedsup.config import Config
+    from feedsup.universe import Wildcard, resolve
+
+    body = info(*[(f"S{i:02d}USDT", "USDT", "TRADING") for i in range(30)], ("XBTC", "BTC", "TRADING"))
+    plain = Stream(name="btc", market="spot", channel="trade", symbols=("S00USDT",))
+    config = Config(path="", streams=(plain,), shard="1/2", universes=(
+        Wildcard(Stream(name="all", market="spot", channel="trade"), ("USDT",), 5),))
+    out = resolve(config, fetch=lambda url, market: body)
+    expanded = [s for s in out.streams if s.name.startswith("all/")]
+    mine = [sym for s in expanded for sym in s.symbols]
+    assert "S00USDT" not in mine and all(in_shard(s, Shard(1, 2)) for s in mine)
+    assert all(len(s.symbols) <= 5 for s in expanded) and out.streams[0] == plain
+    other = resolve(dc_replace(config, shard="2/2"), fetch=lambda url, market: body)
+    theirs = [sym for s in other.streams[1:] for sym in s.symbols]
+    assert sorted(mine + theirs + ["S00USDT"]) == [f"S{i:02d}USDT" for i in range(30)]
