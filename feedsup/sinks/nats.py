@@ -54,7 +54,7 @@ class NatsSinkThread:
         self._lock = threading.Lock()           # core: sink thread vs status/cap_marks
         self._handoff: deque[list[Offer]] = deque()
         self._offered = 0                        # written by the parent thread only
-        self._taken = 0                          # written by the sink thread only
+        self._taken = 0                          # written under the lock
         self._idle = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -325,6 +325,14 @@ class NatsSinkThread:
             logs.event(log, "sink disconnected", logging.WARNING)
 
         async def on_reconnected() -> None:
+            # Acks of what was in flight on the old connection will not come:
+            # resend those now (same ids) instead of after ack_timeout.
+            with self._lock:
+                now = self._loop.time()
+                for entry in self.core.in_flight():
+                    self.core.failed(entry, "reconnected", now, transient=True)
+                self._waiting.clear()
+            self._wake.set()
             logs.event(log, "sink reconnected", server=self.status()["connected"])
 
         options: dict[str, Any] = {
