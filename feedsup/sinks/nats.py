@@ -104,7 +104,7 @@ class NatsSinkThread:
             except RuntimeError:
                 pass                             # the loop already ended
         if self._thread is not None:
-            self._thread.join(timeout=flush_s + 2.0)
+            self._thread.join(timeout=flush_s + 1.0)
 
     def seed_marks(self, now: float) -> dict[str, Key] | None:
         """The newest exchange key JetStream holds per topic, once known; {}
