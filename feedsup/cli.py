@@ -39,7 +39,11 @@ def run(path: str) -> None:
     logs.setup(config.log_format)
     if config.universes:                 # symbols = "*": this shard's symbols, from exchangeInfo
         from feedsup.universe import resolve
-        config = resolve(config)
+        try:
+            config = resolve(config)
+        except (OSError, ValueError) as exc:   # exchangeInfo unreachable or unreadable: retry later
+            click.echo(f"feedsup: exchangeInfo for symbols = \"*\" failed: {exc}", err=True)
+            sys.exit(69)
     sys.exit(Parent(config).run())
 
 
@@ -57,7 +61,8 @@ def check(path: str) -> None:
             except ConfigError as exc:
                 click.echo(f"feedsup: config error: {exc}", err=True)
                 sys.exit(EX_CONFIG)
-    click.echo(f"{path}: ok ({len(config.streams)} streams)")
+    wild = f", {len(config.universes)} whole-market" if config.universes else ""
+    click.echo(f"{path}: ok ({len(config.streams)} streams{wild})")
 
 
 def _control_option(fn):

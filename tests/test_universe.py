@@ -151,3 +151,22 @@ def test_resolve_expands_for_this_shard_and_leaves_configured_symbols_alone(tmp_
     other = resolve(dc_replace(config, shard="2/2"), fetch=lambda url, market: body)
     theirs = [sym for s in other.streams[1:] for sym in s.symbols]
     assert sorted(mine + theirs + ["S00USDT"]) == [f"S{i:02d}USDT" for i in range(30)]
+
+
+def test_run_exits_69_when_exchange_info_is_unreachable(tmp_path):
+    import subprocess
+    import sys
+
+    from feedsup.sinks.cluster import free_ports
+
+    port = free_ports(1)[0]                           # nothing listens there
+    path = tmp_path / "f.toml"
+    path.write_text(f'[feedsup]\npub = "ipc://{tmp_path}/pub"\ncontrol = "ipc://{tmp_path}/ctl"\n'
+                    f'[binance.spot]\nrest_url = "http://127.0.0.1:{port}"\nws_url = "ws://127.0.0.1:{port}"\n'
+                    '[[stream]]\nname = "all"\nmarket = "spot"\nchannel = "trade"\nsymbols = "*"\n')
+    check = subprocess.run([sys.executable, "-m", "feedsup.cli", "check", "-c", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "1 whole-market" in check.stdout
+    run = subprocess.run([sys.executable, "-m", "feedsup.cli", "run", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 69 and "exchangeInfo" in run.stderr
