@@ -222,3 +222,30 @@ def test_handoff_stays_bounded_when_the_sink_thread_is_not_pulling():
     with s._lock:
         s._pull()
     assert s.core.pending == 10 and s.core.dropped == 6000 - 10
+
+
+def test_feedsup_publishes_on_pub_while_nats_is_unreachable(start_sim, tmp_path):
+    """NATS down from the start: PUB is not held up (beyond the 5 s wait for
+    what JetStream holds), and status shows the sink's trouble."""
+    from feedsup.sinks.cluster import free_ports
+
+    port = free_ports(1)[0]
+    sim = start_sim(speed=60, trade_rate=10)
+    streams = [{"name": "trades", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}]
+
+    from tests.harness import Collector, Feedsup, write_config
+
+    path = write_config(tmp_path, sim, streams)
+    path.write_text(path.read_text() + f'[sink.nats]\nservers = ["nats://127.0.0.1:{port}"]\nbuffer = 50\n')
+    fs = Feedsup(path, tmp_path)
+    col = Collector(fs.pub)
+    try:
+        fs.wait_running("trades", 20)
+        col.wait_count(100, 20)
+        sink = wait_for(lambda: (s := fs.status()["sink"]) and s["dropped"] > 1000 and s, 30, "overflow counted")
+        assert sink["connected"] is None and "connect" in sink["last_error"].lower()
+        # bounded: the buffer (50) plus at most about a second of hand-off not yet counted
+        assert sink["pending"] < 1000 and sink["acked"] == 0
+    finally:
+        col.close()
+        fs.close()

@@ -244,8 +244,16 @@ class NatsSinkThread:
 
         options = self._options()
         while not self._stopping:
+            # nats-py retries the first connection for ever too: keep the
+            # buffer moving (and counting losses) while it does.
+            attempt = asyncio.ensure_future(nats.connect(**options))
+            while not attempt.done() and not self._stopping:
+                await self._pause(CONNECT_RETRY_S)
+            if not attempt.done():
+                attempt.cancel()
+                return None
             try:
-                nc = await nats.connect(**options)
+                nc = attempt.result()
             except Exception as exc:
                 self.core.last_error = f"connect: {exc!r}"
                 logs.event(log, "sink connect failed", logging.WARNING, servers=",".join(self.conf.servers),
@@ -308,6 +316,10 @@ class NatsSinkThread:
         logs.event(log, "sink seeded", topics=len(self._seed))
 
     async def _pause(self, seconds: float) -> None:
+        """Wait while NATS or the stream is unavailable; meanwhile offered
+        frames still enter the bounded buffer (and past it, count as lost)."""
+        with self._lock:
+            self._pull()
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
         except asyncio.TimeoutError:
