@@ -130,17 +130,13 @@ class Consumer:
 def test_active_active_into_jetstream_with_faults(start_sim, nats_cluster, tmp_path, timing):
     sim = start_sim(speed=60, seed=11, trade_rate=10, symbols=tuple(SYMBOLS))
     a = Instance(tmp_path, "a", sim, nats_cluster)
+    b = Instance(tmp_path, "b", sim, nats_cluster)      # both at once, on an empty stream
     consumer = Consumer(tmp_path / "consumed.jsonl", nats_cluster.urls)
-    b = None
     try:
         consumer.start()
-        a.fs.wait_running("trades", 20)
-        wait_for(lambda: a.sink()["acked"] > 20, 30, "sink of a acked")
-        # b joins a running pair member: it resumes from what JetStream holds
-        # (README: a cold start of both on an empty stream may interleave)
-        b = Instance(tmp_path, "b", sim, nats_cluster)
-        b.fs.wait_running("trades", 20)
-        wait_for(lambda: b.sink()["acked"] > 20, 30, "sink of b acked")
+        for inst in (a, b):
+            inst.fs.wait_running("trades", 20)
+            wait_for(lambda inst=inst: inst.sink()["acked"] > 20, 30, f"sink of {inst.dir.name} acked")
 
         def progress(more: int = 150) -> None:
             base = stream_state(nats_cluster.urls)["last_seq"]
@@ -205,8 +201,7 @@ def test_active_active_into_jetstream_with_faults(start_sim, nats_cluster, tmp_p
     finally:
         consumer.stop(signal.SIGKILL)
         a.close()
-        if b is not None:
-            b.close()
+        b.close()
 
 
 def verify(consumer: Consumer, last: int, rest_url: str) -> None:
@@ -247,3 +242,35 @@ def rest(base: str, path: str, **params) -> list:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     with urllib.request.urlopen(f"{base}{path}?{query}", timeout=10) as resp:
         return json.loads(resp.read())
+
+
+@pytest.mark.timeout(120)
+def test_pair_starting_together_on_an_empty_stream_stays_in_order(start_sim, nats_cluster, tmp_path):
+    """Both instances start at once and JetStream has never seen the topics:
+    the first publish of each topic must find its subject empty; the loser
+    of that race follows its partner instead of storing later events first."""
+    from feedsup.ipc.jetstream import JetStreamConsumer
+
+    sim = start_sim(speed=60, seed=5, trade_rate=10, symbols=tuple(SYMBOLS))
+    pair = [Instance(tmp_path, "a", sim, nats_cluster)]
+    try:
+        pair[0].fs.wait_running("trades", 20)   # b a moment later: its first events are newer than a's
+        pair.append(Instance(tmp_path, "b", sim, nats_cluster))
+        pair[1].fs.wait_running("trades", 20)
+        wait_for(lambda: stream_state(nats_cluster.urls)["last_seq"] > 2000, 60, "2000 frames stored")
+        for inst in pair:
+            inst.fs.close()
+        stored = []
+        with JetStreamConsumer(nats_cluster.urls) as c:
+            while (f := c.next(timeout=2.0)) is not None:
+                stored.append(f)
+        for symbol in SYMBOLS:
+            ids = [f["data"]["agg_id"] for f in stored if f["topic"] == f"aggTrade.{symbol}" and f.get("data")]
+            assert ids == list(range(ids[0], ids[0] + len(ids))), f"{symbol}: not once and in order"
+        opens = [f["data"]["open_time"] for f in stored if f["topic"] == "kline.BTCUSDT.1m" and f.get("data")
+                 and f["data"]["closed"]]
+        assert opens == sorted(set(opens))
+        assert sum(inst.runs[0].log_path.read_text().count("sink connected") for inst in pair) == 2
+    finally:
+        for inst in pair:
+            inst.close()

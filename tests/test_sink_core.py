@@ -212,3 +212,45 @@ def test_frames_lost_before_the_buffer_are_announced_like_overflow():
     x = [(f["data"] or {}).get("agg_id") or (f["gap"]["from_id"], f["gap"]["to_id"]) for t, f in sent if t == b"x"]
     assert x == [1, (2, 6), 7]
     assert [f["gap"]["from_id"] for t, f in sent if t == b"y"] == [1]
+
+
+def test_cold_start_first_publish_expects_an_empty_subject_then_is_normal():
+    c = core()
+    c.set_fresh([b"x"])
+    c.offer([trade("x", 5), trade("x", 6)])
+    (e,) = c.take(0.0)
+    assert e.expect_empty
+    c.acked_ok(e, False)                       # we were first: from now on as usual
+    (e,) = c.take(0.0)
+    assert not e.expect_empty and e.msg_id == "x:6"
+
+
+def test_losing_the_cold_start_race_follows_the_partner():
+    c = core()
+    c.set_fresh([b"x"])
+    c.offer([trade("x", i) for i in range(10, 14)])
+    (e,) = c.take(0.0)
+    c.lost_race(e, now=1.0)                    # the partner stored x first
+    c.offer([trade("x", 14)])
+    assert c.take(1.0) == []                   # held, even for new frames
+    c.partner_at(b"x", (11, 0, True), now=1.2)  # partner stored up to 11: our 10, 11 are duplicates
+    assert c.pending == 3 and c.duplicates == 2 and c.take(1.2) == []
+    c.partner_at(b"x", (12, 0, True), now=1.5)
+    c.partner_at(b"x", (12, 0, True), now=3.4)  # partner not moving for 1.9 s: still following
+    assert c.take(3.4) == []
+    c.partner_at(b"x", (12, 0, True), now=3.6)  # 2.1 s: it is gone; we carry on from 13
+    assert [x.msg_id for x in c.take(3.6)] == ["x:13"]
+    assert c.cap_marks({"x": (14, 0, True)}) == {"x": (12, 0, True)}
+
+
+def test_partner_ahead_of_everything_we_hold_keeps_us_standing_by():
+    c = core()
+    c.set_fresh([b"x"])
+    c.offer([trade("x", 1)])
+    (e,) = c.take(0.0)
+    c.lost_race(e, now=0.0)
+    for t in range(1, 30):                      # the partner stays ahead; we never store
+        c.offer([trade("x", t + 1)])
+        c.partner_at(b"x", (t + 5, 0, True), now=t * 0.5)
+        assert c.take(t * 0.5) == []
+    assert c.pending == 0 and c.duplicates == 30

@@ -39,6 +39,7 @@ Offer = tuple[bytes, "int | None", int, bool, bytes]
 
 SOURCE_KEY = msgpack.packb("source")
 GAP_REASON = "sink buffer full"
+FOLLOW_STALL_S = 2.0    # a partner whose newest event has not moved for this long is gone
 TRANSIENT_RETRY_S = 0.02
 
 
@@ -88,8 +89,10 @@ class Pending:
     msg_id: str
     payload: bytes
     prev: Key | None        # the topic's watermark if this frame never arrives
+    key: Key | None = None  # its exchange key (None: notices)
     sent_at: float | None = None
     attempt: int = 0
+    expect_empty: bool = False   # publish only if JetStream has nothing on the subject yet
 
 
 @dataclass(slots=True)
@@ -124,6 +127,8 @@ class SinkCore:
     _last_key: dict[bytes, Key] = field(default_factory=dict)
     _lost: dict[bytes, LostRun] = field(default_factory=dict)
     _delayed: deque[tuple[float, bytes]] = field(default_factory=deque)   # (due, topic), due ascending
+    _fresh: set[bytes] = field(default_factory=set)
+    _following: dict[bytes, tuple[Key | None, float]] = field(default_factory=dict)
     _size: int = 0
     _paused_until: float = 0.0
     _serial: int = 0
@@ -149,7 +154,7 @@ class SinkCore:
             else:
                 mid = msg_id(topic.decode(), major, minor, final)
                 self._last_key[topic] = key
-            self._enqueue(Pending(topic, mid, payload, prev if prev is not None or key is None else before(key)))
+            self._enqueue(Pending(topic, mid, payload, prev if prev is not None or key is None else before(key), key))
 
     def offer_lost(self, summary: dict[bytes, tuple[Offer, Offer, int]]) -> None:
         """Frames that never reached the buffer (the hand-off to the sink's
@@ -172,6 +177,7 @@ class SinkCore:
         self._size -= 1
         self.acked += 1
         self.duplicates += duplicate
+        self._fresh.discard(entry.topic)
         if queue:
             self._ready.append(entry.topic)
         else:
@@ -194,6 +200,55 @@ class SinkCore:
         self.last_error = error
         self._paused_until = max(self._paused_until, now + self.retry_delay)
         self._ready.appendleft(entry.topic)
+
+    # -- two instances starting on a topic JetStream has never seen ---------------
+
+    def set_fresh(self, topics: Iterable[bytes]) -> None:
+        """Topics JetStream held nothing for when this sink started (so the
+        parent could not resume them from there): the first publish of each
+        must find its subject still empty (``expect_empty``), or this
+        instance lost the race to a partner and follows it."""
+        self._fresh.update(topics)
+
+    def lost_race(self, entry: Pending, now: float) -> None:
+        """The subject was no longer empty: a partner stores this topic. Hold
+        it and follow the partner (``partner_at``) instead of storing our
+        later events before its earlier ones."""
+        if self._inflight.get(entry.topic) is not entry:
+            return
+        del self._inflight[entry.topic]
+        entry.sent_at = None
+        self._fresh.discard(entry.topic)
+        self._following[entry.topic] = (None, now)
+
+    def following(self) -> list[bytes]:
+        return list(self._following)
+
+    def partner_at(self, topic: bytes, key: Key | None, now: float) -> None:
+        """The newest exchange key JetStream holds for a followed ``topic``.
+
+        Our frames at or before it are already stored: drop them (acked as
+        duplicates). Once the partner stops moving for ``FOLLOW_STALL_S``
+        (gone, or this topic is quiet), publish ours again, from the first
+        newer than what it stored."""
+        last, since = self._following.get(topic, (None, now))
+        if key != last:
+            since = now
+        queue = self._queues.get(topic)
+        while queue and key is not None and queue[0].key is not None and not is_newer(key, *queue[0].key):
+            queue.popleft()
+            self._size -= 1
+            self.acked += 1
+            self.duplicates += 1
+        if queue is not None and not queue:
+            del self._queues[topic]
+            queue = None
+        if now - since >= FOLLOW_STALL_S:
+            del self._following[topic]
+            if queue:
+                self._ready.append(topic)
+        else:
+            self._following[topic] = (key, since)
 
     def expire(self, now: float) -> list[Pending]:
         """Publishes past ``ack_timeout``: counted as failed; the shell drops
@@ -219,7 +274,10 @@ class SinkCore:
         ready, inflight = self._ready, self._inflight
         while ready and len(inflight) < self.max_inflight:
             topic = ready.popleft()
+            if topic in self._following:
+                continue            # held: partner_at() hands it back
             entry = self._queues[topic][0]
+            entry.expect_empty = topic in self._fresh
             entry.sent_at = now
             entry.attempt += 1
             inflight[topic] = entry
@@ -269,7 +327,7 @@ class SinkCore:
         queue = self._queues.get(entry.topic)
         if queue is None:
             queue = self._queues[entry.topic] = deque()
-        if not queue and entry.topic not in self._inflight:
+        if not queue and entry.topic not in self._inflight and entry.topic not in self._following:
             self._ready.append(entry.topic)
         queue.append(entry)
         self._size += 1

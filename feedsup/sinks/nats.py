@@ -37,7 +37,9 @@ CONNECT_RETRY_S = 1.0
 STOP_FLUSH_S = 3.0
 SEED_WAIT_S = 5.0        # longest a starting parent waits to learn what JetStream holds
 SEED_CONCURRENCY = 64
-IN_PROCESS = "/10158:"     # JetStream: "duplicate message id is in process"       # a clean stop waits this long for pending acks
+IN_PROCESS = "/10158:"     # JetStream: "duplicate message id is in process"
+WRONG_LAST = "/10071:"     # JetStream: "wrong last sequence" (the subject was not empty)
+FOLLOW_POLL_S = 0.2        # how often a following sink reads its partner's progress       # a clean stop waits this long for pending acks
 
 
 class NatsSinkThread:
@@ -66,6 +68,7 @@ class NatsSinkThread:
         self._token = 0
         self._inbox = ""
         self.stream_ready = False
+        self._follow_due = 0.0
 
     # -- parent thread ---------------------------------------------------------
 
@@ -197,17 +200,44 @@ class NatsSinkThread:
                 live = {id(e) for e in self.core.in_flight()}
                 self._waiting = {t: e for t, e in self._waiting.items() if id(e) in live}
             sends = self.core.take(now) if self.stream_ready else []
+            following = self.core.following() if now >= self._follow_due else []
         for entry in sends:
             await self._publish(entry)
+        if following:
+            self._follow_due = now + FOLLOW_POLL_S
+            await self._follow(js, following)
+
+    async def _follow(self, js: Any, topics: list[bytes]) -> None:
+        """Read the newest key JetStream holds for each followed topic."""
+        from nats.js.errors import NotFoundError
+
+        async def last(topic: bytes) -> tuple[bytes, Key | None] | None:
+            name = topic.decode()
+            try:
+                msg = await js.get_last_msg(self.conf.stream, self.conf.subject(name))
+            except NotFoundError:
+                return topic, None
+            except Exception:
+                return None                      # try again at the next poll
+            return topic, key_of(name, (msg.headers or {}).get("Nats-Msg-Id", ""))
+        found = await asyncio.gather(*(last(t) for t in topics[:SEED_CONCURRENCY]))
+        now = self._loop.time()
+        with self._lock:
+            for item in found:
+                if item is not None:
+                    self.core.partner_at(item[0], item[1], now)
 
     async def _publish(self, entry: Pending) -> None:
         subject = f"{self.conf.subject_prefix}.{entry.topic.decode()}"
         self._token += 1
         token = str(self._token)
         self._waiting[token] = entry
+        headers = {"Nats-Msg-Id": entry.msg_id}
+        if entry.expect_empty:
+            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         try:
             await self._nc.publish(subject, self.core.wire_payload(entry), reply=f"{self._inbox}.{token}",
-                                   headers={"Nats-Msg-Id": entry.msg_id})
+                                   headers=headers)
         except Exception as exc:                 # disconnected with a full client buffer, closed, ...
             self._waiting.pop(token, None)
             with self._lock:
@@ -221,6 +251,8 @@ class NatsSinkThread:
         with self._lock:
             if error is None:
                 self.core.acked_ok(entry, duplicate)
+            elif WRONG_LAST in error and entry.expect_empty:
+                self.core.lost_race(entry, self._loop.time())
             else:
                 self.core.failed(entry, error, self._loop.time(), transient=IN_PROCESS in error)
         self._wake.set()
@@ -311,8 +343,12 @@ class NatsSinkThread:
         except Exception as exc:
             logs.event(log, "sink seed failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             self._seed = {}
+            with self._lock:        # unknown: the first publish of each topic checks
+                self.core.set_fresh(t.encode() for t in self.topics)
             return
         self._seed = {t: k for t, k in found if k is not None}
+        with self._lock:
+            self.core.set_fresh(t.encode() for t in self.topics if t not in self._seed)
         logs.event(log, "sink seeded", topics=len(self._seed))
 
     async def _pause(self, seconds: float) -> None:
