@@ -69,6 +69,7 @@ class NatsSinkThread:
         self._inbox = ""
         self.stream_ready = False
         self._follow_due = 0.0
+        self._follow_cursor = 0
 
     # -- parent thread ---------------------------------------------------------
 
@@ -220,7 +221,12 @@ class NatsSinkThread:
             except Exception:
                 return None                      # try again at the next poll
             return topic, key_of(name, (msg.headers or {}).get("Nats-Msg-Id", ""))
-        found = await asyncio.gather(*(last(t) for t in topics[:SEED_CONCURRENCY]))
+        # At most SEED_CONCURRENCY reads per poll, taking turns, so a whole
+        # market of followed topics costs a bounded request rate.
+        start = self._follow_cursor % len(topics)
+        turn = (topics[start:] + topics[:start])[:SEED_CONCURRENCY]
+        self._follow_cursor = start + len(turn)
+        found = await asyncio.gather(*(last(t) for t in turn))
         now = self._loop.time()
         with self._lock:
             for item in found:
