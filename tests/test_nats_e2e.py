@@ -154,7 +154,7 @@ def test_active_active_into_jetstream_with_faults(start_sim, nats_cluster, tmp_p
             victim.fs.wait_running("trades", 20)
 
         def kill_worker() -> None:
-            pid = b.fs.stream("trades")["pid"]
+            pid = b.fs.wait_running("trades", 20)["pid"]
             os.kill(pid, signal.SIGKILL)
             progress()
 

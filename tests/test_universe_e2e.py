@@ -11,9 +11,20 @@ import pytest
 
 from tests.harness import Collector, Feedsup, wait_for, write_config
 
+from feedsup.ipc.client import ControlError
 from feedsup.universe import Shard, in_shard
 
 USDT = tuple(f"C{i:03d}USDT" for i in range(300))
+
+
+def running(fs: Feedsup) -> list | None:
+    """Every stream RUNNING: the status rows; None until then (or while the
+    parent, busy starting nine workers on two shared cores, answers late)."""
+    try:
+        rows = fs.status()["streams"]
+    except ControlError:
+        return None
+    return rows if rows and all(r["state"] == "RUNNING" for r in rows) else None
 
 
 @pytest.mark.timeout(180)
@@ -31,8 +42,7 @@ def test_whole_market_sharded_into_connections(start_sim, tmp_path):
             hosts.append((fs, Collector(fs.pub, ("aggTrade.",))))
         seen: list[str] = []
         for k, (fs, col) in enumerate(hosts, 1):
-            rows = wait_for(lambda: (r := fs.status()["streams"]) and all(x["state"] == "RUNNING" for x in r) and r,
-                            60, f"shard {k} running")
+            rows = wait_for(lambda fs=fs: running(fs), 60, f"shard {k} running")
             names = [r["name"] for r in rows]
             mine = [s for s in USDT if in_shard(s, Shard(k, 3))]
             assert names == [f"all/{i}" for i in range(-(-len(mine) // 40))]
