@@ -37,6 +37,13 @@ def run(path: str) -> None:
 
     config = _load(path)
     logs.setup(config.log_format)
+    if config.universes:                 # symbols = "*": this shard's symbols, from exchangeInfo
+        from feedsup.universe import resolve
+        try:
+            config = resolve(config)
+        except (OSError, ValueError) as exc:   # exchangeInfo unreachable or unreadable: retry later
+            click.echo(f"feedsup: exchangeInfo for symbols = \"*\" failed: {exc}", err=True)
+            sys.exit(69)
     sys.exit(Parent(config).run())
 
 
@@ -54,7 +61,8 @@ def check(path: str) -> None:
             except ConfigError as exc:
                 click.echo(f"feedsup: config error: {exc}", err=True)
                 sys.exit(EX_CONFIG)
-    click.echo(f"{path}: ok ({len(config.streams)} streams)")
+    wild = f", {len(config.universes)} whole-market" if config.universes else ""
+    click.echo(f"{path}: ok ({len(config.streams)} streams{wild})")
 
 
 def _control_option(fn):
@@ -152,10 +160,17 @@ def format_backfill(p: dict[str, Any]) -> str:
 @click.option("-c", "--config", "path", default=None, help="read the PUB endpoint from this config")
 @click.option("--pub", default=None, help="PUB endpoint (overrides the config)")
 @click.option("-n", "--count", default=0, help="stop after this many frames (0: run until Ctrl-C)")
-def tail(topics: tuple[str, ...], path: str | None, pub: str | None, count: int) -> None:
+@click.option("--nats", "nats", is_flag=True, help="read from JetStream ([sink.nats] of the config) instead of PUB")
+@click.option("--nats-servers", default=None, help="NATS URLs, comma-separated (implies --nats)")
+@click.option("--durable", default=None, help="JetStream durable consumer name: resume after its last ack")
+@click.option("--since", default="all", help='JetStream start: "all", "new" or seconds ago (new consumers)')
+def tail(topics: tuple[str, ...], path: str | None, pub: str | None, count: int, nats: bool,
+         nats_servers: str | None, durable: str | None, since: str) -> None:
     """Print live frames; TOPICS are prefixes such as kline.BTCUSDT (default: all)."""
     from feedsup.ipc.client import Subscriber
 
+    if nats or nats_servers:
+        return _tail_nats(topics, path, nats_servers, durable, since, count)
     endpoint = pub or _load(path or DEFAULT_CONFIG).pub
     seen = 0
     with Subscriber(endpoint, topics or ("",)) as sub:
@@ -169,6 +184,31 @@ def tail(topics: tuple[str, ...], path: str | None, pub: str | None, count: int)
             pass
         if sub.gaps:
             click.echo(f"# {len(sub.gaps)} seq gaps, {sub.tracker.missed} frames missed", err=True)
+
+
+def _tail_nats(topics: tuple[str, ...], path: str | None, servers: str | None, durable: str | None,
+               since: str, count: int) -> None:
+    import time
+
+    from feedsup.ipc.jetstream import JetStreamConsumer
+    from feedsup.sinks.config import NatsSink
+
+    sink = _load(path or DEFAULT_CONFIG).sink if servers is None or path else None
+    if servers is None and sink is None:
+        raise click.UsageError("no [sink.nats] in the config: give --nats-servers")
+    sink = sink or NatsSink(servers=())
+    start = since if since in ("all", "new") else time.time() - float(since)
+    with JetStreamConsumer(servers.split(",") if servers else list(sink.servers), topics or ("",),
+                           durable=durable, stream=sink.stream, subject_prefix=sink.subject_prefix,
+                           start=start) as consumer:
+        try:
+            for seen, frame in enumerate(consumer, 1):
+                flags = " redelivered" if frame.get("redelivered") else ""
+                click.echo(f"{format_frame(frame)} js={frame['js_seq']} source={frame.get('source')}{flags}")
+                if count and seen >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
 
 
 def format_frame(frame: dict[str, Any]) -> str:

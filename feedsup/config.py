@@ -132,6 +132,10 @@ class Config:
     connection: Connection = field(default_factory=Connection)
     restart: Restart = field(default_factory=Restart)
     streams: tuple[Stream, ...] = ()
+    instance: str = ""               # names this feedsup in sink frames (``source``); "" = host name
+    sink: object = None              # feedsup.sinks.config.NatsSink, or None: no [sink.nats]
+    shard: str = ""                  # "k/n": this host's part of every symbols = "*" stream
+    universes: tuple = ()            # feedsup.universe.Wildcard: symbols = "*" streams, expanded at run
 
     def endpoint(self, market: str) -> Endpoint:
         return self.spot if market == "spot" else self.usdm
@@ -217,9 +221,9 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 # Unix socket paths (sun_path) hold 107 bytes plus the terminating NUL.
 _MAX_IPC_PATH = 107
 
-_TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream")
+_TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream", "sink")
 _FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
-                 "curve_server_key_file", "curve_allowed_clients")
+                 "curve_server_key_file", "curve_allowed_clients", "instance", "shard")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
@@ -546,8 +550,12 @@ def load_config(path: str) -> Config:
     restart = _load_restart(top.raw.get("restart", {}), section("restart"))
     config = Config(path=path, spot=spot, usdm=usdm, connection=connection,
                     restart=restart, **feedsup)
-    streams = _load_streams(top.raw.get("stream"), section("stream"), config)
-    config = replace(config, streams=streams)
+    from feedsup.universe import split_wildcards   # late: it builds on this module
+    raw_streams, universes = split_wildcards(top.raw.get("stream"), section("stream"), config)
+    streams = _load_streams(raw_streams, section("stream"), config) if raw_streams or not universes else ()
+    from feedsup.sinks.config import load_sinks   # late: it builds on this module's converters
+    config = replace(config, streams=streams, universes=universes,
+                     sink=load_sinks(top.raw.get("sink", {}), section("sink"), path))
     if _reaches_beyond_loopback(config):
         _check_connect_budget(restart, section("restart"))
     _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
@@ -644,6 +652,8 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         "state_file": table.get("state_file", _state_path(config_path), default.state_file),
         "curve_server_key_file": table.get("curve_server_key_file", _curve_server_key(config_path), ""),
         "curve_allowed_clients": table.get("curve_allowed_clients", _array(_curve_public_key), ()),
+        "instance": table.get("instance", _non_empty, default.instance),
+        "shard": table.get("shard", _shard, ""),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")
@@ -699,6 +709,11 @@ def _curve_server_key(config_path: str) -> Converter[str]:
             at.fail(f"{path}: holds no secret-key (use the .key_secret file)")
         return path
     return convert
+
+
+def _shard(value: object, at: _At) -> str:
+    from feedsup.universe import shard_converter   # late: it builds on this module
+    return shard_converter(value, at)
 
 
 def _load_binance(raw: object, at: _At) -> tuple[Endpoint, Endpoint]:

@@ -69,6 +69,16 @@ _WORKER_COUNTERS = (
     ("backfilled", "feedsup_backfilled_total", "Events recovered by REST backfill"),
 )
 
+# [sink.nats] status keys -> gauges (0 without a sink). Counts since the
+# parent started, as in ``feedsup status --json``'s "sink".
+_SINK_GAUGES = (
+    ("connected", "1 while the JetStream sink is connected to a NATS server"),
+    ("acked", "Frames JetStream acknowledged (stored or already stored)"),
+    ("duplicates", "Frames JetStream already had (another instance published them first)"),
+    ("pending", "Frames waiting for a JetStream ack"),
+    ("dropped", "Frames dropped because the sink buffer was full (announced as gap notices)"),
+)
+
 
 def classify_reason(reason: str) -> str:
     """Map a free-text restart reason to one of ``REASONS``.
@@ -151,6 +161,7 @@ class Metrics:
         self.backfill_eta = Gauge("feedsup_backfill_eta_seconds", "Estimated seconds left in the stream's "
                                   "running REST backfill (NaN: none running, or no estimate yet)",
                                   ["stream"], registry=r)
+        self.sink = {key: Gauge(f"feedsup_sink_{key}", doc, registry=r) for key, doc in _SINK_GAUGES}
 
     # -- serving -------------------------------------------------------------
 
@@ -201,6 +212,9 @@ class Metrics:
             self._published_seen = _add_delta(self.published, self._published_seen, status.get("published"))
             self._suppressed_seen = _add_delta(self.suppressed, self._suppressed_seen, status.get("suppressed"))
             self._refused_seen = _add_delta(self.curve_refused, self._refused_seen, status.get("curve_refused"))
+            sink = status.get("sink")
+            for key, gauge in self.sink.items() if sink else ():
+                _set_if_number(gauge, float(sink.get(key) is not None) if key == "connected" else sink.get(key))
 
     def observe_lag(self, stream: str, lag_ms: float) -> None:
         """One exchange lag sample; non-numbers are ignored.

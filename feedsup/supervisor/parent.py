@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import struct
 import tempfile
@@ -116,6 +117,12 @@ class Parent:
         self.rejected = 0
         self._hellos: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._drains = 0
+        self.sink = None
+        if config.sink is not None:     # nats is imported only then (feedsup/sinks/nats.py)
+            from feedsup.sinks.nats import NatsSinkThread
+            self.sink = NatsSinkThread(config.sink, config.instance or socket.gethostname(), list(self._topic_owner))
+        self._seeded = False
+        self._sink_batch: list[Any] = []    # frames published, in order, not yet handed to the sink
 
     # -- public surface used by control commands ------------------------------
 
@@ -148,6 +155,7 @@ class Parent:
             "curve_refused": self._gate.refused if self._gate is not None else None,
             "rejected": self.rejected,
             "streams": rows,
+            "sink": self.sink.status() if self.sink is not None else None,
         }
 
     # -- the loop ------------------------------------------------------------------
@@ -172,6 +180,8 @@ class Parent:
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
         self.pub = pub
+        if self.sink is not None:
+            self.sink.start()
         old_handlers = self._install_signals()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -184,7 +194,7 @@ class Parent:
         try:
             started = False
             while code is None:
-                if not started and time.monotonic() >= start_at:
+                if not started and time.monotonic() >= start_at and self._sink_seeded():
                     started = True
                     code = self._execute(self.policy.start(time.monotonic()))
                     continue
@@ -200,6 +210,9 @@ class Parent:
             self._kill_all()
             # Let PUB hand its queue to subscribers before the last save.
             pub.close(linger=PUB_FLUSH_MS)
+            if self.sink is not None:
+                self._flush_sink()
+                self.sink.stop()
             self._save_state(final=True)
             for sock in sockets:
                 sock.close(linger=0)
@@ -300,6 +313,7 @@ class Parent:
             # here (and on control requests) keeps that queue short without
             # polling one more socket per wake-up (0.45 us a poll).
             self._note_subscriptions(pub)
+        to_sink = self._sink_batch if self.sink is not None else None
         for _ in range(DRAIN_BATCH):
             try:
                 message = recv(zmq.NOBLOCK)
@@ -368,11 +382,15 @@ class Parent:
                     send(payload)
                     last_values[topic] = payload
                     published += 1
+                    if to_sink is not None:
+                        to_sink.append((topic, major, minor, final, payload))
             except (struct.error, IndexError):
                 bad = "truncated record"
             if bad:
                 self._reject(inst, bad)
         self.published += published
+        if to_sink:
+            self._flush_sink()
 
     def _vet(self, inst: int, stream: str, message: bytes) -> str | None:
         """Decode every data record body of a batch in full; say what is
@@ -449,7 +467,26 @@ class Parent:
         self.pub.send(topic, zmq.SNDMORE)
         self.pub.send(payload)
         self.last_values[topic] = payload
+        if self.sink is not None:
+            self._sink_batch.append((topic, None, 0, False, payload))
         self.published += 1
+
+    def _sink_seeded(self) -> bool:
+        """Topics without a saved watermark resume from the newest event
+        JetStream holds (stored by this instance or its A/B partner)."""
+        if self.sink is None or self._seeded:
+            return True
+        seed = self.sink.seed_marks(time.monotonic())
+        if seed is None:
+            return False
+        known = self.sequencer.marks()
+        self.sequencer.restore({t: k for t, k in seed.items() if t not in known})
+        self._seeded = True
+        return True
+
+    def _flush_sink(self) -> None:
+        self.sink.offer(self._sink_batch)
+        self._sink_batch = []
 
     def _announce_loss(self, stream_name: str, reason: str, fatal: bool = False) -> None:
         """The stream's source is gone: open a gap on each of its topics.
@@ -605,6 +642,8 @@ class Parent:
             actions += self.policy.request_stop(now)
         actions += self._reap(now)
         actions += self.policy.tick(now)
+        if self._sink_batch:
+            self._flush_sink()
         if self.config.state_file and now >= self._state_due:
             self._state_due = now + STATE_PERIOD_S
             self._save_state()
@@ -710,6 +749,8 @@ class Parent:
         marks = {**current, **self._marks_behind}
         if not final:
             self._marks_behind = current
+        if self.sink is not None:       # never past what JetStream acknowledged
+            marks = self.sink.cap_marks(marks)
         try:
             saved.save(self.config.state_file, saved.SavedState(marks, attempts, now_wall), self._origins)
         except OSError as exc:

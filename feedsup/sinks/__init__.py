@@ -1,0 +1,1 @@
+"""Sinks: durable destinations beside the PUB socket (``[sink.*]`` tables)."""
