@@ -5,6 +5,7 @@ with each frame's exchange key; and saves watermarks capped by the sink."""
 from __future__ import annotations
 
 import shutil
+import types
 
 import msgpack
 import zmq
@@ -63,6 +64,8 @@ def make_parent(tmp_path) -> Parent:
     p = Parent(Config(path="", streams=(PRICE, BOOK), state_file=str(tmp_path / "state")))
     p.sink = FakeSink()
     p.pub = FakePub()
+    for inst, stream in ((1, "price"), (2, "book")):     # the senders of the batches below
+        p.workers[inst] = types.SimpleNamespace(stream=stream, exit_report=None, pid=1000 + inst)
     return p
 
 
@@ -70,10 +73,11 @@ def test_sink_gets_every_published_frame_in_pub_order(tmp_path):
     p = make_parent(tmp_path)
     try:
         p._announce_loss("book", "closed")                   # parent's own notice: open gap
-        batch = b"".join([data("aggTrade.BTCUSDT", 1), gap("aggTrade.BTCUSDT"), data("aggTrade.BTCUSDT", 2),
-                          data("aggTrade.BTCUSDT", 2),       # duplicate: neither published nor offered
-                          data("bookTicker.BTCUSDT", 7, "book")])   # closes the gap: notice, then frame
-        p._drain(FakePull([batch]), p.pub)
+        prices = frames.encode_batch(1, [data("aggTrade.BTCUSDT", 1), gap("aggTrade.BTCUSDT"),
+                                         data("aggTrade.BTCUSDT", 2),
+                                         data("aggTrade.BTCUSDT", 2)])   # duplicate: neither published nor offered
+        books = frames.encode_batch(2, [data("bookTicker.BTCUSDT", 7, "book")])   # closes the gap: notice, then frame
+        p._drain(FakePull([prices, books]), p.pub)
         pub = list(zip(p.pub.sent[::2], p.pub.sent[1::2]))
         offered = p.sink.offered
         assert [(t, pl) for t, *_, pl in offered] == pub
@@ -90,8 +94,8 @@ def test_saved_watermarks_are_capped_by_the_sink(tmp_path):
 
     p = make_parent(tmp_path)
     try:
-        p._drain(FakePull([data("aggTrade.BTCUSDT", 5)]), p.pub)
-        p._save_state(exact=True)
+        p._drain(FakePull([frames.encode_batch(1, [data("aggTrade.BTCUSDT", 5)])]), p.pub)
+        p._save_state(final=True)
         assert p.sink.capped == {"aggTrade.BTCUSDT": (5, 0, True)}
         assert saved.load(str(tmp_path / "state")).marks == {"aggTrade.BTCUSDT": (1, 0, True)}
     finally:
