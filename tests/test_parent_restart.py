@@ -13,7 +13,11 @@ import pytest
 
 from feedsup.supervisor import state as saved
 from feedsup.supervisor.parent import REJOIN_GRACE_S
+from feedsup.config import Restart
+from feedsup.ipc.client import request
 from harness import Collector, Feedsup, wait_for, write_config
+
+CONNECT_BUDGET = Restart().connect_budget
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
 TOPIC = "aggTrade.BTCUSDT"
@@ -87,6 +91,32 @@ def test_restarted_parent_backfills_the_time_it_was_down(sim, tmp_path, timing, 
         assert spawned - started >= REJOIN_GRACE_S - 0.05, "subscribers get time to rejoin first"
     finally:
         col.close()
+        for fs in (first, second):
+            if fs is not None:
+                fs.close()
+
+
+def test_a_restarted_parent_remembers_the_connection_attempts_of_the_one_before(sim, tmp_path):
+    """Binance counts connection attempts per IP, whichever process made
+    them: a parent restarted from the state file starts with the budget its
+    predecessor left, not a full one."""
+    config = write_config(tmp_path, sim, [PRICE], feedsup={"state_file": str(tmp_path / "state")})
+    first = Feedsup(config, tmp_path, "first.log")
+    second = None
+    try:
+        row = first.wait_running("price")
+        for _ in range(3):   # three more connections: four attempts in all
+            pid = row["pid"]
+            request(first.control, "restart", stream="price")
+            row = wait_for(lambda: (r := first._running("price")) and r["pid"] != pid and r, 15, "a new worker")
+        left = first.stream("price")["budget_remaining"]
+        assert left == CONNECT_BUDGET - 4
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(10) == 0
+        second = Feedsup(config, tmp_path, "second.log")
+        second.wait_running("price")
+        assert second.stream("price")["budget_remaining"] == left - 1, "the first parent's attempts still count"
+    finally:
         for fs in (first, second):
             if fs is not None:
                 fs.close()
