@@ -251,21 +251,37 @@ def test_spot_and_usdm_streams_of_one_symbol_both_flow(sim, run_feedsup, timing)
     assert fs.status()["suppressed"] == 0, "neither market's frames may pass for the other's duplicates"
 
 
-def test_taken_pub_endpoint_exits_69_and_names_it(sim, tmp_path):
+@pytest.mark.parametrize("which", ["pub", "control", "metrics_port"])
+def test_a_taken_endpoint_exits_69_and_names_it(sim, tmp_path, which):
+    """Another process holds the address: feedsup says which and exits 69
+    (EX_UNAVAILABLE) before spawning anything."""
+    import socket
+
     import zmq
     ctx = zmq.Context()
-    squatter = ctx.socket(zmq.PUB)
-    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    squatters = []
     try:
-        config = write_config(tmp_path, sim, [PRICE], feedsup={"pub": f"tcp://127.0.0.1:{port}"})
+        if which == "metrics_port":
+            squatter = socket.socket()
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen(1)
+            port = squatter.getsockname()[1]
+            setting, named = port, f"metrics_port={port}"
+        else:
+            squatter = ctx.socket(zmq.PUB if which == "pub" else zmq.REP)
+            port = squatter.bind_to_random_port("tcp://127.0.0.1")
+            setting = named = f"tcp://127.0.0.1:{port}"
+        squatters.append(squatter)
+        config = write_config(tmp_path, sim, [PRICE], feedsup={which: setting})
         fs = Feedsup(config, tmp_path)
         try:
             assert fs.proc.wait(15) == 69
             log = fs.log()
-            assert "bind failed" in log and f"tcp://127.0.0.1:{port}" in log
-            assert not fs.workers(), "nothing is spawned when the sockets cannot be bound"
+            assert "bind failed" in log and named in log, log
+            assert "event=spawn" not in log, "nothing is spawned when the sockets cannot be bound"
         finally:
             fs.close()
     finally:
-        squatter.close(linger=0)
+        for squatter in squatters:
+            squatter.close(**({"linger": 0} if isinstance(squatter, zmq.Socket) else {}))
         ctx.term()
