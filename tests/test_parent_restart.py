@@ -120,3 +120,32 @@ def test_a_restarted_parent_remembers_the_connection_attempts_of_the_one_before(
         for fs in (first, second):
             if fs is not None:
                 fs.close()
+
+
+def test_without_a_state_file_the_time_no_parent_ran_is_not_backfilled(sim, tmp_path):
+    """The README's promise has a condition: with no ``state_file`` a new
+    parent knows nothing of the old one's watermarks, so it starts live and
+    backfills nothing (a consumer sees the restart as seq going back)."""
+    config = write_config(tmp_path, sim, [PRICE])
+    first = Feedsup(config, tmp_path, "first.log")
+    col = Collector(first.pub)
+    second = None
+    try:
+        col.wait_count(10, timeout=20, topic_prefix=TOPIC)
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(10) == 0
+        seen = len(col.frames)
+        last = max(ids(col))
+        wait_for(lambda: latest_agg_id(sim) >= last + 20, 20, "trades while no parent runs")
+        second = Feedsup(config, tmp_path, "second.log")
+        wait_for(lambda: len([f for f in list(col.frames)[seen:] if f["topic"] == TOPIC]) >= 5, 20,
+                 "data from the new parent")
+        after = [f for f in list(col.frames)[seen:] if f["topic"] == TOPIC]
+        assert not [f for f in after if f.get("backfill")], "nothing is backfilled without a state file"
+        assert after[0]["data"]["agg_id"] >= last + 20, "the new parent starts live, past the down time"
+        assert "state restored" not in second.log()
+    finally:
+        col.close()
+        for fs in (first, second):
+            if fs is not None:
+                fs.close()
