@@ -167,6 +167,30 @@ def test_server_shutdown_rotation_loses_and_duplicates_nothing(sim, run_feedsup,
     assert col.gaps == []
 
 
+def test_max_age_rotations_of_market_streams_lose_and_repeat_nothing(sim, run_feedsup, timing):
+    """Planned make-before-break at ``max_age``: the successor streams before
+    the old worker stops, so trades arrive once each, and a channel without
+    history gets no gap notice."""
+    price = dict(PRICE, symbols=["BTCUSDT"], max_age=1.5)
+    book = {"name": "book", "market": "spot", "channel": "bookTicker", "symbols": ["BTCUSDT"], "max_age": 1.5}
+    fs, col = run_feedsup(sim, streams=(price, book))
+    first = {name: fs.wait_running(name)["pid"] for name in ("price", "book")}
+    t0 = time.monotonic()
+
+    def rotated_twice() -> bool:
+        rows = [fs.stream(name) for name in first]
+        return all(r["rotations"] >= 2 and r["state"] == "RUNNING" for r in rows)
+    wait_for(rotated_twice, 30, "two rotations of each stream")
+    timing("two max_age rotations (max_age 1.5 s)", time.monotonic() - t0)
+    col.wait_more(15, 10, "aggTrade.BTCUSDT")
+    for name, pid in first.items():
+        row = fs.stream(name)
+        assert row["pid"] != pid and row["restarts"] == 0, row
+    assert_exactly_once_in_order(agg_ids(col, "aggTrade.BTCUSDT"))
+    assert [f for f in list(col.frames) if f.get("gap")] == [], "make before break: no gap notice"
+    assert col.gaps == []
+
+
 def test_malformed_frames_are_counted_and_nothing_crashes(sim, run_feedsup, timing):
     fs, col = run_feedsup(sim, streams=(dict(PRICE, symbols=["BTCUSDT"]),))
     col.wait_count(5, timeout=20, topic_prefix="aggTrade.BTCUSDT")
