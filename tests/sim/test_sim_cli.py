@@ -14,6 +14,8 @@ from simhelpers import collect, get, read_until_close
 
 import websocket
 
+from feedsup.procs import read_line
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,8 +28,8 @@ def run_cli():
         proc = subprocess.Popen([sys.executable, "-m", "feedsup.sim", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)
         procs.append(proc)
-        line = proc.stdout.readline()  # the child flushes it once bound
-        assert line, proc.stderr.read()
+        line = read_line(proc, 20)  # the child flushes it once bound
+        assert line, proc.communicate(timeout=10)[1]
         return proc, json.loads(line)
 
     try:
