@@ -111,12 +111,6 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kill_twice(fs, name: str) -> None:
     """SIGKILL the stream's worker twice: a signal feedsup did not send is a
     counted failure, and the second one exceeds the restart intensity (1)."""
@@ -127,12 +121,12 @@ def kill_twice(fs, name: str) -> None:
 
 
 def test_a_fatal_stream_announces_gaps_everywhere_and_all_fatal_exits_1(sim, start_feedsup, timing):
-    port = free_port()
     price = stream("price", "aggTrade", "BTCUSDT", "ETHUSDT")
     book = stream("book", "bookTicker", "BTCUSDT")
-    fs, col = start_feedsup(sim, (price, book), feedsup={"metrics_port": port},
+    fs, col = start_feedsup(sim, (price, book), feedsup={"metrics_port": "any"},
                             restart={"intensity": 1, "period": 60})
     fs.wait_running("price")
+    port = fs.status()["metrics_port"]
     fs.wait_running("book")
     for topic in ("aggTrade.BTCUSDT", "aggTrade.ETHUSDT", "bookTicker.BTCUSDT"):
         col.wait_count(3, timeout=20, topic_prefix=topic)
