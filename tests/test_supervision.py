@@ -206,15 +206,26 @@ def test_malformed_frames_are_counted_and_nothing_crashes(sim, run_feedsup, timi
 
 
 def test_refused_connections_stay_within_budget_and_backoff_cap(sim, run_feedsup, timing):
-    budget, window, cap, observe = 6, 20.0, 1.0, 12.0
+    # Decided from events: wait until the parent says the budget is used up
+    # (however long a loaded machine takes to get there, well inside the
+    # window), then check nothing more was spawned a while later.
+    budget, window, cap, after = 6, 60.0, 1.0, 3.0
     fs, col = run_feedsup(sim, restart={"connect_budget": budget, "budget_window": window,
                                         "backoff_max": cap, "intensity": 1000, "period": 60})
     pid = fs.wait_running("price")["pid"]
-    sim.inject("refuse", duration=60)
+    sim.inject("refuse", duration=120)
     try:
+        t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        end = time.monotonic() + observe
-        wait_for(lambda: time.monotonic() >= end, observe + 1, "the observation period")
+
+        def exhausted():
+            row = fs.stream("price")
+            return row["state"] == "BACKOFF" and row["budget_remaining"] == 0 and \
+                "budget" in (row["state_reason"] or "") and row
+        wait_for(exhausted, 45, "the connection budget used up")
+        took = time.monotonic() - t0
+        end = time.monotonic() + after
+        wait_for(lambda: time.monotonic() >= end, after + 1, "a while after the budget ran out")
         row = fs.stream("price")
         spawns = _spawn_times(fs.log())
     finally:
@@ -222,8 +233,7 @@ def test_refused_connections_stay_within_budget_and_backoff_cap(sim, run_feedsup
     # Every spawn, the first good one included, is a connection attempt, and
     # all of them fall inside one budget window.
     assert spawns[-1] - spawns[0] < window
-    assert len(spawns) <= budget, f"{len(spawns)} attempts within {window:g} s, budget {budget}"
-    assert len(spawns) == budget, "while refused, the budget should be used, not left idle"
+    assert len(spawns) == budget, f"{len(spawns)} attempts within {window:g} s, budget {budget}"
     attempts = spawns[1:]
     # Each retry waits at most the backoff cap, plus the time a worker needs
     # to start and be refused.
@@ -231,8 +241,8 @@ def test_refused_connections_stay_within_budget_and_backoff_cap(sim, run_feedsup
     assert max(gaps) <= cap + 2.0, gaps
     assert row["state"] == "BACKOFF" and row["budget_remaining"] == 0
     assert "budget" in row["state_reason"]
-    timing(f"{len(attempts)} connection attempts during {observe:g} s of refusal "
-           f"(budget {budget}/{window:g} s, max gap {max(gaps):.2f} s, cap {cap:g} s)", observe)
+    timing(f"{len(attempts)} connection attempts until the budget ran out "
+           f"(budget {budget}/{window:g} s, max gap {max(gaps):.2f} s, cap {cap:g} s)", took)
 
 
 def _only_connection(sim) -> int:
