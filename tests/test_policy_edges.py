@@ -1,0 +1,156 @@
+"""Edges of the policy that mutation testing showed no test pinned down:
+messages, boundaries (exactly ``period`` apart, ``stale_after`` below 1 s),
+what status shows in each state, and the operator's restart before start or
+during shutdown. Same fake clock as test_policy.py."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from feedsup.supervisor.policy import (
+    Exit, IllegalTransition, Policy, Restarted, Spawn, State, StateChanged, Terminate, UnknownStream,
+    check_transition, classify_exit, is_stale,
+)
+from test_policy import RESTART, make, of, one, info, running, stream
+
+
+class MinRandom(random.Random):
+    """Always draws the bottom of the range."""
+
+    def uniform(self, a, b):
+        return a
+
+
+def test_illegal_transition_names_both_states():
+    with pytest.raises(IllegalTransition, match="^FATAL -> STOPPING is not allowed$"):
+        check_transition(State.FATAL, State.STOPPING)
+
+
+def test_a_spawn_that_never_started_is_retried_as_not_started():
+    verdict = classify_exit(None, "", False)
+    assert verdict.reason == "not started"
+    assert classify_exit(3, "", False).reason == "exited with code 3"
+
+
+def test_the_workers_fatal_flag_alone_makes_a_stream_fatal():
+    policy = make()
+    instance = running(policy)
+    actions = policy.on_exit(instance, 75, "invalid symbol: NOPE", True, 1.0)
+    assert one(actions, StateChanged).new is State.FATAL
+
+
+def test_a_sub_second_stale_after_still_works():
+    assert is_stale(0.6, 0.0, 0.5)
+    assert not is_stale(0.4, 0.0, 0.5)
+
+
+def test_duplicate_stream_names_are_refused_by_name():
+    with pytest.raises(ValueError, match="^duplicate stream name 's1'$"):
+        Policy([stream("s1"), stream("s1")], RESTART, random.Random(0))
+
+
+def test_restart_of_an_unknown_stream_names_it():
+    with pytest.raises(UnknownStream, match="nope"):
+        make().request_restart("nope", 0.0)
+
+
+def test_restart_before_start_or_during_shutdown_does_nothing():
+    policy = make()
+    assert policy.request_restart("s1", 0.0) == []
+    running(policy, 1.0)
+    policy.request_stop(2.0)
+    assert policy.request_restart("s1", 3.0) == []
+
+
+def test_a_restart_out_of_fatal_is_counted_and_named():
+    policy = make(intensity=1)
+    instance = running(policy)
+    policy.on_exit(instance, 1, "boom", False, 1.0)
+    retry = policy.next_deadline()
+    second = one(policy.tick(retry), Spawn).instance
+    policy.on_ready(second, retry + 0.1)
+    assert one(policy.on_exit(second, 1, "boom", False, retry + 0.2), StateChanged).new is State.FATAL
+    actions = policy.request_restart("s1", retry + 1.0)
+    assert one(actions, Restarted) == Restarted("s1", "restart requested")
+    assert one(actions, StateChanged) == StateChanged("s1", State.FATAL, State.STARTING, "restart requested")
+
+
+def test_a_backoff_ends_with_its_reason_and_status_shows_it():
+    policy = make()
+    instance = running(policy)
+    policy.on_exit(instance, 1, "boom", False, 1.0)
+    row = info(policy, 1.0)
+    retry = policy.next_deadline()
+    assert row["state"] == "BACKOFF" and row["backoff_until"] == retry and row["uptime"] is None
+    actions = policy.tick(retry)
+    assert one(actions, StateChanged) == StateChanged("s1", State.BACKOFF, State.STARTING, "backoff elapsed")
+    row = info(policy, retry)
+    assert row["backoff_until"] is None and row["uptime"] is None
+
+
+def test_failures_exactly_a_period_apart_do_not_add_up():
+    """The intensity window is half-open: a failure ``period`` seconds old no
+    longer counts."""
+    policy = make(intensity=1, period=60.0)
+    instance = running(policy)
+    policy.on_exit(instance, 1, "boom", False, 0.0)
+    retry = policy.next_deadline()
+    second = one(policy.tick(retry), Spawn).instance
+    policy.on_ready(second, retry)
+    actions = policy.on_exit(second, 1, "boom", False, 60.0)
+    assert one(actions, StateChanged).new is State.BACKOFF, "the first failure expired at 60.0 exactly"
+
+
+def test_every_fatal_stream_is_named_in_the_exit_reason():
+    policy = make(("a", "b"))
+    spawns = of(policy.start(0.0), Spawn)
+    actions = []
+    for s in spawns:
+        actions += policy.on_exit(s.instance, 78, f"bad {s.stream}", True, 1.0)
+    assert one(actions, Exit) == Exit(1, "every stream is FATAL: a: bad a; b: bad b")
+
+
+def test_stale_reason_says_how_long_there_was_no_data():
+    policy = make()
+    instance = running(policy)
+    assert one(policy.on_liveness(instance, {"idle": 10.5}, 2.0), Terminate).reason == "stale: no data for 10.5s"
+    policy = make()
+    instance = running(policy)
+    # A counter that is no number (a bool is none) falls back to the time since READY.
+    assert one(policy.on_liveness(instance, {"idle": True}, 11.0), Terminate).reason == "stale: no data for 11.0s"
+
+
+def test_rotations_count_up_and_status_shows_the_successor():
+    policy = make()
+    old = running(policy)
+    for n in (1, 2):
+        new = one(policy.on_notice(old, "serverShutdown", 10.0 * n), Spawn).instance
+        assert info(policy, 10.0 * n)["successor"] == new
+        policy.on_streaming(new, 10.0 * n + 1)
+        row = info(policy, 10.0 * n + 1)
+        assert row["successor"] is None and row["instance"] == new and row["rotations"] == n
+        policy.on_exit(old, 0, "terminated", False, 10.0 * n + 2)
+        old = new
+
+
+def test_max_age_rotation_with_the_smallest_spread_is_at_max_age():
+    policy = make(rng=MinRandom())
+    instance = running(policy)
+    assert policy.next_deadline() <= 1000.0
+    t = 0.0
+    while t < 999.5:
+        t += 0.5
+        policy.on_liveness(instance, {"idle": 0.0}, t)
+        assert of(policy.tick(t), Spawn) == [], f"rotated early at {t}"
+    policy.on_liveness(instance, {"idle": 0.0}, 1000.0)
+    assert one(policy.tick(1000.0), Spawn).reason.startswith("rotation")
+
+
+def test_restored_connection_attempts_count_and_are_kept():
+    policy = make(connect_budget=10, budget_window=300.0)
+    policy.restore_connect_attempts([1.0, 2.0, 50.0], 40.0)     # 50.0 is in the future: ignored
+    running(policy, 40.0)
+    assert policy.connect_attempts(41.0) == [1.0, 2.0, 40.0]
+    assert info(policy, 41.0)["budget_remaining"] == 7
