@@ -10,7 +10,7 @@ import random
 import pytest
 
 from feedsup.supervisor.policy import (
-    Exit, IllegalTransition, Policy, Restarted, Spawn, State, StateChanged, Terminate, UnknownStream,
+    Exit, IllegalTransition, Kill, Policy, Restarted, Spawn, State, StateChanged, Terminate, UnknownStream,
     check_transition, classify_exit, is_stale,
 )
 from test_policy import RESTART, make, of, one, info, running, stream
@@ -154,3 +154,71 @@ def test_restored_connection_attempts_count_and_are_kept():
     running(policy, 40.0)
     assert policy.connect_attempts(41.0) == [1.0, 2.0, 40.0]
     assert info(policy, 41.0)["budget_remaining"] == 7
+
+
+def test_a_successor_streaming_while_the_old_worker_stops_brings_the_stream_back():
+    policy = make()
+    old = running(policy)
+    successor = one(policy.on_notice(old, "serverShutdown", 10.0), Spawn).instance
+    actions = policy.on_liveness(old, {"idle": 10.5}, 11.0)
+    assert one(actions, StateChanged) == StateChanged("s1", State.RUNNING, State.STOPPING,
+                                                      "stale: no data for 10.5s")
+    assert info(policy, 11.0)["uptime"] is None, "no uptime while STOPPING"
+    assert policy.on_streaming(successor, 12.0) == [
+        Restarted("s1", "rotated"), StateChanged("s1", State.STOPPING, State.RUNNING, "rotated")]
+
+
+def test_a_successor_not_yet_ready_takes_over_when_the_old_worker_dies():
+    policy = make()
+    old = running(policy)
+    successor = one(policy.on_notice(old, "serverShutdown", 10.0), Spawn).instance
+    reason = "successor took over (boom)"
+    assert policy.on_exit(old, 1, "boom", False, 11.0) == [
+        Restarted("s1", reason), StateChanged("s1", State.RUNNING, State.STARTING, reason)]
+    row = info(policy, 11.0)
+    assert row["instance"] == successor and row["last_reason"] == reason
+
+
+def test_an_exit_is_shown_as_the_last_reason():
+    policy = make()
+    instance = running(policy)
+    policy.on_exit(instance, 1, "boom", False, 1.0)
+    assert info(policy, 1.0)["last_reason"] == "boom"
+
+
+@pytest.mark.parametrize("how", ["restart", "stop"])
+def test_a_worker_that_ignores_term_is_killed_stop_timeout_later(how):
+    policy = make()
+    instance = running(policy)
+    if how == "restart":
+        actions = policy.request_restart("s1", 1.0)
+        reason = "restart requested"
+    else:
+        actions = policy.request_stop(1.0)
+        reason = "shutdown"
+    assert one(actions, Terminate) == Terminate(instance, reason)
+    assert one(actions, StateChanged) == StateChanged("s1", State.RUNNING, State.STOPPING, reason)
+    assert of(policy.tick(3.9), Kill) == []
+    assert one(policy.tick(4.0), Kill) == Kill(instance, f"still alive 3s after TERM ({reason})")
+
+
+@pytest.mark.parametrize("how", ["restart", "stop"])
+def test_a_successor_is_retired_and_killed_too(how):
+    policy = make()
+    old = running(policy)
+    successor = one(policy.on_notice(old, "serverShutdown", 10.0), Spawn).instance
+    if how == "restart":
+        policy.request_restart("s1", 11.0)
+    else:
+        policy.request_stop(11.0)
+    killed = {k.instance for k in of(policy.tick(14.0), Kill)}
+    assert killed == {old, successor}
+
+
+def test_restart_requested_in_backoff_starts_at_once_saying_why():
+    policy = make()
+    instance = running(policy)
+    policy.on_exit(instance, 1, "boom", False, 1.0)
+    actions = policy.request_restart("s1", 1.1)
+    assert one(actions, Spawn).reason == "restart"
+    assert one(actions, StateChanged) == StateChanged("s1", State.BACKOFF, State.STARTING, "restart requested")
