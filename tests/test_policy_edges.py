@@ -222,3 +222,32 @@ def test_restart_requested_in_backoff_starts_at_once_saying_why():
     actions = policy.request_restart("s1", 1.1)
     assert one(actions, Spawn).reason == "restart"
     assert one(actions, StateChanged) == StateChanged("s1", State.BACKOFF, State.STARTING, "restart requested")
+
+
+def test_a_successor_that_never_gets_ready_is_retired_killed_if_it_must_be_and_reported():
+    policy = make()
+    old = running(policy)
+    successor = one(policy.on_notice(old, "serverShutdown", 10.0), Spawn).instance
+    actions, t = [], 10.0
+    while t < 50.0:          # start timeout: 4 x connect_timeout after its spawn
+        t += 1.0
+        policy.on_liveness(old, {"idle": 0.0}, t)
+        policy.on_liveness(successor, {}, t)
+        actions += policy.tick(t)
+    assert of(actions, Terminate) == [Terminate(successor, "start timeout")]
+    assert of(actions, StateChanged) == [], "the old worker keeps serving"
+    row = info(policy, t)
+    assert row["successor"] is None and row["instance"] == old
+    assert row["last_reason"] == "rotation failed: start timeout"
+    policy.on_liveness(old, {"idle": 0.0}, t + 3.0)
+    assert one(policy.tick(t + 3.0), Kill) == Kill(successor, "still alive 3s after TERM (start timeout)")
+
+
+def test_a_hung_successor_is_reported_as_a_failed_rotation():
+    policy = make()
+    old = running(policy)
+    successor = one(policy.on_notice(old, "serverShutdown", 10.0), Spawn).instance
+    policy.on_liveness(successor, {}, 10.5)
+    policy.on_liveness(old, {"idle": 0.0}, 15.0)
+    assert one(policy.tick(15.5), Kill) == Kill(successor, "liveness timeout")
+    assert info(policy, 15.5)["last_reason"] == "rotation failed: liveness timeout"
