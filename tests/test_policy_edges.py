@@ -128,9 +128,11 @@ def test_rotations_count_up_and_status_shows_the_successor():
     for n in (1, 2):
         new = one(policy.on_notice(old, "serverShutdown", 10.0 * n), Spawn).instance
         assert info(policy, 10.0 * n)["successor"] == new
+        policy.on_ready(new, 10.0 * n + 0.5)
         policy.on_streaming(new, 10.0 * n + 1)
         row = info(policy, 10.0 * n + 1)
         assert row["successor"] is None and row["instance"] == new and row["rotations"] == n
+        assert row["uptime"] == 0.5, "uptime counts from the successor's READY"
         policy.on_exit(old, 0, "terminated", False, 10.0 * n + 2)
         old = new
 
