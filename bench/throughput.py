@@ -34,7 +34,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from feedsup.procs import child_pids, rss_mb, tied  # noqa: E402
+from feedsup.procs import child_pids, read_line, rss_mb, tied  # noqa: E402
 
 RAW_CLIENT = r"""
 import sys, time, websocket
@@ -58,7 +58,7 @@ print(n / (time.perf_counter() - t0))
 def start_sim(*args: str) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(tied([sys.executable, "-m", "feedsup.sim", "--symbols", "BTCUSDT", *args]),
                             stdout=subprocess.PIPE, cwd=REPO)
-    urls = json.loads(proc.stdout.readline())
+    urls = json.loads(read_line(proc, 30))
     return proc, urls
 
 

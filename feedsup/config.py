@@ -118,7 +118,7 @@ class Config:
     pub: str = field(default_factory=endpoints.default_pub)
     control: str = field(default_factory=endpoints.default_control)
     log_format: str = "logfmt"       # logfmt | json
-    metrics_port: int = 0            # 0 = no Prometheus endpoint
+    metrics_port: int = 0            # 0 = no Prometheus endpoint; ANY_PORT = a free port (see status)
     pub_hwm: int = 100_000
     # Where the parent keeps watermarks and connection attempts across its own
     # restarts; empty = nothing kept (a new parent starts from live data).
@@ -365,6 +365,20 @@ def _int_range(low: int, high: int) -> Converter[int]:
             at.fail(f"must be between {low} and {high}, got {_show(number)}")
         return number
     return convert
+
+
+# ``metrics_port = "any"``: the parent binds a free port and reports it in
+# status (``metrics_port``); tests and side-by-side instances need no port
+# picked in advance, which another process could take first.
+ANY_PORT = -1
+
+
+def _metrics_port(value: object, at: _At) -> int:
+    if value == "any":
+        return ANY_PORT
+    if isinstance(value, str):
+        at.fail(f'must be a port number or "any", got "{value}"')
+    return _int_range(0, 65535)(value, at)
 
 
 def _positive_int(value: object, at: _At) -> int:
@@ -646,7 +660,7 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         "pub": table.get("pub", _zmq_endpoint, default.pub),
         "control": table.get("control", _zmq_endpoint, default.control),
         "log_format": table.get("log_format", _choice(LOG_FORMATS), default.log_format),
-        "metrics_port": table.get("metrics_port", _int_range(0, 65535), default.metrics_port),
+        "metrics_port": table.get("metrics_port", _metrics_port, default.metrics_port),
         # 0 would mean "unlimited" to ZeroMQ: unbounded memory, never on purpose.
         "pub_hwm": table.get("pub_hwm", _count("feedsup", "pub_hwm"), default.pub_hwm),
         "state_file": table.get("state_file", _state_path(config_path), default.state_file),

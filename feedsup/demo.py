@@ -18,7 +18,6 @@ import configparser
 import io
 import json
 import os
-import select
 import shlex
 import shutil
 import signal
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feedsup.procs import alive, tied, wait_for
+from feedsup.procs import WaitTimeout, alive, read_line, tied, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SUPERVISORD_TEMPLATE = REPO / "conf" / "supervisord.conf"
@@ -188,10 +187,10 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 def read_first_line(proc: subprocess.Popen, timeout: float) -> str:
     """The simulator's first stdout line (its URLs), within ``timeout``."""
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        raise RuntimeError(f"the simulator printed nothing within {timeout:g} s")
-    line = proc.stdout.readline()
+    try:
+        line = read_line(proc, timeout)
+    except WaitTimeout:
+        raise RuntimeError(f"the simulator printed no whole line within {timeout:g} s") from None
     if not line:
         raise RuntimeError(f"the simulator exited (code {proc.wait()})")
     return line

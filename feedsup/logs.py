@@ -80,6 +80,19 @@ class RateLimit(logging.Filter):
         return True
 
 
+class Tag(logging.Filter):
+    """Add fixed fields to every line (a worker: its stream and instance);
+    fields the line sets itself win."""
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__()
+        self.tags = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, _FIELDS, {**self.tags, **getattr(record, _FIELDS, {})})
+        return True
+
+
 def setup(fmt: str = "logfmt", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
 import time
@@ -34,6 +35,31 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str = "conditio
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)  # polling period of a deadline-bounded wait
+
+
+def read_line(proc: Any, timeout: float, stream: Any = None) -> str:
+    """The next line a child writes on ``stream`` (default: its stdout), or
+    what it wrote before closing it ("" if nothing); WaitTimeout if no whole
+    line came within ``timeout`` seconds.
+
+    A plain ``readline()`` blocks for ever on a child that hangs before
+    writing. This reads the pipe's fd a byte at a time, so nothing past the
+    newline is taken from a later reader; use it only on a pipe no buffered
+    read has touched yet.
+    """
+    fd = (stream if stream is not None else proc.stdout).fileno()
+    deadline = time.monotonic() + timeout
+    got = bytearray()
+    while not got.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for a line from pid {proc.pid}"
+                              + (f" (so far: {bytes(got)!r})" if got else ""))
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        got += byte
+    return got.decode(errors="replace")
 
 
 def _stat(pid: int | str) -> list[str] | None:

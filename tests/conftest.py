@@ -1,7 +1,18 @@
+import os
+
 import pytest
+from hypothesis import settings
 
 from feedsup.sim import SimOptions, SimServer
 from harness import Collector, Feedsup, write_config
+
+# Hypothesis: in CI (the CI variable set, as .ci/run does) the same examples
+# every run, so a red build is the code's doing and replays as is; elsewhere
+# (the long run, a developer's machine) new random examples each time. No
+# per-example deadline in either: a loaded 2-core machine misses 200 ms.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("random", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "random"))
 
 # (test, what, seconds) shown in the terminal summary: the issue asks to see
 # how long each recovery took, not only that it happened.

@@ -235,8 +235,11 @@ def test_spot_state_is_exact_after_sigkill_and_an_outage_with_fills(spot_sim, ru
 
 # -- USD-M ------------------------------------------------------------------------------
 
-# One simulated hour per wall second; a listenKey lives one simulated hour.
-FAST = dict(speed=3600, listen_key_validity=3600.0, trade_rate=0.0005, book_rate=0.0005)
+# Half a simulated hour per wall second; a listenKey lives one simulated
+# hour, so two wall seconds: eight keepalives (every 0.25 s) per lifetime.
+# A shorter lifetime (one wall second at speed 3600) expired whenever a
+# loaded machine held the keepalive thread back for a second.
+FAST = dict(speed=1800, listen_key_validity=3600.0, trade_rate=0.001, book_rate=0.001)
 
 
 @pytest.fixture
@@ -299,7 +302,7 @@ def test_usdm_listen_key_is_kept_alive_for_simulated_hours(usdm_sim, run_feedsup
     pid = fs.wait_running("acct-usdm")["pid"]
     keys, start = listen_keys(usdm_sim), sim_hours(usdm_sim)
     t0 = time.monotonic()
-    wait_for(lambda: sim_hours(usdm_sim) >= start + 4, 15, "four simulated hours")
+    wait_for(lambda: sim_hours(usdm_sim) >= start + 4, 30, "four simulated hours")
     timing("usdm: four simulated hours (validity one hour) on one listenKey", time.monotonic() - t0)
     row = fs.stream("acct-usdm")
     assert (row["pid"], row["restarts"], row["state"]) == (pid, 0, "RUNNING")

@@ -65,3 +65,9 @@ def test_reset_if_stable_only_after_stable_period():
 def test_negative_delays_are_rejected():
     with pytest.raises(ValueError):
         Backoff(-1.0, 30.0, 30.0, random.Random(0))
+
+
+@pytest.mark.parametrize("initial, cap", [(-0.1, 1.0), (0.1, -1.0)])
+def test_negative_delays_are_refused_saying_so(initial, cap):
+    with pytest.raises(ValueError, match="^backoff delays must not be negative$"):
+        Backoff(initial, cap, stable_after=30.0, rng=random.Random(1))

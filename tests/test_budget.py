@@ -28,11 +28,33 @@ def test_next_free_is_now_when_tokens_remain():
     assert budget.remaining(3.0) == 1
 
 
-def test_invalid_parameters_are_rejected():
-    with pytest.raises(ValueError):
+def test_invalid_parameters_are_rejected_saying_which():
+    with pytest.raises(ValueError, match="^connect budget must allow at least one attempt$"):
         ConnectBudget(0, 10.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^budget window must be positive$"):
         ConnectBudget(1, 0.0)
+    ConnectBudget(1, 1e-9)   # the smallest legal values
+    assert ConnectBudget(1, 1.0).remaining(0.0) == 1
+
+
+def test_taken_lists_the_takes_that_still_count():
+    budget = ConnectBudget(5, 10.0)
+    for t in (1.0, 2.0, 8.0):
+        assert budget.try_take(t)
+    assert budget.taken(9.0) == [1.0, 2.0, 8.0]
+    assert budget.taken(11.0) == [2.0, 8.0]       # 1.0 stops counting at 11.0 exactly
+    assert budget.taken(18.0) == []
+
+
+def test_restore_counts_a_previous_parents_takes():
+    budget = ConnectBudget(3, 10.0)
+    assert budget.try_take(5.0)
+    # A take in the future is a clock error: ignored. One a window old is gone.
+    budget.restore([4.0, 6.0, -7.0, 99.0], now=6.0)
+    assert budget.taken(6.0) == [4.0, 5.0, 6.0]
+    assert budget.remaining(6.0) == 0 and not budget.try_take(6.0)
+    assert budget.next_free(6.0) == 14.0
+    assert budget.remaining(14.0) == 1
 
 
 @given(

@@ -115,12 +115,14 @@ def test_tail_prefix_selects_another_stream(running):
 
 def test_restart_restarts_the_stream(running):
     before = running.stream("price")
+    other = running.wait_running("kline")
     out = feedsup("restart", "-c", str(running.config), "price")
     assert out.returncode == 0 and "restart requested: price" in out.stdout, out.stderr
     after = wait_for(lambda: _replaced(running, "price", before["pid"]), 15, "a new price worker")
     assert after["restarts"] == before["restarts"] + 1
     assert "restart requested" in after["last_reason"]
-    assert running.stream("kline")["pid"] is not None
+    kline = running.stream("kline")
+    assert (kline["pid"], kline["restarts"]) == (other["pid"], other["restarts"]), "only the named stream restarts"
 
 
 def _replaced(fs: Feedsup, name: str, old_pid: int) -> dict | None:

@@ -11,7 +11,7 @@ import pytest
 
 from feedsup import endpoints
 from feedsup.config import (
-    CHANNELS_BY_MARKET, KLINE_INTERVALS, Config, ConfigError, Connection, Restart, SPOT_DEFAULT,
+    ANY_PORT, CHANNELS_BY_MARKET, KLINE_INTERVALS, Config, ConfigError, Connection, Restart, SPOT_DEFAULT,
     USDM_DEFAULT, load_config,
 )
 
@@ -114,6 +114,11 @@ def test_minimal_config_gets_defaults(tmp_path):
     assert config.pub.startswith("ipc://")
     assert config.streams[0].connection == Connection()
     assert config.streams[0].depth_levels == 10
+
+
+def test_metrics_port_any_asks_for_a_free_port(tmp_path):
+    assert load(tmp_path, '[feedsup]\nmetrics_port = "any"\n' + PRICE).metrics_port == ANY_PORT
+    assert load(tmp_path, "[feedsup]\nmetrics_port = 9108\n" + PRICE).metrics_port == 9108
 
 
 def test_lower_case_symbols_are_normalised(tmp_path):
@@ -281,6 +286,8 @@ CASES = [
     ("[feedsup]\npub_hwm = 0\n" + PRICE, "feedsup.pub_hwm", "greater than 0"),
     ("[feedsup]\nmetrics_port = 70000\n" + PRICE, "feedsup.metrics_port",
      "between 0 and 65535"),
+    ("[feedsup]\nmetrics_port = 'auto'\n" + PRICE, "feedsup.metrics_port",
+     'must be a port number or "any", got "auto"'),
     ("[feedsup]\nlog_format = 'xml'\n" + PRICE, "feedsup.log_format",
      'unknown value "xml"; expected one of: logfmt, json'),
     # cross-field rules

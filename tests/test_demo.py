@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from feedsup.procs import tied
+from feedsup.procs import read_line, tied
 from harness import REPO
 
 
@@ -88,10 +88,11 @@ def test_demo_interrupted_cleans_up(demo_env):
                             stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
-        for line in proc.stdout:
+        deadline = time.monotonic() + 60
+        while not lines or not lines[-1].startswith("== feedsup status"):   # the live view is on
+            line = read_line(proc, max(0.1, deadline - time.monotonic()))
+            assert line, "the demo ended before its live view: " + "".join(lines)
             lines.append(line)
-            if line.startswith("== feedsup status"):
-                break                      # the live view is on: everything runs
         assert len(marked(token)) >= 7     # demo, simulator, supervisord, feedsup and its 3 workers
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=30)[0]

@@ -81,3 +81,60 @@ def test_lost_book_ticker_source_is_announced_as_a_gap(feedsup, timing):
 def _gap_frames(col: Collector, topic: str, closed: bool) -> list[dict]:
     return [f for f in list(col.frames) if f["topic"] == topic and f.get("gap")
             and (f["gap"]["to_ms"] is not None) == closed]
+
+
+NO_HISTORY = [
+    ("spot", "bookTicker", {}),
+    ("spot", "miniTicker", {}),
+    ("spot", "ticker", {}),
+    ("usdm", "markPrice", {}),
+    ("spot", "depth", {"depth_levels": 5}),
+]
+
+
+@pytest.mark.parametrize("market, channel, extra", NO_HISTORY, ids=[c for _, c, _ in NO_HISTORY])
+def test_every_channel_without_history_announces_a_lost_source(start_sim, start_feedsup, market, channel, extra):
+    """No REST history can fill what a dead worker missed on these channels:
+    each topic hears a gap notice naming the cause, closed by fresh data."""
+    sim = start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=4, book_rate=4)
+    stream = {"name": "s", "market": market, "channel": channel, "symbols": ["BTCUSDT"], **extra}
+    topic = f"{channel}.BTCUSDT"
+    fs, col = start_feedsup(sim, [stream], collect=lambda fs: Collector(fs.pub, (topic,)))
+    wait_for(lambda: [f for f in list(col.frames) if f["data"] is not None], 20, f"data on {topic}")
+    pid = fs.wait_running("s")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    opened = wait_for(lambda: [f for f in _gap_frames(col, topic, closed=False) if "SIGKILL" in f["gap"]["reason"]],
+                      10, "an open gap notice naming the SIGKILL")
+    gap = opened[0]["gap"]
+    assert gap["from_ms"] is not None
+    closed = wait_for(lambda: [f for f in _gap_frames(col, topic, closed=True) if f["seq"] > opened[0]["seq"]],
+                      20, "the gap to close")
+    assert closed[0]["gap"]["from_ms"] == gap["from_ms"] and closed[0]["gap"]["to_ms"] >= gap["from_ms"]
+
+
+def test_a_slow_subscriber_past_pub_hwm_loses_frames_as_seq_gaps(start_sim, start_feedsup):
+    """``pub_hwm`` bounds what the parent queues for one subscriber: one that
+    does not read loses frames, and sees each loss as a ``seq`` gap; a
+    subscriber that keeps up loses nothing."""
+    sim = start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=100)
+    fs, fast = start_feedsup(sim, [PRICE], feedsup={"pub_hwm": 2000})
+    slow = Subscriber(fs.pub, ("aggTrade.",), rcvhwm=10)
+    try:
+        fast.wait_count(1, 20, "aggTrade.")
+        base = fast.count("aggTrade.")
+        # The slow one reads nothing while the kernel's socket buffers and
+        # both high-water marks fill up many times over.
+        fast.wait_count(base + 5000, 30, "aggTrade.")
+        newest = max(f["seq"] for f in list(fast.frames) if f["topic"] == "aggTrade.BTCUSDT")
+
+        def caught_up() -> bool:
+            while (f := slow.recv(timeout=0.1)) is not None:
+                if f["topic"] == "aggTrade.BTCUSDT" and f["seq"] > newest:
+                    return True
+            return False
+        wait_for(caught_up, 30, "the slow subscriber to read past the fast one's newest frame")
+        assert slow.gaps and not any(g.restart for g in slow.gaps), slow.gaps
+        assert sum(g.missed for g in slow.gaps) > 0
+        assert fast.gaps == [], "a subscriber that keeps up loses nothing"
+    finally:
+        slow.close()

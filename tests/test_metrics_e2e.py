@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,12 +19,6 @@ from harness import REPO, Feedsup, wait_for, write_config
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT", "ETHUSDT"]}
 RATE = 40   # aggTrade msgs/s on the price stream: 2 symbols x trade_rate 20 at speed 1
 STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -68,9 +61,12 @@ def metered(tmp_path):
     sim.start()
     fs = None
     try:
-        port = free_port()
-        fs = Feedsup(write_config(tmp_path, sim, [PRICE], feedsup={"metrics_port": port}), tmp_path)
+        # "any": feedsup binds a free port itself and reports it (a port
+        # found free here and released could be taken before feedsup binds it).
+        fs = Feedsup(write_config(tmp_path, sim, [PRICE], feedsup={"metrics_port": "any"}), tmp_path)
         fs.wait_running("price")
+        port = fs.status()["metrics_port"]
+        assert isinstance(port, int) and port > 0
         yield fs, port
     finally:
         if fs is not None:

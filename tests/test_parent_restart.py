@@ -14,7 +14,11 @@ import pytest
 
 from feedsup.supervisor import state as saved
 from feedsup.supervisor.parent import REJOIN_GRACE_S
+from feedsup.config import Restart
+from feedsup.ipc.client import request
 from harness import Collector, Feedsup, wait_for, write_config
+
+CONNECT_BUDGET = Restart().connect_budget
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
 TOPIC = "aggTrade.BTCUSDT"
@@ -123,3 +127,58 @@ def test_a_poisoned_state_file_does_not_silence_the_topic(sim, tmp_path, poison)
     finally:
         col.close()
         fs.close()
+
+
+def test_a_restarted_parent_remembers_the_connection_attempts_of_the_one_before(sim, tmp_path):
+    """Binance counts connection attempts per IP, whichever process made
+    them: a parent restarted from the state file starts with the budget its
+    predecessor left, not a full one."""
+    config = write_config(tmp_path, sim, [PRICE], feedsup={"state_file": str(tmp_path / "state")})
+    first = Feedsup(config, tmp_path, "first.log")
+    second = None
+    try:
+        row = first.wait_running("price")
+        for _ in range(3):   # three more connections: four attempts in all
+            pid = row["pid"]
+            request(first.control, "restart", stream="price")
+            row = wait_for(lambda: (r := first._running("price")) and r["pid"] != pid and r, 15, "a new worker")
+        left = first.stream("price")["budget_remaining"]
+        assert left == CONNECT_BUDGET - 4
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(10) == 0
+        second = Feedsup(config, tmp_path, "second.log")
+        second.wait_running("price")
+        assert second.stream("price")["budget_remaining"] == left - 1, "the first parent's attempts still count"
+    finally:
+        for fs in (first, second):
+            if fs is not None:
+                fs.close()
+
+
+def test_without_a_state_file_the_time_no_parent_ran_is_not_backfilled(sim, tmp_path):
+    """The README's promise has a condition: with no ``state_file`` a new
+    parent knows nothing of the old one's watermarks, so it starts live and
+    backfills nothing (a consumer sees the restart as seq going back)."""
+    config = write_config(tmp_path, sim, [PRICE])
+    first = Feedsup(config, tmp_path, "first.log")
+    col = Collector(first.pub)
+    second = None
+    try:
+        col.wait_count(10, timeout=20, topic_prefix=TOPIC)
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(10) == 0
+        seen = len(col.frames)
+        last = max(ids(col))
+        wait_for(lambda: latest_agg_id(sim) >= last + 20, 20, "trades while no parent runs")
+        second = Feedsup(config, tmp_path, "second.log")
+        wait_for(lambda: len([f for f in list(col.frames)[seen:] if f["topic"] == TOPIC]) >= 5, 20,
+                 "data from the new parent")
+        after = [f for f in list(col.frames)[seen:] if f["topic"] == TOPIC]
+        assert not [f for f in after if f.get("backfill")], "nothing is backfilled without a state file"
+        assert after[0]["data"]["agg_id"] >= last + 20, "the new parent starts live, past the down time"
+        assert "state restored" not in second.log()
+    finally:
+        col.close()
+        for fs in (first, second):
+            if fs is not None:
+                fs.close()

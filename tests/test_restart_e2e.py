@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Collector, alive, wait_for
+from harness import REPO, Collector, alive, wait_for
 
 LIVENESS_TIMEOUT = 1.5   # harness default ([connection] liveness_timeout)
 
@@ -109,12 +111,6 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kill_twice(fs, name: str) -> None:
     """SIGKILL the stream's worker twice: a signal feedsup did not send is a
     counted failure, and the second one exceeds the restart intensity (1)."""
@@ -125,12 +121,12 @@ def kill_twice(fs, name: str) -> None:
 
 
 def test_a_fatal_stream_announces_gaps_everywhere_and_all_fatal_exits_1(sim, start_feedsup, timing):
-    port = free_port()
     price = stream("price", "aggTrade", "BTCUSDT", "ETHUSDT")
     book = stream("book", "bookTicker", "BTCUSDT")
-    fs, col = start_feedsup(sim, (price, book), feedsup={"metrics_port": port},
+    fs, col = start_feedsup(sim, (price, book), feedsup={"metrics_port": "any"},
                             restart={"intensity": 1, "period": 60})
     fs.wait_running("price")
+    port = fs.status()["metrics_port"]
     fs.wait_running("book")
     for topic in ("aggTrade.BTCUSDT", "aggTrade.ETHUSDT", "bookTicker.BTCUSDT"):
         col.wait_count(3, timeout=20, topic_prefix=topic)
@@ -166,6 +162,37 @@ def test_a_fatal_stream_announces_gaps_everywhere_and_all_fatal_exits_1(sim, sta
     wait_for(lambda: any("FATAL" in g["gap"]["reason"] for g in gap_notices(col, "bookTicker.BTCUSDT")), 5,
              "a FATAL gap notice on bookTicker.BTCUSDT")
     assert "every stream is FATAL" in fs.log()
+
+
+def test_feedsup_restart_brings_a_fatal_stream_back(sim, start_feedsup, timing):
+    """Restart intensity exceeded -> FATAL, and the operator's ``feedsup
+    restart`` (the real command) clears it: a new worker whose backfill
+    fills the time the stream was FATAL (aggTrade has REST history), the
+    other stream untouched."""
+    price = stream("price", "aggTrade", "BTCUSDT")
+    book = stream("book", "bookTicker", "BTCUSDT")
+    fs, col = start_feedsup(sim, (price, book), restart={"intensity": 1, "period": 60})
+    other = fs.wait_running("book")
+    col.wait_count(3, timeout=20, topic_prefix="aggTrade.BTCUSDT")
+    kill_twice(fs, "price")
+    wait_for(lambda: fs.stream("price")["state"] == "FATAL", 10, "price FATAL")
+    assert fs.stream("price")["pid"] is None
+    fatal_at = len(col.frames)
+    now_ns = time.time_ns()
+    wait_for(lambda: regular_after(col, "bookTicker.", now_ns), 10, "time passing while price is FATAL")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "feedsup.cli", "restart", "-c", str(fs.config), "price"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    row = fs.wait_running("price")
+    col.wait_count(col.count("aggTrade.BTCUSDT") + 5, 15, "aggTrade.BTCUSDT")
+    timing("FATAL -> feedsup restart -> data again", time.monotonic() - t0)
+    assert row["pid"] in fs.workers()
+    ids = [f["data"]["agg_id"] for f in list(col.frames) if f["topic"] == "aggTrade.BTCUSDT" and f.get("data")]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "the FATAL time is backfilled, once each"
+    assert any(f.get("backfill") for f in list(col.frames)[fatal_at:] if f["topic"] == "aggTrade.BTCUSDT")
+    assert fs.stream("book")["pid"] == other["pid"]
+    assert fs.proc.poll() is None
 
 
 # -- a worker SIGSTOPped while STARTING ---------------------------------------------------

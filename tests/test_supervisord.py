@@ -80,7 +80,11 @@ class Supervisord:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         self.serverurl = f"unix://{tmp_path}/supervisor.sock"
-        wait_for(self._up, 15, "supervisord's XML-RPC interface")
+        try:
+            wait_for(self._up, 15, "supervisord's XML-RPC interface")
+        except BaseException:
+            self.close()   # half started: the fixture never saw this object
+            raise
 
     @property
     def rpc(self) -> xmlrpc.client.ServerProxy:

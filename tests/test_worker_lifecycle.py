@@ -21,7 +21,7 @@ import zmq
 
 from feedsup.config import Connection, Endpoint, Stream
 from feedsup.ipc import frames
-from feedsup.procs import alive, wait_for
+from feedsup.procs import alive, read_line, wait_for
 from feedsup.workers.spec import WorkerSpec
 
 # How long a worker may take to go once its parent is gone (the watchdog
@@ -246,8 +246,9 @@ def test_a_worker_blocked_in_rest_exits_soon_after_its_parent_dies(tmp_path, bla
     spec = make_spec(tmp_path, f"ws://127.0.0.1:{blackhole}", f"http://127.0.0.1:{blackhole}")
     parent = subprocess.Popen([sys.executable, "-c", INTERMEDIATE, spec.to_json(), deathsig],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
+    worker = None
     try:
+        worker = int(read_line(parent, 15))
         wait_for(lambda: _connected_to(worker, blackhole), 15, "the worker to hang in REST")
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(5)
@@ -257,7 +258,7 @@ def test_a_worker_blocked_in_rest_exits_soon_after_its_parent_dies(tmp_path, bla
         timing(f"orphaned worker blocked in REST ({deathsig}) -> gone", took)
         assert took < ORPHAN_BOUND_S
     finally:
-        if alive(worker):
+        if worker is not None and alive(worker):
             os.kill(worker, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()

@@ -28,7 +28,7 @@ import msgpack
 import zmq
 
 from feedsup import curve, endpoints, logs
-from feedsup.config import Config, read_regular_file
+from feedsup.config import ANY_PORT, Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
@@ -91,7 +91,8 @@ class Parent:
         # Config guarantees each topic has one owner (see topic_prefix).
         self._topic_owner = {t: s.name for s in config.streams
                              for t in topics.stream_topics(s.channel, s.symbols, s.intervals, s.topic_prefix)}
-        self.metrics = Metrics(config.metrics_port) if config.metrics_port else None
+        self.metrics = (Metrics(0 if config.metrics_port == ANY_PORT else config.metrics_port)
+                        if config.metrics_port else None)
         self._metrics_due = 0.0
         self.last_values: dict[bytes, bytes] = {}    # topic -> last payload published
         self.open_gaps: dict[bytes, dict[str, Any]] = {}
@@ -154,6 +155,7 @@ class Parent:
             "suppressed": self.sequencer.suppressed,
             "curve_refused": self._gate.refused if self._gate is not None else None,
             "rejected": self.rejected,
+            "metrics_port": self.metrics.port if self.metrics is not None else None,
             "streams": rows,
             "sink": self.sink.status() if self.sink is not None else None,
         }

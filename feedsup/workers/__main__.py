@@ -6,7 +6,9 @@ import gc
 import importlib
 import logging
 import sys
+import threading
 
+from feedsup import logs
 from feedsup.ipc.frames import PROTOCOL_VERSION
 from feedsup.procs import die_with_parent
 from feedsup.workers.runtime import EXIT_FATAL, ConnectionEnded, Runtime
@@ -17,6 +19,23 @@ KINDS = {"account": "feedsup.workers.account", "depth": "feedsup.workers.depth"}
 DEFAULT_KIND = "feedsup.workers.market"
 
 
+def setup_logging(spec: WorkerSpec) -> None:
+    """Log like the parent: a worker's stderr is the parent's, so its lines
+    follow ``log_format`` with the same fields and rate limit, tagged with the
+    stream and instance. Uncaught errors in any thread and Python warnings go
+    through the same handler rather than as bare text."""
+    logs.setup(spec.log_format)
+    tag = logs.Tag(stream=spec.stream.name, instance=spec.instance)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
+    logging.captureWarnings(True)
+    log = logging.getLogger("feedsup.worker")
+    threading.excepthook = lambda args: log.error(
+        "thread %s crashed", getattr(args.thread, "name", "?"),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.excepthook = lambda *exc_info: log.error("worker crashed", exc_info=exc_info)
+
+
 def main(argv: list[str]) -> int:
     spec = WorkerSpec.from_json(argv[0])
     if spec.protocol != PROTOCOL_VERSION:   # started by a parent of another feedsup version
@@ -24,8 +43,7 @@ def main(argv: list[str]) -> int:
               f"{spec.protocol}, worker {PROTOCOL_VERSION}", file=sys.stderr)
         return EXIT_FATAL
     die_with_parent(spec.parent_pid)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"worker={spec.stream.name}#{spec.instance} %(levelname)s %(message)s")
+    setup_logging(spec)
     kind = importlib.import_module(KINDS.get(spec.stream.channel, DEFAULT_KIND))
     rt = Runtime(spec)
     rt.start()
@@ -39,7 +57,7 @@ def main(argv: list[str]) -> int:
     except ConnectionEnded as exc:
         ended = exc
     except Exception as exc:  # a bug: report it rather than vanish
-        logging.exception("worker crashed")
+        logging.getLogger("feedsup.worker").exception("worker crashed")
         ended = ConnectionEnded(f"worker error: {exc.__class__.__name__}: {exc}")
     return rt.finish(ended)
 

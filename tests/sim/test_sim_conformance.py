@@ -123,6 +123,10 @@ def test_futures_market_route_payloads(sim, ws_factory):
     for name, schema in FUTURES_MARKET.items():
         for event in got[name]:
             check(event, schema, name)
+    for arr in got["!miniTicker@arr"]:
+        assert {e["s"] for e in arr} == {"BTCUSDT", "ETHUSDT"}
+        for e in arr:
+            check(e, FUTURES_MARKET["btcusdt@miniTicker"], "!miniTicker@arr")
 
 
 def test_futures_public_route_payloads(sim, ws_factory):

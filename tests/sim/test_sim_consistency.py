@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from simhelpers import collect, get, wait_until
 
 from feedsup.sim.market import SymbolMarket
@@ -52,9 +54,23 @@ def _closed_klines_match(sim, ws_factory, route, rest_path, interval, count):
     assert [r[0] for r in rows] == opens
     for row, k in zip(rows, closed):
         assert row == [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], k["q"], k["n"], k["V"], k["Q"], "0"]
-    # An open kline's last update agrees with the final one on the fields it had.
     for e in events:
         assert e["E"] >= e["k"]["t"]
+    # An open kline's last update agrees with the final one on the fields it
+    # had: once it holds a trade, the same open and first trade, and a range
+    # and volumes the final one holds. (Before its first trade an open kline
+    # shows the previous close as its price.)
+    finals = {k["t"]: k for k in closed}
+    last_open = {e["k"]["t"]: e["k"] for e in events if not e["k"]["x"] and e["k"]["t"] in finals}
+    assert any(k["n"] for k in last_open.values()), "an open update with trades precedes some final kline"
+    for t, k in last_open.items():
+        final = finals[t]
+        assert (k["i"], k["T"]) == (final["i"], final["T"]), (k, final)
+        if k["n"]:
+            assert (k["o"], k["f"]) == (final["o"], final["f"]) and k["L"] <= final["L"], (k, final)
+            assert Decimal(final["l"]) <= Decimal(k["l"]) <= Decimal(k["h"]) <= Decimal(final["h"]), (k, final)
+        assert k["n"] <= final["n"] and Decimal(k["v"]) <= Decimal(final["v"]), (k, final)
+        assert Decimal(k["q"]) <= Decimal(final["q"]) and Decimal(k["V"]) <= Decimal(final["V"]), (k, final)
 
 
 def test_spot_closed_klines_match_rest(sim, ws_factory):

@@ -68,13 +68,15 @@ def test_silent_stall_sends_nothing_and_answers_no_ping(make_sim, ws_factory):
     sim = make_sim(speed=60.0, ping_interval=0.1, pong_timeout=0.3)
     ws = ws_factory(sim.ws_url + "/ws/btcusdt@aggTrade")
     collect(ws, lambda m: len(m) >= 1)
-    post_fault(sim, kind="stall", target={"conn": conn_id(sim, "btcusdt@aggTrade")}, duration=0.6)
+    # The stall outlasts the quiet window below by far, so a loaded machine
+    # that is slow to read cannot see it end inside the window.
+    post_fault(sim, kind="stall", target={"conn": conn_id(sim, "btcusdt@aggTrade")}, duration=3.0)
     read_frames(ws, 0.05)  # drain what was in flight
     ws.ping(b"are-you-there")
     frames = read_frames(ws, 0.4)
     assert frames == [], "a stalled server sends no data, no ping, no pong and does not close"
     # After the stall the connection carries data again (pong timer was suspended too).
-    assert collect(ws, lambda m: len(m) >= 3, timeout=5)[-1]["e"] == "aggTrade"
+    assert collect(ws, lambda m: len(m) >= 3, timeout=10)[-1]["e"] == "aggTrade"
 
 
 def test_data_stall_keeps_pinging_and_ponging(make_sim, ws_factory):
@@ -167,12 +169,14 @@ def test_rest_errors_for_the_next_calls(sim, status):
 
 
 def test_rest_error_for_a_duration(sim):
-    post_fault(sim, kind="rest_error", status=503, duration=0.3)
+    # Long enough that the two calls below fall inside it on a loaded
+    # machine; its end is waited for, not timed.
     started = time.monotonic()
+    post_fault(sim, kind="rest_error", status=503, duration=2.0)
     assert get(sim.base_url + "/fapi/v1/time").status == 503
     assert get(sim.base_url + "/api/v3/ping").status == 503
-    wait_until(lambda: time.monotonic() - started > 0.35)
-    assert get(sim.base_url + "/api/v3/ping").status == 200
+    wait_until(lambda: get(sim.base_url + "/api/v3/ping").status == 200, timeout=15, interval=0.05)
+    assert time.monotonic() - started >= 2.0
 
 
 def test_server_shutdown_event_then_close(sim, ws_factory):
@@ -206,7 +210,11 @@ def test_faults_list_clear_and_validation(sim):
         sim.inject("close", code=99)
 
 
-def test_scenario_schedules_faults(make_sim, ws_factory):
-    sim = make_sim(speed=60.0, scenario=({"at": 0.3, "kind": "close", "code": 1011},))
-    ws = ws_factory(sim.ws_url + "/ws/btcusdt@aggTrade")
-    assert read_until_close(ws)[0] == 1011
+def test_scenario_schedules_faults(make_sim):
+    # A lasting fault, observed when it shows: a close at 0.3 s would miss a
+    # client that a loaded machine connected only after it.
+    started = time.monotonic()
+    sim = make_sim(speed=60.0, scenario=({"at": 0.3, "kind": "rest_error", "status": 503, "duration": 60},))
+    wait_until(lambda: get(sim.base_url + "/api/v3/ping").status == 503, timeout=10,
+               what="the scheduled rest_error")
+    assert time.monotonic() - started >= 0.3, "not before its time"

@@ -43,19 +43,17 @@ def test_missing_pong_closes_the_connection(make_sim, ws_factory):
 
 def test_echoed_pongs_keep_the_connection_alive(make_sim, ws_factory):
     # Pongs count as incoming messages: lift that limit to ping fast.
-    sim = make_sim(ping_interval=0.05, pong_timeout=0.15, msg_rate_limit=100, **QUIET)
+    # Counted in pings, not in how many fit in a window: 12 pings answered
+    # span four pong timeouts, however slowly a loaded machine gets there.
+    sim = make_sim(ping_interval=0.1, pong_timeout=0.3, msg_rate_limit=100, **QUIET)
     ws = ws_factory(sim.ws_url + "/ws/btcusdt@aggTrade")
-    deadline = time.monotonic() + 0.6  # four pong timeouts
+    ws.settimeout(10)
     pings = 0
-    while time.monotonic() < deadline:
-        ws.settimeout(deadline - time.monotonic())
-        try:
-            opcode, _ = ws.recv_data_frame(control_frame=True)  # pongs echo automatically
-        except websocket.WebSocketTimeoutException:
-            break
-        assert opcode != ABNF.OPCODE_CLOSE
+    while pings < 12:
+        opcode, _ = ws.recv_data_frame(control_frame=True)  # pongs echo automatically
+        assert opcode != ABNF.OPCODE_CLOSE, f"closed after {pings} answered pings"
         pings += opcode == ABNF.OPCODE_PING
-    assert pings >= 5 and ws.connected
+    assert ws.connected
 
 
 def test_unsolicited_or_wrong_pongs_do_not_keep_alive(make_sim, ws_factory):
