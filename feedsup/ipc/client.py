@@ -31,6 +31,8 @@ from feedsup.curve import CurveKeyError, CurveKeys
 from feedsup.ipc.topics import HELLO_PREFIX
 
 unpackb = msgpack.unpackb
+# recv polls first after a miss; after this many receives it tries without.
+QUEUED_RETRY = 8
 
 DEFAULT_RCVHWM = 1_000_000
 # Larger frames are refused by ZeroMQ (it drops the connection): one frame
@@ -93,6 +95,8 @@ class Subscriber:
         self.on_gap = on_gap
         self._pending: deque[dict[str, Any]] = deque()
         self._skip_upto: dict[str, int] = {}
+        self._queued = False      # recv: were frames already waiting last time?
+        self._polled = 0
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next frame, or None after ``timeout`` seconds."""
@@ -102,12 +106,23 @@ class Subscriber:
         # already queued is taken without a clock read or a poll, and a
         # topic's next seq is checked inline; anything else is the tracker's.
         sock = self.sock
-        try:
-            sock.recv(zmq.NOBLOCK)            # topic frame; the payload repeats it
-        except zmq.Again:
+        if self._queued:
+            # Frames were waiting last time: try without a poll. A miss
+            # (zmq.Again, about as dear as a poll) sends us back to polling.
+            try:
+                sock.recv(zmq.NOBLOCK)        # topic frame; the payload repeats it
+            except zmq.Again:
+                self._queued = False
+                self._polled = 0
+        if not self._queued:
             if timeout is not None and not sock.poll(max(0, int(timeout * 1000))):
                 return None
             sock.recv()
+            self._polled += 1
+            # At a steady low rate every recv waits, and polling first is
+            # cheapest; after a run of receives, try the no-poll path again.
+            if self._polled >= QUEUED_RETRY:
+                self._queued = True
         frame = unpackb(sock.recv())
         topic = frame["topic"]
         seq = frame["seq"]
