@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 import nats  # noqa: E402
 
 from feedsup.ipc import frames  # noqa: E402
-from feedsup.procs import tied, wait_for  # noqa: E402
+from feedsup.procs import read_line, tied, wait_for  # noqa: E402
 from feedsup.sinks.cluster import NatsCluster  # noqa: E402
 from feedsup.sinks.config import NatsSink  # noqa: E402
 from feedsup.sinks.nats import NatsSinkThread  # noqa: E402
@@ -117,7 +117,7 @@ def sink_alone(cluster: NatsCluster, replicas: int, frames_n: int, topics: int) 
 
 def start_sim(*args: str) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(tied([sys.executable, "-m", "feedsup.sim", *args]), stdout=subprocess.PIPE, cwd=REPO)
-    return proc, json.loads(proc.stdout.readline())
+    return proc, json.loads(read_line(proc, 30))
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -179,10 +179,10 @@ def latency(cluster: NatsCluster, replicas: int, rate: int, seconds: float) -> t
                 wait_for(lambda: last_seq(cluster.urls) > 0, 30, "frames in JetStream")
                 js = subprocess.Popen([sys.executable, "-c", JS_CONSUMER, ",".join(cluster.urls), str(seconds)],
                                       stdout=subprocess.PIPE, text=True, cwd=REPO)
-                js.stdout.readline()
+                read_line(js, 30)
                 pub: list[float] = []
                 pub_latencies(f"ipc://{tmp}/pub", seconds, pub)
-                jsl = json.loads(js.stdout.readline())
+                jsl = json.loads(read_line(js, seconds + 30))
                 js.wait(30)
             finally:
                 stop(fs)

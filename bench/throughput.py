@@ -1,19 +1,23 @@
-"""End-to-end throughput and added latency: simulator -> feedsup -> consumer.
+"""End to end throughput, CPU per message and added latency: exchange ->
+feedsup (worker -> parent) -> a consumer in another process.
 
-    python bench/throughput.py [--count 300000] [--rate 5000] [--seconds 10]
+    python bench/throughput.py [--count 200000] [--seconds 5] [--skip-latency]
 
-Prints three tables:
+The exchange side is ``bench/kblast.py`` (combined ``btcusdt@kline_1m``
+messages, about 330 bytes; REST from the simulator). Prints:
 
-1. throughput: raw websocket-client receive from the simulator in blast mode
-   (a plain ``create_connection`` + ``recv_data`` loop in its own process,
-   the baseline) and end to end through feedsup (worker -> parent -> SUB),
-   measured in the same run against the same server, with their ratio;
-2. added latency at a steady ``--rate`` msgs/s: consumer receive time minus
-   the worker's receive stamp (``recv_ns``), p50/p99/max;
+1. throughput: a raw websocket-client ``recv_data`` loop (the baseline, its
+   own process) and feedsup end to end (the consumer is this process, using
+   ``feedsup.ipc.client.Subscriber``, every frame decoded), with the CPU
+   each process spent per message (utime + stime from /proc);
+2. added latency (worker receive stamp ``recv_ns`` -> consumer receive),
+   p50/p99/p99.9/max, at a steady 5,000 and 20,000 msgs/s, and at 5,000
+   while another stream (ETHUSDT) blasts through the same feedsup;
 3. RSS of every process.
 
 Every process runs for real on loopback; nothing is mocked. A benchmark,
-not a test: it prints figures and asserts nothing.
+not a test: it prints figures and asserts nothing. On a shared machine
+msgs/s swings with the load; CPU per message is the steadier figure.
 """
 
 from __future__ import annotations
@@ -21,45 +25,58 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import msgpack
-import zmq
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from feedsup.ipc.client import Subscriber  # noqa: E402
 from feedsup.procs import child_pids, read_line, rss_mb, tied  # noqa: E402
 
+TICK = os.sysconf("SC_CLK_TCK")
+
 RAW_CLIENT = r"""
-import sys, time, websocket
-url, count, over = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+import sys, time, os, websocket
+url, count = sys.argv[1], int(sys.argv[2])
 ws = websocket.create_connection(url, skip_utf8_validation=True)
-if over:
-    from feedsup.workers.fastrecv import install
-    install(ws)
 recv = ws.recv_data
 recv(True)
-t0 = time.perf_counter()
+t0 = time.perf_counter(); c0 = time.process_time()
 n = 1
 while n < count:
     op, _ = recv(True)
     if op in (1, 2):
         n += 1
-print(n / (time.perf_counter() - t0))
+dt = time.perf_counter() - t0
+print(n / dt, (time.process_time() - c0) / n * 1e6)
 """
 
 
-def start_sim(*args: str) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen(tied([sys.executable, "-m", "feedsup.sim", "--symbols", "BTCUSDT", *args]),
-                            stdout=subprocess.PIPE, cwd=REPO)
-    urls = json.loads(read_line(proc, 30))
-    return proc, urls
+def cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def start(argv: list[str]) -> tuple[subprocess.Popen, dict]:
+    proc = subprocess.Popen(tied([sys.executable, *argv]), stdout=subprocess.PIPE, cwd=REPO)
+    return proc, json.loads(read_line(proc, 30))
+
+
+def start_exchange(count: int, rates: dict[str, int] | None = None) -> tuple[list[subprocess.Popen], dict]:
+    sim, urls = start(["-m", "feedsup.sim", "--symbols", "BTCUSDT,ETHUSDT"])
+    args = ["bench/kblast.py", "--count", str(count)]
+    for symbol, rate in (rates or {}).items():
+        args += ["--rate", f"{symbol}={rate}"]
+    blast, kb = start(args)
+    return [sim, blast], {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]}
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -72,15 +89,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def raw_receive(urls: dict, count: int, over: bool) -> float:
-    url = urls["ws_url"] + "/ws/btcusdt@aggTrade"
-    out = subprocess.run([sys.executable, "-c", RAW_CLIENT, url, str(count), "1" if over else "0"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300, check=True)
-    return float(out.stdout.strip())
-
-
-def write_config(tmp: Path, urls: dict) -> Path:
+def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",)) -> Path:
     path = tmp / "bench.toml"
+    streams = "".join(f"""
+[[stream]]
+name = "k{s.lower()}"
+market = "spot"
+channel = "kline"
+intervals = ["1m"]
+symbols = ["{s}"]
+""" for s in symbols)
     path.write_text(f"""
 [feedsup]
 pub = "ipc://{tmp}/pub"
@@ -91,64 +109,8 @@ ws_url = "{urls['ws_url']}"
 rest_url = "{urls['rest_url']}"
 [connection]
 stale_after = 0
-[[stream]]
-name = "price"
-market = "spot"
-channel = "aggTrade"
-symbols = ["BTCUSDT"]
-""")
+{streams}""")
     return path
-
-
-class Consumer:
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"aggTrade.")
-        self.sub.connect(endpoint)
-
-    def take(self, last_id: int, timeout: float) -> tuple[float, list[int], int]:
-        """Receive until agg id ``last_id`` (blast ids run 1..count); return
-        (msgs/s, agg ids received, seq gaps). Frames published before this
-        SUB's subscription reached the PUB are not ours to count: the first
-        id received tells how many that were."""
-        recv = self.sub.recv
-        unpackb = msgpack.unpackb
-        ids: list[int] = []
-        gaps, last_seq = 0, None
-        if not self.sub.poll(int(timeout * 1000)):
-            raise SystemExit("no frames from feedsup")
-        t0 = time.perf_counter()
-        while not ids or ids[-1] < last_id:
-            if not self.sub.poll(int(timeout * 1000)):
-                break
-            recv()
-            frame = unpackb(recv())
-            ids.append(frame["data"]["agg_id"])
-            if last_seq is not None and frame["seq"] != last_seq + 1:
-                gaps += 1
-            last_seq = frame["seq"]
-        return len(ids) / (time.perf_counter() - t0), ids, gaps
-
-    def latencies(self, seconds: float) -> list[float]:
-        recv = self.sub.recv
-        unpackb = msgpack.unpackb
-        time_ns = time.time_ns
-        out = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if not self.sub.poll(100):
-                continue
-            recv()
-            payload = recv()
-            now = time_ns()
-            out.append((now - unpackb(payload)["recv_ns"]) / 1e6)
-        return out
-
-    def close(self) -> None:
-        self.sub.close(0)
-        self.ctx.term()
 
 
 def run_feedsup(config: Path) -> subprocess.Popen:
@@ -156,82 +118,138 @@ def run_feedsup(config: Path) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, cwd=REPO)
 
 
-def throughput(count: int) -> dict:
-    sim, urls = start_sim("--blast", "--blast-count", str(count))
-    try:
-        raw = raw_receive(urls, count, over=False)
-        raw_over = raw_receive(urls, count, over=True)
-        with tempfile.TemporaryDirectory(prefix="feedsup-bench-") as tmp:
-            config = write_config(Path(tmp), urls)
-            consumer = Consumer(f"ipc://{tmp}/pub")
-            fs = run_feedsup(config)
-            try:
-                e2e, ids, gaps = consumer.take(count, timeout=30)
-            finally:
-                stop(fs)
-                consumer.close()
-    finally:
-        stop(sim)
-    lost = (ids[-1] - ids[0] + 1 - len(ids)) if ids else count
-    before_join = ids[0] - 1 if ids else count
-    return {"raw": raw, "raw_over": raw_over, "e2e": e2e, "received": len(ids), "lost": lost, "gaps": gaps,
-            "before_join": before_join}
+def raw_receive(ws_url: str, count: int) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", RAW_CLIENT, ws_url + "/stream?streams=btcusdt@kline_1m",
+                          str(count)], capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+    rate, cpu = out.stdout.split()
+    return float(rate), float(cpu)
 
 
-def latency(rate: int, seconds: float) -> tuple[list[float], dict[str, float]]:
-    # aggTrade events per wall second = trade_rate x speed. A 1 ms engine
-    # tick spreads them out: a steady rate, not bursts of one tick's events.
-    sim, urls = start_sim("--speed", "10", "--trade-rate", str(rate / 10), "--tick", "0.001")
+def consume(sub: Subscriber, count: int, timeout: float = 20.0) -> tuple[int, float, int]:
+    """Take frames until the blast's last one (``last_trade_id`` runs from
+    1000); return (frames, seconds from the first, index of the first)."""
+    frame = sub.recv(timeout=60)
+    if frame is None:
+        raise SystemExit("no frames from feedsup")
+    t0 = time.perf_counter()
+    first = frame["data"]["last_trade_id"] - 1000
+    last_index = count - 1 + 1000
+    n = 1
+    recv = sub.recv
+    while True:
+        frame = recv(timeout)
+        if frame is None:
+            break
+        n += 1
+        if frame["data"]["last_trade_id"] >= last_index:
+            break
+    return n, time.perf_counter() - t0, first
+
+
+def feedsup_pids(fs: subprocess.Popen) -> dict[str, int]:
+    pids = {"parent": fs.pid}
+    for i, pid in enumerate(sorted(child_pids(fs.pid))):
+        pids[f"worker {i + 1}" if i else "worker"] = pid
+    return pids
+
+
+def end_to_end(count: int) -> dict:
+    """feedsup, one kline stream, ``count`` blasted messages; the consumer here."""
+    procs, urls = start_exchange(count)
     try:
+        raw, raw_cpu = raw_receive(urls["ws_url"], count)
         with tempfile.TemporaryDirectory(prefix="feedsup-bench-") as tmp:
             config = write_config(Path(tmp), urls)
-            consumer = Consumer(f"ipc://{tmp}/pub")
+            sub = Subscriber(f"ipc://{tmp}/pub", ["kline."])
             fs = run_feedsup(config)
             try:
-                consumer.latencies(2.0)               # warm-up
-                samples = consumer.latencies(seconds)
-                rss = {"simulator": rss_mb(sim.pid), "parent": rss_mb(fs.pid), "consumer (bench)": rss_mb(os.getpid())}
-                for i, pid in enumerate(sorted(child_pids(fs.pid))):
-                    rss[f"worker {i + 1}"] = rss_mb(pid)
+                first = sub.recv(timeout=60)
+                if first is None:
+                    raise SystemExit("no frames from feedsup")
+                # The worker connected a second connection to kblast; the
+                # frames so far are its first; from here CPU is counted.
+                pids = feedsup_pids(fs)
+                pids["consumer"] = os.getpid()
+                before = {name: cpu_s(pid) for name, pid in pids.items()}
+                n, seconds, start_at = consume(sub, count)
+                after = {name: cpu_s(pid) for name, pid in pids.items()}
+                rss = {name: rss_mb(pid) for name, pid in pids.items()}
             finally:
                 stop(fs)
-                consumer.close()
+                sub.close()
     finally:
-        stop(sim)
-    return samples, rss
+        for p in procs:
+            stop(p)
+    cpu = {name: (after[name] - before[name]) / n * 1e6 for name in pids}
+    return {"raw": raw, "raw_cpu": raw_cpu, "rate": n / seconds, "n": n, "cpu": cpu, "rss": rss,
+            "gaps": len(sub.gaps), "first": start_at}
+
+
+def latency(rate: int, seconds: float, blast_other: bool = False) -> tuple[list[float], float]:
+    procs, urls = start_exchange(0, {"BTCUSDT": rate})
+    symbols = ("BTCUSDT", "ETHUSDT") if blast_other else ("BTCUSDT",)
+    try:
+        with tempfile.TemporaryDirectory(prefix="feedsup-bench-") as tmp:
+            config = write_config(Path(tmp), urls, symbols)
+            sub = Subscriber(f"ipc://{tmp}/pub", ["kline.BTCUSDT"])
+            fs = run_feedsup(config)
+            try:
+                if sub.recv(timeout=60) is None:
+                    raise SystemExit("no frames from feedsup")
+                samples = []
+                time_ns = time.time_ns
+                recv = sub.recv
+                end = time.monotonic() + 1.0       # warm-up
+                while time.monotonic() < end:
+                    recv(1.0)
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    frame = recv(1.0)
+                    if frame is not None:
+                        samples.append((time_ns() - frame["recv_ns"]) / 1e6)
+            finally:
+                stop(fs)
+                sub.close()
+    finally:
+        for p in procs:
+            stop(p)
+    return samples, len(samples) / seconds
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=300_000, help="messages per throughput run")
-    ap.add_argument("--rate", type=int, default=5000, help="steady rate for the latency run, msgs/s")
-    ap.add_argument("--seconds", type=float, default=10.0, help="latency sampling time")
+    ap.add_argument("--count", type=int, default=200_000, help="messages in the throughput run")
+    ap.add_argument("--seconds", type=float, default=5.0, help="latency sampling time per rate")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
 
-    t = throughput(args.count)
-    print(f"\nthroughput ({args.count:,} aggTrade messages, simulator blast mode, {os.cpu_count()} cores)")
-    print(f"  {'path':44} {'msgs/s':>10}")
-    print(f"  {'raw websocket-client recv_data loop':44} {t['raw']:>10,.0f}")
-    print(f"  {'raw, with feedsup over-reading frame buffer':44} {t['raw_over']:>10,.0f}")
-    print(f"  {'end to end: sim -> worker -> parent -> SUB':44} {t['e2e']:>10,.0f}")
-    print(f"  ratio end-to-end / raw websocket-client: {t['e2e'] / t['raw']:.2f}")
-    print(f"  received {t['received']:,}, lost {t['lost']}, seq gaps {t['gaps']}"
-          f" (published before the consumer's subscription was live: {t['before_join']})")
+    if not args.skip_throughput:
+        t = end_to_end(args.count)
+        print(f"\nthroughput: {args.count:,} combined btcusdt@kline_1m messages, blasted, {os.cpu_count()} cores")
+        print(f"  {'path':44} {'msgs/s':>10} {'CPU us/msg':>11}")
+        print(f"  {'raw websocket-client recv_data loop':44} {t['raw']:>10,.0f} {t['raw_cpu']:>11.2f}")
+        total = sum(t["cpu"].values())
+        print(f"  {'feedsup: worker -> parent -> consumer':44} {t['rate']:>10,.0f} {total:>11.2f}")
+        for name, us in t["cpu"].items():
+            print(f"    {name:42} {'':>10} {us:>11.2f}")
+        print(f"  ratio feedsup / raw: {t['rate'] / t['raw']:.2f}; received {t['n']:,} (from index {t['first']}),"
+              f" seq gaps {t['gaps']}")
+        print("  RSS MB: " + ", ".join(f"{k} {v:.1f}" for k, v in t["rss"].items()))
 
-    samples, rss = latency(args.rate, args.seconds)
-    measured = len(samples) / args.seconds
-    print(f"\nadded latency at {args.rate:,} msgs/s (measured {measured:,.0f} msgs/s, {len(samples):,} samples)")
-    print("  worker receive -> consumer receive, ms")
-    print(f"  p50 {statistics.median(samples):.3f}   p99 {pct(samples, 0.99):.3f}   max {max(samples):.3f}")
-
-    print("\nRSS per process, MB")
-    for name, mb in rss.items():
-        print(f"  {name:20} {mb:6.1f}")
+    if not args.skip_latency:
+        print("\nadded latency, worker receive -> consumer receive, ms")
+        print(f"  {'load':36} {'msgs/s':>8} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
+        for label, rate, other in (("steady 5,000/s", 5000, False), ("steady 20,000/s", 20000, False),
+                                   ("5,000/s while ETHUSDT blasts", 5000, True)):
+            samples, measured = latency(rate, args.seconds, other)
+            print(f"  {label:36} {measured:>8,.0f} {pct(samples, 0.5):>7.3f} {pct(samples, 0.99):>7.3f}"
+                  f" {pct(samples, 0.999):>7.3f} {max(samples, default=float('nan')):>7.3f}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from feedsup.ipc.client import Subscriber, request
-from feedsup.procs import alive, tied
+from feedsup.procs import alive, read_line, tied
 
 # Faults that end the targeted connection (recovery = a new worker streams).
 # ``outage`` is exchange-wide: every connection drops, upgrades and REST fail.
@@ -150,7 +150,7 @@ class ChaosRun:
                   "--symbols", ",".join(self.o.symbols), "--trade-rate", str(self.o.trade_rate),
                   "--ping-interval", "2", "--pong-timeout", "5"]),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.urls = json.loads(self.sim.stdout.readline())
+        self.urls = json.loads(read_line(self.sim, 30))
         config = self._write_config()
         self.consumer = _Consumer(f"ipc://{self.dir}/pub", self.PREFIXES)
         self.consumer.start()

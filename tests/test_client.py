@@ -30,3 +30,43 @@ def test_topics_are_independent():
     t.observe("b", 7)
     assert t.observe("a", 2) is None
     assert t.observe("b", 8) is None
+
+
+def test_subscriber_recv_reports_holes_and_restarts_from_real_frames():
+    """Subscriber.recv's inline seq check hands every frame over and leaves
+    holes and restarts to the tracker (on_gap), whatever the topic mix."""
+    import msgpack
+    import zmq
+
+    from feedsup.ipc.client import Subscriber
+    from feedsup.procs import wait_for
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("inproc://client-gaps")
+    gaps = []
+    sub = Subscriber("inproc://client-gaps", ["a", "b", "warm"], ctx=ctx, on_gap=gaps.append)
+
+    def send(topic: str, seq: int) -> None:
+        pub.send(topic.encode(), zmq.SNDMORE)
+        pub.send(msgpack.packb({"topic": topic, "seq": seq, "data": None}))
+
+    warm = iter(range(1, 10_000))
+
+    def subscribed() -> bool:
+        send("warm", next(warm))
+        return sub.recv(timeout=0.01) is not None
+    try:
+        assert wait_for(subscribed, 5)
+        while sub.recv(timeout=0.05) is not None:    # warm-ups still queued
+            pass
+        for topic, seq in (("a", 1), ("a", 2), ("b", 7), ("a", 5), ("b", 8), ("a", 1)):
+            send(topic, seq)
+        got = [sub.recv(timeout=5) for _ in range(6)]
+        assert [(f["topic"], f["seq"]) for f in got] == [("a", 1), ("a", 2), ("b", 7), ("a", 5), ("b", 8), ("a", 1)]
+        assert [(g.topic, g.missed, g.restart) for g in gaps] == [("a", 2, False), ("a", 0, True)]
+        assert sub.recv(timeout=0.01) is None
+    finally:
+        sub.close()
+        pub.close(0)
+        ctx.term()

@@ -210,3 +210,55 @@ def test_fragments_adding_up_past_the_cap_are_refused():
 
 def test_default_cap_is_a_few_megabytes():
     assert 1 << 20 <= DEFAULT_MAX_FRAME <= 16 << 20
+
+
+# -- the reading loop's fast path (next_message) ---------------------------------
+
+def _fragmented(payload: bytes) -> bytes:
+    half = len(payload) // 2
+    return bytes([0x01, half]) + payload[:half] + bytes([0x80, len(payload) - half]) + payload[half:]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["text", "binary", "pong", "fragmented"]),
+                          st.sampled_from([0, 1, 125, 126, 127, 300, 65535, 65536, 70000])),
+                min_size=1, max_size=25), st.data())
+def test_next_message_with_websocket_client_behind_it_yields_every_message_in_order(frames_, data):
+    """The worker's loop: take whole data frames from the buffer, anything
+    else through websocket-client's recv_data on the same buffer. Whatever
+    the frames and the read boundaries, the messages come out as sent."""
+    expected, wire = [], b""
+    for i, (kind, size) in enumerate(frames_):
+        payload = bytes([65 + i % 26]) * (min(size, 120) if kind in ("pong", "fragmented") else size)
+        if kind == "fragmented":
+            wire += _fragmented(payload)
+        else:
+            wire += _server_frame(payload, {"text": 1, "binary": 2, "pong": 10}[kind])
+        expected.append((kind == "pong", payload))
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(wire)), max_size=30))
+    reader = OverReader(chunked_source(wire, cuts), chunk=data.draw(st.sampled_from([64, 4096, 65536])))
+    ws = websocket.WebSocket(skip_utf8_validation=True)
+    ws.frame_buffer = websocket._abnf.frame_buffer(reader.recv_strict, True)
+    got = []
+    for _ in expected:
+        payload = reader.next_message()
+        if payload is None:
+            opcode, payload = ws.recv_data(True)
+            got.append((opcode == websocket.ABNF.OPCODE_PONG, bytes(payload)))
+        else:
+            got.append((False, payload))
+    assert got == expected
+    assert reader.buffered() == 0
+
+
+def test_next_message_leaves_masked_oversized_and_cut_frames_to_websocket_client():
+    masked = bytes([0x81, 0x80 | 3]) + b"\x01\x02\x03\x04" + b"abc"
+    for wire in (masked, _server_frame(b"x" * 70000), _server_frame(b"x" * 300)[:3],
+                 _server_frame(b"x" * 300)[:200], bytes([0xC1, 1]) + b"x"):   # RSV1 set
+        reader = OverReader(chunked_source(wire, []))
+        reader._buf, reader._pos = wire, 0
+        assert reader.next_message() is None
+        assert reader.buffered() == len(wire)      # nothing consumed
+    reader = OverReader(chunked_source(b"", []), max_frame=100)
+    reader._buf = _server_frame(b"x" * 200)
+    assert reader.next_message() is None            # over the cap: websocket-client's path refuses it

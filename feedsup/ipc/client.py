@@ -30,6 +30,10 @@ import zmq
 from feedsup.curve import CurveKeyError, CurveKeys
 from feedsup.ipc.topics import HELLO_PREFIX
 
+unpackb = msgpack.unpackb
+# recv polls first after a miss; after this many receives it tries without.
+QUEUED_RETRY = 8
+
 DEFAULT_RCVHWM = 1_000_000
 # Larger frames are refused by ZeroMQ (it drops the connection): one frame
 # is one exchange message (at most fastrecv's cap) in its envelope.
@@ -91,9 +95,49 @@ class Subscriber:
         self.on_gap = on_gap
         self._pending: deque[dict[str, Any]] = deque()
         self._skip_upto: dict[str, int] = {}
+        self._queued = False      # recv: were frames already waiting last time?
+        self._polled = 0
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next frame, or None after ``timeout`` seconds."""
+        if self._pending or self._skip_upto:
+            return self._recv_slow(timeout)
+        # The common case, kept flat (a consumer's per-frame cost): a frame
+        # already queued is taken without a clock read or a poll, and a
+        # topic's next seq is checked inline; anything else is the tracker's.
+        sock = self.sock
+        if self._queued:
+            # Frames were waiting last time: try without a poll. A miss
+            # (zmq.Again, about as dear as a poll) sends us back to polling.
+            try:
+                sock.recv(zmq.NOBLOCK)        # topic frame; the payload repeats it
+            except zmq.Again:
+                self._queued = False
+                self._polled = 0
+        if not self._queued:
+            if timeout is not None and not sock.poll(max(0, int(timeout * 1000))):
+                return None
+            sock.recv()
+            self._polled += 1
+            # At a steady low rate every recv waits, and polling first is
+            # cheapest; after a run of receives, try the no-poll path again.
+            if self._polled >= QUEUED_RETRY:
+                self._queued = True
+        frame = unpackb(sock.recv())
+        topic = frame["topic"]
+        seq = frame["seq"]
+        last = self.tracker.last
+        prev = last.get(topic)
+        if prev is not None and seq == prev + 1:
+            last[topic] = seq
+            return frame
+        gap = self.tracker.observe(topic, seq)
+        if gap is not None and self.on_gap is not None:
+            self.on_gap(gap)
+        return frame
+
+    def _recv_slow(self, timeout: float | None) -> dict[str, Any] | None:
+        """``recv`` with frames buffered by ``catch_up`` or still to skip."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             frame = self._next(deadline)
@@ -115,7 +159,7 @@ class Subscriber:
             if not self.sock.poll(wait):
                 return None
         self.sock.recv()                      # topic frame; the payload repeats it
-        return msgpack.unpackb(self.sock.recv())
+        return unpackb(self.sock.recv())
 
     def _next(self, deadline: float | None) -> dict[str, Any] | None:
         if self._pending:

@@ -69,6 +69,9 @@ CONTROL_MAX_MESSAGE = 1 << 20
 MAX_HELLOS = 1024
 # Channels whose history Binance does not serve: when their source is lost
 # the parent announces a gap, and closes it with the next regular frame.
+# The head of a published payload: map header, "seq", uint32 marker, seq.
+_SEQ_HEAD = struct.Struct(">B4sBI")
+assert len(frames.SEQ_KEY) == 4
 NO_HISTORY = frozenset({"bookTicker", "miniTicker", "ticker", "markPrice", "depth"})
 
 
@@ -290,7 +293,13 @@ class Parent:
         # (``_reject``). The checks cost a few comparisons per record.
         recv = pull.recv
         send = pub.send
-        admit = self.sequencer.admit
+        sequencer = self.sequencer
+        admit = sequencer.admit
+        # Sequencer.admit inlined for the common case (a topic's next frame):
+        # one dict read and two dict writes instead of three calls.
+        marks = sequencer._marks
+        seqs = sequencer._seq
+        splice = _SEQ_HEAD.pack
         unpack_header = frames.HEADER.unpack_from
         unpack_batch = frames.BATCH_HEAD.unpack_from
         header_end = frames.HEADER_END
@@ -370,16 +379,27 @@ class Parent:
                         if bad:
                             break
                         continue
-                    seq = admit(topic, major, minor, final)
-                    if not seq:
-                        continue
+                    mark = marks.get(topic)
+                    if mark is not None and (major > mark[0] or (major == mark[0] and not mark[2]
+                                                                 and (final or minor > mark[1]))):
+                        # is_newer, inlined: strictly after the topic's mark
+                        marks[topic] = (major, minor, final)
+                        seq = seqs.get(topic, 0) + 1
+                        seqs[topic] = seq
+                    else:
+                        seq = admit(topic, major, minor, final)   # first of its topic, or a repeat
+                        if not seq:
+                            continue
                     if open_gaps and topic in open_gaps:
                         # The notice takes this seq, the frame the next one.
                         self._close_gap(topic, message[body_at:pos], seq)
-                        seq = self.sequencer.next_seq(topic)
-                    # Splice seq into the body's msgpack map (frames.with_seq, inlined).
-                    payload = b"".join((bytes((head + 1,)), seq_key, packb(seq),
-                                        message[body_at + 1:pos]))
+                        seq = sequencer.next_seq(topic)
+                    # Splice seq into the body's msgpack map (frames.with_seq,
+                    # inlined): seq as a msgpack uint32 from one struct pack.
+                    if seq <= 0xFFFFFFFF:
+                        payload = splice(head + 1, seq_key, 0xCE, seq) + message[body_at + 1:pos]
+                    else:
+                        payload = b"".join((bytes((head + 1,)), seq_key, packb(seq), message[body_at + 1:pos]))
                     send(topic, sndmore)
                     send(payload)
                     last_values[topic] = payload

@@ -24,7 +24,7 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
-from feedsup.workers import backfill, rest, restlimit
+from feedsup.workers import backfill, fastrecv, rest, restlimit
 from feedsup.workers.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
                                      close_reason, receive)
@@ -103,49 +103,54 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
     counters = rt.counters
     uplink_send = rt.uplink.send
     recv = ws.recv_data
+    reader = fastrecv.reader_of(ws)
+    # Whole data frames already buffered skip websocket-client's frame
+    # parser; anything else (control frames, fragments, an empty buffer,
+    # where the uplink is flushed before blocking) takes recv_data.
+    buffered = reader.next_message if reader is not None else _nothing
     loads = orjson.loads
-    packb = msgpack.packb
-    encode_data = frames.encode_data
+    encode = frames.DataEncoder(rt.name).encode
     time_ns = time.time_ns
-    name = rt.name
-    topics: dict[str, bytes] = {}
     first = not streaming
     while True:
-        try:
-            opcode, payload = recv(True)
-        except (OSError, websocket.WebSocketException) as exc:
-            raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
-        if opcode == OP_TEXT or opcode == OP_BINARY:
-            recv_ns = time_ns()
-            counters.msgs += 1
-            counters.bytes += len(payload)
+        payload = buffered()
+        if payload is None:
             try:
-                msg = loads(payload)
-                event = msg["data"]
-                topic, data, major, minor, final = normalise(event)
-            except (ValueError, KeyError, TypeError, MalformedEvent):
-                handle_other(rt, payload)
+                opcode, payload = recv(True)
+            except (OSError, websocket.WebSocketException) as exc:
+                raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+            if opcode != OP_TEXT and opcode != OP_BINARY:
+                if opcode == OP_PONG:
+                    rt.pinger.on_pong(payload)
+                elif opcode == OP_CLOSE:
+                    reason, code = close_reason(payload)
+                    raise ConnectionEnded(rt.ending or reason, close_code=code)
                 continue
-            tb = topics.get(topic)
-            if tb is None:
-                tb = topics[topic] = topic.encode()
-            body = packb({"topic": topic, "stream": name, "recv_ns": recv_ns, "data": data})
-            if check is not None and (resume := check(topic, major, final, data)) is not None:
-                if resume == backfill.MALFORMED:      # an impossible jump: hostile or corrupt
-                    counters.malformed += 1
-                    continue
-                return Entry(topic, major, resume, encode_data(tb, major, minor, final, body)), not first
-            uplink_send(encode_data(tb, major, minor, final, body))
-            counters.last_event_ms = event.get("E") or event.get("T") or 0
-            counters.last_recv_ms = recv_ns // 1_000_000
-            if first:
-                first = False
-                rt.streaming()
-        elif opcode == OP_PONG:
-            rt.pinger.on_pong(payload)
-        elif opcode == OP_CLOSE:
-            reason, code = close_reason(payload)
-            raise ConnectionEnded(rt.ending or reason, close_code=code)
+        recv_ns = time_ns()
+        counters.msgs += 1
+        counters.bytes += len(payload)
+        try:
+            event = loads(payload)["data"]
+            topic, data, major, minor, final = normalise(event)
+        except (ValueError, KeyError, TypeError, MalformedEvent):
+            handle_other(rt, payload)
+            continue
+        record = encode(topic, major, minor, final, recv_ns, data)
+        if check is not None and (resume := check(topic, major, final, data)) is not None:
+            if resume == backfill.MALFORMED:      # an impossible jump: hostile or corrupt
+                counters.malformed += 1
+                continue
+            return Entry(topic, major, resume, record), not first
+        uplink_send(record)
+        counters.last_event_ms = event.get("E") or event.get("T") or 0
+        counters.last_recv_ms = recv_ns // 1_000_000
+        if first:
+            first = False
+            rt.streaming()
+
+
+def _nothing() -> None:
+    return None
 
 
 def handle_other(rt: Runtime, payload: bytes) -> None:
