@@ -277,3 +277,16 @@ def test_a_worker_terminated_for_another_reason_still_delivers_what_it_has(paren
     parent._execute([pol.Terminate(1, "restart requested")])
     pub = drain(parent, frames.encode_batch(1, [data(2)]))
     assert [p["data"]["agg_id"] for p in pub.payloads()] == [1, 2]
+
+
+def test_a_worker_gap_notice_for_ids_already_delivered_is_not_published(parent):
+    # A rotation successor whose REST failed announces what the old worker
+    # published meanwhile; only the part past the watermark is a loss.
+    def gap_record(lo: int, hi: int) -> bytes:
+        return frames.encode_gap(TOPIC, frames.encode_gap_body(TOPIC.decode(), "price", 1, None, None,
+                                                               "backfill failed", from_id=lo, to_id=hi))
+    pub = drain(parent, frames.encode_batch(1, [data(1), data(2), data(3)]),
+                frames.encode_batch(1, [gap_record(1, 3), gap_record(2, 5)]))
+    gaps = [p["gap"] for p in pub.payloads() if p.get("gap")]
+    assert [(g["from_id"], g["to_id"]) for g in gaps] == [(4, 5)]
+    assert killed(parent) == {}

@@ -52,3 +52,41 @@ def test_any_replay_order_delivers_each_id_at_most_once_and_increasing(ids):
 def test_is_newer_final_blocks_same_major():
     assert not is_newer((5, 0, True), 5, 1, True)
     assert is_newer((5, 0, False), 5, 0, True)
+
+
+# -- worker gap notices against what was delivered ---------------------------------
+
+def test_a_gap_wholly_at_or_below_the_watermark_is_not_a_loss():
+    # A rotation successor whose REST failed announces ids the old worker
+    # had already delivered: consumers must not be told they lost them.
+    seq = Sequencer()
+    seq.admit(b"aggTrade.X", 100, 0, True)
+    assert seq.trim_gap(b"aggTrade.X", {"from_id": 90, "to_id": 100, "reason": "r"}, kline=False) is None
+
+
+def test_a_gap_reaching_past_the_watermark_starts_after_it():
+    seq = Sequencer()
+    seq.admit(b"aggTrade.X", 100, 0, True)
+    gap = {"from_id": 90, "to_id": 120, "from_ms": 5, "to_ms": 9, "reason": "r"}
+    assert seq.trim_gap(b"aggTrade.X", gap, kline=False) == {**gap, "from_id": 101}
+    open_ended = {"from_id": 90, "to_id": None, "reason": "r"}
+    assert seq.trim_gap(b"aggTrade.X", open_ended, kline=False) == {**open_ended, "from_id": 101}
+
+
+def test_kline_gaps_are_judged_by_the_last_closed_kline_delivered():
+    seq = Sequencer()
+    seq.admit(b"kline.X.1m", 120_000, 179_999, True)          # closed: 120000 delivered in full
+    assert seq.trim_gap(b"kline.X.1m", {"from_ms": 60_000, "to_ms": 120_000}, kline=True) is None
+    assert seq.trim_gap(b"kline.X.1m", {"from_ms": 60_000, "to_ms": 240_000}, kline=True) == {
+        "from_ms": 120_001, "to_ms": 240_000}
+    seq.admit(b"kline.X.1m", 180_000, 1, False)                # open: 180000 not delivered in full
+    assert seq.trim_gap(b"kline.X.1m", {"from_ms": 180_000, "to_ms": 180_000}, kline=True) == {
+        "from_ms": 180_000, "to_ms": 180_000}
+
+
+def test_without_a_watermark_or_bounds_a_gap_stands_as_sent():
+    seq = Sequencer()
+    gap = {"from_id": 1, "to_id": 2}
+    assert seq.trim_gap(b"aggTrade.X", gap, kline=False) == gap
+    seq.admit(b"aggTrade.X", 100, 0, True)
+    assert seq.trim_gap(b"aggTrade.X", {"from_ms": 1, "to_ms": 2}, kline=False) == {"from_ms": 1, "to_ms": 2}

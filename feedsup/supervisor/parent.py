@@ -464,6 +464,15 @@ class Parent:
             return "gap record body is not msgpack"
         if type(fields) is not dict or type(fields.get("gap")) is not dict or fields.get("data") is not None:
             return "gap record body is not a gap notice"
+        stream = self._streams.get(self._topic_owner.get(topic.decode(errors="replace"), ""))
+        if stream is not None and stream.channel not in NO_HISTORY:
+            # What this topic already delivered is no loss (a rotation
+            # successor whose REST failed names ids its predecessor published).
+            gap = self.sequencer.trim_gap(topic, fields["gap"], kline=stream.channel == "kline")
+            if gap is None:
+                return None
+            if gap is not fields["gap"]:
+                body = msgpack.packb({**fields, "gap": gap})
         self._publish(topic, body)
         return None
 

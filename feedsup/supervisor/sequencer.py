@@ -15,6 +15,8 @@ so its size is bounded by the config, not by clients or time.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Sequencer:
     def __init__(self) -> None:
@@ -37,6 +39,23 @@ class Sequencer:
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
         return seq
+
+    def trim_gap(self, topic: bytes, gap: dict[str, Any], kline: bool) -> dict[str, Any] | None:
+        """A worker's gap notice less what this topic already delivered: None
+        when all of it was (a rotation successor whose REST failed announces
+        ids the old worker had published), else the gap from after the
+        watermark. Trades and aggTrades are judged by ``from_id``/``to_id``,
+        klines by open times (``from_ms``/``to_ms``) against the last kline
+        delivered closed. A gap without those bounds stands as sent."""
+        mark = self._marks.get(topic)
+        lo_key, hi_key = ("from_ms", "to_ms") if kline else ("from_id", "to_id")
+        lo, hi = gap.get(lo_key), gap.get(hi_key)
+        if mark is None or type(lo) is not int:
+            return gap
+        delivered = mark[0] if mark[2] else mark[0] - 1     # as watermarks() says
+        if type(hi) is int and hi <= delivered:
+            return None
+        return {**gap, lo_key: delivered + 1} if lo <= delivered else gap
 
     def watermarks(self) -> dict[str, int]:
         """Last delivered final exchange id per topic, for resuming workers.
