@@ -36,7 +36,7 @@ from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
 from feedsup.workers import restlimit
 from feedsup.workers.runtime import EXIT_FATAL
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.spec import WorkerSpec
 
 log = logging.getLogger("feedsup.parent")
 

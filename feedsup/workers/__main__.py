@@ -10,7 +10,7 @@ import sys
 from feedsup.ipc.frames import PROTOCOL_VERSION
 from feedsup.procs import die_with_parent
 from feedsup.workers.runtime import EXIT_FATAL, ConnectionEnded, Runtime
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.spec import WorkerSpec
 
 # One worker kind per stream kind.
 KINDS = {"account": "feedsup.workers.account", "depth": "feedsup.workers.depth"}

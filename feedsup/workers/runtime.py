@@ -25,7 +25,7 @@ from feedsup import procs
 from feedsup.ipc.frames import Control
 from feedsup.workers import fastrecv
 from feedsup.workers.keepalive import Pinger
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.spec import WorkerSpec
 from feedsup.workers.uplink import Uplink
 
 log = logging.getLogger("feedsup.worker")
