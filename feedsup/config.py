@@ -154,7 +154,7 @@ CONNECTION_KEYS = tuple(f.name for f in fields(Connection))
 # Where each channel exists. ``markPrice`` is futures-only. Futures routes
 # (../shared/FACTS.md) list aggTrade, kline, markPrice and tickers on /market
 # and bookTicker and depth on /public; ``trade`` is served on /market too
-# (kept in step with feedsup/workers/streams.py, which builds the URLs).
+# (kept in step with feedsup/binance/streams.py, which builds the URLs).
 CHANNELS_BY_MARKET = {
     "spot": frozenset(CHANNELS) - {"markPrice"},
     # USD-M lists no raw @trade stream; a subscription would be acknowledged

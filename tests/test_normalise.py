@@ -324,7 +324,7 @@ def test_simulator_events_normalise_on_our_routes(market, channel):
     from feedsup.sim.options import DEFAULT_START_MS as T0
     from feedsup.sim.streams import deliverable, parse_stream
     from feedsup.sim.symbols import spec_for
-    from feedsup.workers.streams import route, stream_names
+    from feedsup.binance.streams import route, stream_names
 
     stream = Stream(name="s", market=market, channel=channel, symbols=("BTCUSDT",),
                     intervals=("1m",))

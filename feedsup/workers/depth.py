@@ -45,7 +45,7 @@ from feedsup.workers.market import (check_symbols, handle_other,
                                     wait_readable)
 from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
 from feedsup.workers.runtime import Runtime, receive
-from feedsup.workers.streams import stream_url
+from feedsup.binance.streams import stream_url
 
 log = logging.getLogger("feedsup.worker.depth")
 

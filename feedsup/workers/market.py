@@ -28,7 +28,7 @@ from feedsup.workers import backfill, rest, restlimit
 from feedsup.workers.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
                                      close_reason, receive)
-from feedsup.workers.streams import stream_url
+from feedsup.binance.streams import stream_url
 
 
 
