@@ -18,7 +18,7 @@ from feedsup.workers.account_normalise import (
 )
 from feedsup.workers.account_spot import SUBSCRIBE, subscribe_request, subscription_id
 from feedsup.workers.account_usdm import KEEPALIVE_INTERVAL, keepalive_interval, private_url
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded
 
 # --- Binance's documented payloads (user-data-stream.md, futures user data docs) ----------

@@ -5,7 +5,7 @@ import pytest
 
 from feedsup.config import Stream
 from feedsup.ipc.frames import DATA, encode_body, encode_data, iter_records
-from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
+from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
 
 # Payloads as Binance documents them (values from the docs' examples).
 AGG_TRADE = {

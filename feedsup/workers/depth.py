@@ -43,7 +43,7 @@ from feedsup.ipc.topics import symbol_topic
 from feedsup.workers import book, rest, restlimit
 from feedsup.workers.market import (check_symbols, handle_other,
                                     wait_readable)
-from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
+from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
 from feedsup.workers.runtime import Runtime, receive
 from feedsup.binance.streams import stream_url
 

@@ -25,7 +25,7 @@ import websocket
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
 from feedsup.workers import backfill, rest, restlimit
-from feedsup.workers.normalise import MalformedEvent, make_normaliser
+from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
                                      close_reason, receive)
 from feedsup.binance.streams import stream_url
