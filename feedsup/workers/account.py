@@ -48,7 +48,7 @@ from feedsup.config import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
 from feedsup.workers import rest, restlimit
-from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
+from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
 from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
 

@@ -20,7 +20,7 @@ from feedsup.workers.account import (
     OP_CLOSE, OP_PONG, OP_TEXT, OP_BINARY, RECV_WINDOW_MS, SignedRest, classify_rejection,
     now_ms, ws_api_payload,
 )
-from feedsup.workers.account_normalise import SPOT_TERMINATED, normalise_spot, spot_snapshot
+from feedsup.binance.account_normalise import SPOT_TERMINATED, normalise_spot, spot_snapshot
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
 
 log = logging.getLogger("feedsup.worker.account")
