@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedsup.workers.book import (
+from feedsup.binance.book import (
     BadLevel, BookStateError, FuturesBookSync, OrderBook, SpotBookSync, Verdict,
     make_book_sync,
 )

@@ -356,7 +356,7 @@ def _kline(topics: dict[str, dict[str, str]]) -> Normaliser:
 
 
 def _depth(market: str) -> Callable[[dict[str, str]], Normaliser]:
-    # A depth diff feeds the local book (feedsup.workers.book); it is not
+    # A depth diff feeds the local book (feedsup.binance.book); it is not
     # published itself. Futures add the transaction time and "pu", the
     # previous event's final update id, which the book sync chains on.
     futures = market == "usdm"

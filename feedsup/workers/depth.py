@@ -1,7 +1,7 @@
 """Local order book worker (``channel = "depth"``): REST snapshot + diffs.
 
 One connection carries ``<symbol>@depth@100ms`` for every configured symbol;
-each symbol has its own book sync (``feedsup.workers.book``: spot ``U``/``u``
+each symbol has its own book sync (``feedsup.binance.book``: spot ``U``/``u``
 rules, futures ``pu`` chaining). Snapshots come from a fetcher thread through
 the shared REST weight budget while the reader keeps buffering diffs, as
 Binance's procedure asks; a failed or stale snapshot is fetched again after a
@@ -40,7 +40,8 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
-from feedsup.workers import book, rest, restlimit
+from feedsup.workers import rest, restlimit
+from feedsup.binance import book
 from feedsup.workers.market import (check_symbols, handle_other,
                                     wait_readable)
 from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
