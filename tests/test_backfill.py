@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from feedsup.workers import backfill
-from feedsup.workers.backfill import PAGE, Gap, Item, Plan, Step, merge
+from feedsup.binance import backfill
+from feedsup.binance.backfill import PAGE, Gap, Item, Plan, Step, merge
 from feedsup.workers.rest import classify, request_weight
 
 M = 60_000
