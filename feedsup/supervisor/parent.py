@@ -34,7 +34,7 @@ from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
-from feedsup.workers import restlimit
+from feedsup import restlimit
 from feedsup.workers.runtime import EXIT_FATAL
 from feedsup.ipc.spec import WorkerSpec
 

@@ -47,7 +47,8 @@ import websocket
 from feedsup.config import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
-from feedsup.workers import rest, restlimit
+from feedsup import restlimit
+from feedsup.workers import rest
 from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
 from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason

@@ -40,7 +40,8 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
-from feedsup.workers import rest, restlimit
+from feedsup import restlimit
+from feedsup.workers import rest
 from feedsup.binance import book
 from feedsup.workers.market import (check_symbols, handle_other,
                                     wait_readable)

@@ -24,7 +24,8 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
-from feedsup.workers import rest, restlimit
+from feedsup import restlimit
+from feedsup.workers import rest
 from feedsup.binance import backfill
 from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,

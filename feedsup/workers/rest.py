@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from feedsup.workers import restlimit
+from feedsup import restlimit
 
 
 @dataclass(frozen=True)
