@@ -23,8 +23,6 @@ from urllib.parse import urlsplit
 from feedsup import curve, endpoints
 from feedsup.ipc.topics import stream_topics
 
-EX_CONFIG = 78
-
 KLINE_INTERVALS = (
     "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h",
     "12h", "1d", "3d", "1w", "1M",

@@ -29,13 +29,13 @@ import zmq
 from feedsup import curve, endpoints, logs
 from feedsup.config import Config, read_regular_file
 from feedsup.ipc import frames, topics
+from feedsup.ipc.exits import EX_CONFIG
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
 from feedsup import restlimit
-from feedsup.workers.runtime import EXIT_FATAL
 from feedsup.ipc.spec import WorkerSpec
 
 log = logging.getLogger("feedsup.parent")
@@ -631,7 +631,7 @@ class Parent:
             self.rates.pop(inst, None)
             report = worker.exit_report or {}
             reason = report.get("reason") or describe_exit(code)
-            fatal = bool(report.get("fatal")) and code == EXIT_FATAL
+            fatal = bool(report.get("fatal")) and code == EX_CONFIG
             actions += self.policy.on_exit(inst, code, reason, fatal, now)
         return actions
 

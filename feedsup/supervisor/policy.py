@@ -32,10 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from feedsup.config import EX_CONFIG, Restart, Stream
+from feedsup.config import Restart, Stream
 from feedsup.supervisor.backoff import Backoff
 from feedsup.supervisor.budget import ConnectBudget
-from feedsup.workers.runtime import EXIT_RETRY, UPGRADE_REJECTED
+from feedsup.ipc.exits import EX_CONFIG, EX_TEMPFAIL, UPGRADE_REJECTED, WORKER_CRASHED
 
 SERVER_SHUTDOWN = "serverShutdown"
 # The Terminate reason of a worker whose successor took over: the successor
@@ -45,9 +45,6 @@ BUDGET_EXHAUSTED = "connect budget exhausted"
 LIVENESS_TIMEOUT = "liveness timeout"
 START_TIMEOUT = "start timeout"
 RESTART_REQUESTED = "restart requested"
-# The worker shell's reasons for a crash it caught (feedsup/workers/__main__.py):
-# our bug, not the network's, even though it exits with EX_TEMPFAIL.
-WORKER_CRASHED = ("worker error", "worker returned")
 
 # A new process needs this long (interpreter start, imports) before its
 # ticker can send the first liveness ping; from then on liveness_timeout.
@@ -196,7 +193,7 @@ def classify_exit(code: int | None, reason: str, fatal: bool, *, ran_before: boo
         if ran_before and reason.startswith(UPGRADE_REJECTED):
             return CountedFailure(reason)
         return Fatal(reason)
-    if code == EXIT_RETRY and not reason.startswith(WORKER_CRASHED):
+    if code == EX_TEMPFAIL and not reason.startswith(WORKER_CRASHED):
         return Retry(reason)
     # Exit 0 we did not ask for, a traceback (1), a signal we did not send.
     return CountedFailure(reason)

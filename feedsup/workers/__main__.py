@@ -9,7 +9,8 @@ import sys
 
 from feedsup.ipc.frames import PROTOCOL_VERSION
 from feedsup.procs import die_with_parent
-from feedsup.workers.runtime import EXIT_FATAL, ConnectionEnded, Runtime
+from feedsup.ipc.exits import EX_CONFIG, WORKER_ERROR, WORKER_RETURNED
+from feedsup.workers.runtime import ConnectionEnded, Runtime
 from feedsup.ipc.spec import WorkerSpec
 
 # One worker kind per stream kind.
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> int:
     if spec.protocol != PROTOCOL_VERSION:   # started by a parent of another feedsup version
         print(f"worker={spec.stream.name}#{spec.instance} ERROR protocol version mismatch: parent speaks "
               f"{spec.protocol}, worker {PROTOCOL_VERSION}", file=sys.stderr)
-        return EXIT_FATAL
+        return EX_CONFIG
     die_with_parent(spec.parent_pid)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"worker={spec.stream.name}#{spec.instance} %(levelname)s %(message)s")
@@ -35,12 +36,12 @@ def main(argv: list[str]) -> int:
     gc.freeze()
     try:
         kind.run(rt)
-        ended = ConnectionEnded("worker returned")
+        ended = ConnectionEnded(WORKER_RETURNED)
     except ConnectionEnded as exc:
         ended = exc
     except Exception as exc:  # a bug: report it rather than vanish
         logging.exception("worker crashed")
-        ended = ConnectionEnded(f"worker error: {exc.__class__.__name__}: {exc}")
+        ended = ConnectionEnded(f"{WORKER_ERROR}: {exc.__class__.__name__}: {exc}")
     return rt.finish(ended)
 
 

@@ -25,15 +25,12 @@ from feedsup import procs
 from feedsup.ipc.frames import Control
 from feedsup.workers import fastrecv
 from feedsup.workers.keepalive import Pinger
+from feedsup.ipc.exits import EX_CONFIG, EX_STOPPED, EX_TEMPFAIL, UPGRADE_REFUSED, UPGRADE_REJECTED
 from feedsup.ipc.spec import WorkerSpec
 from feedsup.workers.uplink import Uplink
 
 log = logging.getLogger("feedsup.worker")
 
-EXIT_STOPPED = 0   # terminated on the parent's request
-EXIT_RETRY = 75    # EX_TEMPFAIL: the connection ended; a restart may help
-EXIT_FATAL = 78    # EX_CONFIG: retrying cannot fix this
-EXIT_ORPHAN = procs.EXIT_ORPHAN  # the parent is gone
 
 # The watchdog checks that the parent lives this often: an orphan exits
 # within about this long, whatever its other threads are blocked in.
@@ -154,7 +151,7 @@ class Runtime:
                 woken = b""
                 time.sleep(ORPHAN_POLL_S)
             if os.getppid() != self.spec.parent_pid:
-                os._exit(EXIT_ORPHAN)
+                os._exit(procs.EXIT_ORPHAN)
             now = time.monotonic()
             if stop_by is None and any(b in STOP_SIGNALS for b in woken):
                 stop_by = now + STOP_GRACE_S
@@ -164,7 +161,7 @@ class Runtime:
                 # between creating it and handing it over) is shut too.
                 self._shutdown_socket()
                 if now >= stop_by:
-                    os._exit(EXIT_STOPPED)
+                    os._exit(EX_STOPPED)
 
     @property
     def ending(self) -> str | None:
@@ -200,8 +197,8 @@ class Runtime:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         if stopped:
-            return EXIT_STOPPED
-        return EXIT_FATAL if fatal else EXIT_RETRY
+            return EX_STOPPED
+        return EX_CONFIG if fatal else EX_TEMPFAIL
 
     # -- connecting ----------------------------------------------------------
 
@@ -319,13 +316,6 @@ def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
         reason, code = close_reason(payload)
         raise ConnectionEnded(rt.ending or reason, close_code=code)
     return None
-
-
-# Reason prefixes of a refused WebSocket upgrade. The parent's policy reads
-# UPGRADE_REJECTED: after the same URL worked, it retries (counted) instead
-# of giving up (feedsup/supervisor/policy.py, classify_exit).
-UPGRADE_REFUSED = "upgrade refused"
-UPGRADE_REJECTED = "upgrade rejected"
 
 
 def classify_status(status: int, text: str) -> tuple[str, bool]:
