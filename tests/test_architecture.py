@@ -1,0 +1,135 @@
+"""The layers of docs/architecture.md, checked over the import graph.
+
+Every ``import`` and ``from ... import`` in ``feedsup/`` (at any depth, also
+inside functions and ``TYPE_CHECKING`` blocks) is read with ``ast``; none may
+cross a forbidden edge.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "feedsup"
+
+# Modules that do I/O or read the clock: none of them in feedsup/binance/,
+# which holds what we know about Binance and takes time as an argument.
+IO_MODULES = ("socket", "select", "selectors", "zmq", "websocket", "urllib", "http",
+              "threading", "subprocess", "multiprocessing", "asyncio", "time", "fcntl")
+
+TOOLING = ("feedsup.tools",)
+SIM = ("feedsup.sim",)
+
+# The command line is the one place that offers the simulator as a
+# subcommand (`feedsup sim`, imported only when that command runs).
+ALLOWED = {("feedsup.cli", "feedsup.sim.cli")}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    """Every module ``path`` imports, absolute, with its line."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((base, node.lineno))
+            # `from feedsup.workers import market` imports feedsup.workers.market
+            found += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
+    return found
+
+
+def within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def forbidden(importer: str, imported: str) -> str | None:
+    """Why ``importer`` may not import ``imported``, or None."""
+    if any(importer == a and within(imported, (b,)) for a, b in ALLOWED):
+        return None
+    if within(importer, SIM):
+        if within(imported, ("feedsup",)) and not within(imported, SIM) and imported != "feedsup":
+            return "the simulator stands apart from the product"
+        return None
+    if within(importer, TOOLING):
+        return None
+    if within(imported, SIM) or within(imported, TOOLING):
+        return "the product does not import the simulator or the tooling"
+    if within(importer, ("feedsup.supervisor",)) and within(imported, ("feedsup.workers",)):
+        return "the supervisor talks to workers only through feedsup/ipc"
+    if within(importer, ("feedsup.workers",)) and within(imported, ("feedsup.supervisor",)):
+        return "workers talk to the supervisor only through feedsup/ipc"
+    if within(importer, ("feedsup.ipc",)) and within(imported, ("feedsup.supervisor", "feedsup.workers")):
+        return "feedsup/ipc is below both sides"
+    if within(importer, ("feedsup.binance",)):
+        if within(imported, ("feedsup.supervisor", "feedsup.workers")):
+            return "feedsup/binance is below the workers"
+        if within(imported, IO_MODULES):
+            return "feedsup/binance does no I/O and reads no clock"
+    return None
+
+
+def violations(root: Path = PACKAGE) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        importer = module_name(path)
+        for imported, line in imports_of(path):
+            why = forbidden(importer, imported)
+            if why:
+                found.append(f"{path.relative_to(ROOT)}:{line}: {importer} imports {imported}: {why}")
+    return found
+
+
+def test_no_forbidden_import_in_feedsup():
+    assert violations() == []
+
+
+@pytest.mark.parametrize("path, source, expected", [
+    ("supervisor/x.py", "from feedsup.workers import market", "through feedsup/ipc"),
+    ("supervisor/x.py", "from feedsup.workers.runtime import EXIT", "through feedsup/ipc"),
+    ("workers/x.py", "import feedsup.supervisor.policy", "through feedsup/ipc"),
+    ("ipc/x.py", "from feedsup.supervisor import parent", "below both sides"),
+    ("ipc/x.py", "from ..workers import runtime", "below both sides"),
+    ("config.py", "from feedsup.sim import server", "simulator or the tooling"),
+    ("workers/x.py", "from feedsup.tools.demo import main", "simulator or the tooling"),
+    ("sim/x.py", "from feedsup.workers import market", "apart from the product"),
+    ("binance/x.py", "import socket", "no I/O"),
+    ("binance/x.py", "from time import time", "no I/O"),
+    ("binance/x.py", "import time", "no I/O"),
+    ("binance/x.py", "import urllib.parse", "no I/O"),
+    ("binance/x.py", "from http import client", "no I/O"),
+    ("binance/x.py", "import threading", "no I/O"),
+    ("binance/x.py", "import zmq", "no I/O"),
+    ("binance/x.py", "from feedsup.workers import rest", "below the workers"),
+    ("binance/x.py", "def f():\n    import subprocess\n", "no I/O"),
+    ("workers/x.py", "from feedsup.binance import normalise\nfrom feedsup.ipc import frames", None),
+    ("supervisor/x.py", "from feedsup.ipc.exits import EX_CONFIG", None),
+])
+def test_the_check_catches_each_forbidden_edge(tmp_path, monkeypatch, path, source, expected):
+    """The check itself, on a planted file (so the test above cannot pass by reading nothing)."""
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    target = tmp_path / "feedsup" / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(source + "\n")
+    found = violations(tmp_path / "feedsup")
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) >= 1 and all(expected in line for line in found), found
