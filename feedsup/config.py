@@ -21,19 +21,14 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from feedsup import curve, endpoints
+from feedsup.binance import streams
+from feedsup.binance.streams import INTERVALS_BY_MARKET, KLINE_INTERVALS, MAX_STREAMS_BY_MARKET
 from feedsup.ipc.topics import stream_topics
 
-KLINE_INTERVALS = (
-    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h",
-    "12h", "1d", "3d", "1w", "1M",
-)
 MARKETS = ("spot", "usdm")
-CHANNELS = (
-    "trade", "aggTrade", "bookTicker", "miniTicker", "ticker", "kline",
-    "markPrice", "depth", "account",
-)
-# Binance serves at most 1024 streams on one connection.
-MAX_STREAMS_PER_CONNECTION = 1024
+# The market-data channels, and the account stream (user data) on either market.
+CHANNELS = streams.MARKET_CHANNELS + ("account",)
+CHANNELS_BY_MARKET = {market: channels | {"account"} for market, channels in streams.CHANNELS_BY_MARKET.items()}
 
 
 class ConfigError(Exception):
@@ -149,24 +144,6 @@ T = TypeVar("T")
 
 CONNECTION_KEYS = tuple(f.name for f in fields(Connection))
 
-# Where each channel exists. ``markPrice`` is futures-only. Futures routes
-# (../shared/FACTS.md) list aggTrade, kline, markPrice and tickers on /market
-# and bookTicker and depth on /public; ``trade`` is served on /market too
-# (kept in step with feedsup/binance/streams.py, which builds the URLs).
-CHANNELS_BY_MARKET = {
-    "spot": frozenset(CHANNELS) - {"markPrice"},
-    # USD-M lists no raw @trade stream; a subscription would be acknowledged
-    # and then stay silent, which would look like a stale feed forever.
-    "usdm": frozenset(CHANNELS) - {"trade"},
-}
-# Futures klines start at 1m; only spot has 1s.
-INTERVALS_BY_MARKET = {
-    "spot": KLINE_INTERVALS,
-    "usdm": tuple(i for i in KLINE_INTERVALS if i != "1s"),
-}
-# Sources disagree between 200 and 1024 streams per futures connection; we
-# plan for the lower figure so a config that loads also works.
-MAX_STREAMS_BY_MARKET = {"spot": MAX_STREAMS_PER_CONNECTION, "usdm": 200}
 
 # Binance allows 300 connection attempts per 5 minutes per IP.
 BINANCE_CONNECT_LIMIT = 300

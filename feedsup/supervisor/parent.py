@@ -27,6 +27,7 @@ import msgpack
 import zmq
 
 from feedsup import curve, endpoints, logs
+from feedsup.binance.backfill import NO_HISTORY
 from feedsup.config import Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.exits import EX_CONFIG
@@ -66,9 +67,6 @@ CONTROL_MAX_MESSAGE = 1 << 20
 # Recent hello tokens seen subscribing on the PUB socket (catch_up's proof
 # that a subscription is live); the oldest are forgotten past this.
 MAX_HELLOS = 1024
-# Channels whose history Binance does not serve: when their source is lost
-# the parent announces a gap, and closes it with the next regular frame.
-NO_HISTORY = frozenset({"bookTicker", "miniTicker", "ticker", "markPrice", "depth"})
 
 
 class Parent:
