@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from feedsup import curve, endpoints
 from feedsup.binance import streams
-from feedsup.binance.streams import INTERVALS_BY_MARKET, KLINE_INTERVALS, MAX_STREAMS_BY_MARKET
+from feedsup.binance.streams import INTERVALS_BY_MARKET, MAX_STREAMS_BY_MARKET
 from feedsup.ipc.topics import stream_topics
 
 MARKETS = ("spot", "usdm")

@@ -12,7 +12,8 @@ import pytest
 
 from feedsup.credentials import Credentials
 from feedsup.supervisor.sequencer import Sequencer, is_newer
-from feedsup.workers.account import classify_rejection, signed_query, ws_api_payload
+from feedsup.binance.rest import classify_rejection, ws_api_payload
+from feedsup.workers.signed_rest import signed_query
 from feedsup.binance.account_normalise import (
     REPLAY_MINOR, EventOrder, change_time, is_replay, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
 )

@@ -16,12 +16,10 @@ import orjson
 import websocket
 
 from feedsup.credentials import Credentials
-from feedsup.workers.account import (
-    OP_CLOSE, OP_PONG, OP_TEXT, OP_BINARY, RECV_WINDOW_MS, SignedRest, classify_rejection,
-    now_ms, ws_api_payload,
-)
+from feedsup.binance.rest import RECV_WINDOW_MS, classify_rejection, ws_api_payload
+from feedsup.workers.signed_rest import SignedRest, now_ms
 from feedsup.binance.account_normalise import SPOT_TERMINATED, normalise_spot, spot_snapshot
-from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
+from feedsup.workers.runtime import OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime, close_reason
 
 log = logging.getLogger("feedsup.worker.account")
 
