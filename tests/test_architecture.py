@@ -8,6 +8,7 @@ cross a forbidden edge.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def forbidden(importer: str, imported: str) -> str | None:
         return "workers talk to the supervisor only through feedsup/ipc"
     if within(importer, ("feedsup.ipc",)) and within(imported, ("feedsup.supervisor", "feedsup.workers")):
         return "feedsup/ipc is below both sides"
+    if within(importer, ("feedsup.workers", "feedsup.ipc", "feedsup.binance")) and within(imported, ("feedsup.config",)):
+        return "a worker does not import the config loader (feedsup/config_model.py holds the data model)"
     if within(importer, ("feedsup.binance",)):
         if within(imported, ("feedsup.supervisor", "feedsup.workers")):
             return "feedsup/binance is below the workers"
@@ -110,6 +113,8 @@ def test_no_forbidden_import_in_feedsup():
     ("config.py", "from feedsup.sim import server", "simulator or the tooling"),
     ("workers/x.py", "from feedsup.tools.demo import main", "simulator or the tooling"),
     ("sim/x.py", "from feedsup.workers import market", "apart from the product"),
+    ("workers/x.py", "from feedsup.config import load_config", "config loader"),
+    ("ipc/x.py", "from feedsup.config import Stream", "config loader"),
     ("binance/x.py", "import socket", "no I/O"),
     ("binance/x.py", "from time import time", "no I/O"),
     ("binance/x.py", "import time", "no I/O"),
@@ -121,6 +126,7 @@ def test_no_forbidden_import_in_feedsup():
     ("binance/x.py", "def f():\n    import subprocess\n", "no I/O"),
     ("workers/x.py", "from feedsup.binance import normalise\nfrom feedsup.ipc import frames", None),
     ("supervisor/x.py", "from feedsup.ipc.exits import EX_CONFIG", None),
+    ("ipc/x.py", "from feedsup.config_model import Stream", None),
 ])
 def test_the_check_catches_each_forbidden_edge(tmp_path, monkeypatch, path, source, expected):
     """The check itself, on a planted file (so the test above cannot pass by reading nothing)."""
@@ -133,3 +139,15 @@ def test_the_check_catches_each_forbidden_edge(tmp_path, monkeypatch, path, sour
         assert found == []
     else:
         assert len(found) >= 1 and all(expected in line for line in found), found
+
+
+def test_a_worker_process_loads_neither_the_config_loader_nor_the_supervisor():
+    """Transitively, too: what ``python -m feedsup.workers`` imports (every worker kind)."""
+    code = ("import sys\n"
+            "from feedsup.workers import __main__ as shell\n"
+            "import importlib\n"
+            "for kind in [*shell.KINDS.values(), shell.DEFAULT_KIND]: importlib.import_module(kind)\n"
+            "print(' '.join(m for m in sys.modules if m == 'feedsup.config' or m.startswith("
+            "('feedsup.config.', 'feedsup.supervisor', 'feedsup.sim', 'feedsup.tools'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == []

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from feedsup.config import Stream
+from feedsup.config_model import Stream
 from feedsup.ipc.topics import symbol_topic
 
 Normalised = tuple[str, dict[str, Any], int, int, bool]

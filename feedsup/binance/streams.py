@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from feedsup.config import Endpoint, Stream
+    from feedsup.config_model import Endpoint, Stream
 
 KLINE_INTERVALS = (
     "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h",

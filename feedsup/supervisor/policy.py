@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from feedsup.config import Restart, Stream
+from feedsup.config_model import Restart, Stream
 from feedsup.supervisor.backoff import Backoff
 from feedsup.supervisor.budget import ConnectBudget
 from feedsup.ipc.exits import EX_CONFIG, EX_TEMPFAIL, UPGRADE_REJECTED, WORKER_CRASHED

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import orjson
 import websocket
 
-from feedsup.config import ConfigError
+from feedsup.config_model import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
 from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
