@@ -30,7 +30,6 @@ from feedsup import curve, endpoints, logs
 from feedsup.binance.backfill import NO_HISTORY
 from feedsup.config import Config, read_regular_file
 from feedsup.ipc import frames, topics
-from feedsup.ipc.exits import EX_CONFIG
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
@@ -629,8 +628,7 @@ class Parent:
             self.rates.pop(inst, None)
             report = worker.exit_report or {}
             reason = report.get("reason") or describe_exit(code)
-            fatal = bool(report.get("fatal")) and code == EX_CONFIG
-            actions += self.policy.on_exit(inst, code, reason, fatal, now)
+            actions += self.policy.on_exit(inst, code, reason, bool(report.get("fatal")), now)
         return actions
 
     def _execute(self, actions: list[Any]) -> int | None:

@@ -176,7 +176,10 @@ def classify_exit(code: int | None, reason: str, fatal: bool, *, ran_before: boo
 
     ``code`` is the exit status (negative: killed by that signal; None: no
     process was ever started, ``Popen`` failed), ``reason`` and ``fatal``
-    come from the worker's EXIT report. ``ran_before``: a worker of this
+    come from the worker's EXIT report. This is the one place that decides
+    whether an exit is fatal, and the exit code decides it: a worker that
+    finds its end fatal exits with EX_CONFIG, so a ``fatal`` flag without
+    that code is from a worker killed after it reported, and does not count. ``ran_before``: a worker of this
     stream was READY before in this parent's life. ``ended_by``: the reason
     we TERMed or KILLed the worker, if we did; then that reason explains it.
     """
@@ -187,7 +190,7 @@ def classify_exit(code: int | None, reason: str, fatal: bool, *, ran_before: boo
     reason = reason or (f"exited with code {code}" if code is not None else "not started")
     if code is None:
         return Retry(reason)          # EAGAIN / ENOMEM on spawn: passes with time
-    if fatal or code == EX_CONFIG:
+    if code == EX_CONFIG:
         # A refused upgrade of a URL that worked before is more likely the
         # exchange misbehaving than our config turning bad.
         if ran_before and reason.startswith(UPGRADE_REJECTED):
