@@ -27,11 +27,10 @@ import msgpack
 import zmq
 
 from feedsup import curve, endpoints, logs
-from feedsup.binance.backfill import NO_HISTORY
 from feedsup.config import Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
-from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
+from feedsup.supervisor import control, fdlimit, gaps, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
@@ -450,31 +449,21 @@ class Parent:
         self.published += 1
 
     def _announce_loss(self, stream_name: str, reason: str, fatal: bool = False) -> None:
-        """The stream's source is gone: open a gap on each of its topics.
-
-        On leaving RUNNING only channels without REST history get one (the
-        next worker backfills the others). A FATAL stream has no next
-        worker: every topic it owned gets one, and a topic whose gap is
-        already open hears it again, with the FATAL reason. Gaps of channels
-        without history close with their next regular frame; elsewhere a
-        restart by the operator backfills, so its next frame ends the gap.
-        """
+        """The stream's source is gone: publish the gap notices ``gaps.on_loss``
+        decides (a restart by the operator backfills the others, so its next
+        frame ends their gap)."""
         stream = self._streams[stream_name]
-        no_history = stream.channel in NO_HISTORY
-        if not (no_history or fatal):
-            return
-        for topic in topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix):
+        names = topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
+        for topic, gap, keep_open in gaps.on_loss(stream.channel, names, self.open_gaps, self._last_ms,
+                                                  reason, fatal):
             tb = topic.encode()
-            gap = self.open_gaps.get(tb)
-            if gap is not None and not fatal:
-                continue
-            if gap is None:
-                last = self.last_values.get(tb)
-                gap = {"from_ms": msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None, "to_ms": None}
-            gap = {**gap, "reason": reason}
-            if no_history:
+            if keep_open:
                 self.open_gaps[tb] = gap
             self._publish(tb, frames.encode_gap_body(topic, stream_name, time.time_ns(), **gap))
+
+    def _last_ms(self, topic: bytes) -> int | None:
+        last = self.last_values.get(topic)
+        return msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None
 
     def _close_gap(self, topic: bytes, body: bytes, seq: int) -> None:
         """The first regular frame after a loss: say exactly what was lost."""
@@ -484,7 +473,7 @@ class Parent:
             recv_ns, stream = int(first["recv_ns"]), str(first["stream"])
         except Exception:   # the frame's own checks are the worker's; the notice must go out
             recv_ns, stream = time.time_ns(), self._owner_b.get(topic, "")
-        gap["to_ms"] = recv_ns // 1_000_000
+        gap = gaps.closed(gap, recv_ns)
         self._publish(topic, frames.encode_gap_body(topic.decode(errors="replace"), stream, recv_ns, **gap),
                       seq)
 
