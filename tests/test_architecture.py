@@ -151,3 +151,29 @@ def test_a_worker_process_loads_neither_the_config_loader_nor_the_supervisor():
             "('feedsup.config.', 'feedsup.supervisor', 'feedsup.sim', 'feedsup.tools'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == []
+
+
+def test_the_readme_table_matches_the_tree():
+    """Every module of the product has its row in the README's "where things
+    live" table, and every file the table names exists."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("Where things live"):readme.index("## The demo")]
+    named: set[str] = set()
+    for row in table.splitlines():
+        if not row.startswith("| ") or row.startswith(("| ---", "| responsibility")):
+            continue
+        folder = ""
+        for cell in row.split("|")[2].split("/ "):
+            path = cell.strip().strip("`")
+            if not path:
+                continue
+            if "/" not in path and folder:   # `a.py` / `b.py` beside a full path: same folder
+                path = folder + path
+            folder = path.rpartition("/")[0] + "/"
+            named.add(path)
+    missing = [p for p in sorted(named) if not (ROOT / p).exists()]
+    assert missing == []
+    modules = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py" and not within(module_name(p), SIM)}
+    unlisted = sorted(m for m in modules if m not in named)
+    assert unlisted == []
