@@ -47,7 +47,8 @@ from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
 from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
 from feedsup.binance.normalise import MalformedEvent
-from feedsup.workers.runtime import OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime, close_reason
+from feedsup.workers import runtime
+from feedsup.workers.runtime import ConnectionEnded, Runtime, wait_readable
 
 log = logging.getLogger("feedsup.worker.account")
 
@@ -163,7 +164,7 @@ def read_until_done(rt: Runtime, ws: websocket.WebSocket, session: Session,
     already received, without waiting for more."""
     events = []
     while not fetch.done():
-        if not readable_now(ws):
+        if not wait_readable(ws, 0, if_closed=False):
             try:
                 select.select([ws.sock, fetch.wake_r], [], [])
                 continue
@@ -217,22 +218,11 @@ Received = tuple[str, dict[str, Any], int, int]   # topic, data, event time, rec
 def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received | None:
     """Read one frame: an event to publish, or None (pong, reply, ignored or
     malformed message). Raises ConnectionEnded when the connection ends."""
-    try:
-        opcode, payload = ws.recv_data(True)
-    except (OSError, websocket.WebSocketException) as exc:
-        raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
-    if opcode == OP_PONG:
-        rt.pinger.on_pong(payload)
+    got = runtime.receive(rt, ws)
+    if got is None:
         return None
-    if opcode == OP_CLOSE:
-        reason, code = close_reason(payload)
-        raise ConnectionEnded(rt.ending or reason, close_code=code)
-    if opcode != OP_TEXT and opcode != OP_BINARY:
-        return None
-    recv_ns = time.time_ns()
+    payload, recv_ns = got
     counters = rt.counters
-    counters.msgs += 1
-    counters.bytes += len(payload)
     try:
         event = session.event_of(orjson.loads(payload))
         out = session.handle(event) if event is not None else None
@@ -261,24 +251,8 @@ def drain(rt: Runtime, ws: websocket.WebSocket, session: Session) -> list[Receiv
     """Every event already received (buffered or in the kernel), without
     waiting for more."""
     events = []
-    while readable_now(ws):
+    while wait_readable(ws, 0, if_closed=False):
         out = receive(rt, ws, session)
         if out is not None:
             events.append(out)
     return events
-
-
-def readable_now(ws: websocket.WebSocket) -> bool:
-    reader = getattr(ws.frame_buffer.recv_strict, "__self__", None)   # fastrecv's over-reader
-    if reader is not None and getattr(reader, "buffered", lambda: 0)():
-        return True
-    sock = ws.sock
-    if sock is None:
-        return False
-    if hasattr(sock, "pending") and sock.pending():   # TLS: decrypted, not yet read
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)

@@ -12,7 +12,6 @@ reading thread sends on the uplink (ZeroMQ sockets are not thread-safe).
 
 from __future__ import annotations
 
-import select
 import threading
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from feedsup.workers import rest
 from feedsup.binance import backfill
 from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
-                                     close_reason, receive)
+                                     close_reason, receive, wait_readable)
 from feedsup.binance.streams import stream_url
 
 
@@ -394,25 +393,3 @@ def gap_frame(rt: Runtime, topic: str, tb: bytes, gap: backfill.Gap) -> bytes:
     detail = {k: v for k, v in (("from_id", gap.from_id), ("to_id", gap.to_id)) if v is not None}
     return frames.encode_gap(tb, frames.encode_gap_body(topic, rt.name, time.time_ns(), gap.from_ms,
                                                         gap.to_ms, gap.reason, **detail))
-
-
-def wait_readable(ws: websocket.WebSocket, timeout: float) -> bool:
-    """Would ``recv_data`` find data (buffered, or on the socket) within ``timeout``?
-
-    The reader must notice a finished backfill on a quiet stream, yet a
-    socket timeout could cut a frame in half; so it waits in ``select``.
-    """
-    over = getattr(ws.frame_buffer.recv_strict, "__self__", None)
-    if over is not None and hasattr(over, "buffered") and over.buffered() > 0:
-        return True
-    sock = ws.sock
-    if sock is None:
-        return True               # recv_data reports the closed connection
-    pending = getattr(sock, "pending", None)
-    if pending is not None and pending() > 0:
-        return True               # TLS already decrypted bytes select cannot see
-    try:
-        ready, _, _ = select.select([sock], [], [], timeout)
-    except (OSError, ValueError):
-        return True
-    return bool(ready)

@@ -298,14 +298,18 @@ class Runtime:
                 pass  # the reading thread sees the broken socket and reports it
 
 
-def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
+def receive(rt: Runtime, ws: websocket.WebSocket, lost: str = "connection lost") -> tuple[bytes, int] | None:
     """One frame: a data message with its receive time (ns), or None after a
     control frame. Pongs feed the pinger; a close or a broken socket raises
-    ConnectionEnded. (The market worker's hot loop inlines the same steps.)"""
+    ConnectionEnded (``lost`` says what the connection was doing). A socket
+    timeout, set only by a caller waiting for a reply, is the caller's to
+    explain. (The market worker's hot loop inlines the same steps.)"""
     try:
         opcode, payload = ws.recv_data(True)
+    except websocket.WebSocketTimeoutException:
+        raise
     except (OSError, websocket.WebSocketException) as exc:
-        raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+        raise ConnectionEnded(rt.ending or f"{lost}: {exc.__class__.__name__}: {exc}") from None
     if opcode == OP_TEXT or opcode == OP_BINARY:
         rt.counters.msgs += 1
         rt.counters.bytes += len(payload)
@@ -316,6 +320,31 @@ def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
         reason, code = close_reason(payload)
         raise ConnectionEnded(rt.ending or reason, close_code=code)
     return None
+
+
+def wait_readable(ws: websocket.WebSocket, timeout: float, *, if_closed: bool = True) -> bool:
+    """Would ``recv_data`` find data (buffered, or on the socket) within ``timeout``?
+
+    The reader must notice a finished backfill on a quiet stream, yet a
+    socket timeout could cut a frame in half; so it waits in ``select``.
+    ``if_closed``: the answer for a socket that is gone. A reader says True,
+    so that ``recv_data`` reports the closed connection; a drain of what is
+    already buffered says False, so it returns the events it has first.
+    """
+    over = getattr(ws.frame_buffer.recv_strict, "__self__", None)   # fastrecv's over-reader
+    if over is not None and hasattr(over, "buffered") and over.buffered() > 0:
+        return True
+    sock = ws.sock
+    if sock is None:
+        return if_closed
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending() > 0:
+        return True               # TLS already decrypted bytes select cannot see
+    try:
+        ready, _, _ = select.select([sock], [], [], timeout)
+    except (OSError, ValueError):
+        return if_closed
+    return bool(ready)
 
 
 def classify_status(status: int, text: str) -> tuple[str, bool]:
