@@ -43,9 +43,8 @@ from feedsup.ipc.topics import symbol_topic
 from feedsup import restlimit
 from feedsup.workers import rest
 from feedsup.binance import book
-from feedsup.workers.market import check_symbols, handle_other
 from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
-from feedsup.workers.runtime import Runtime, receive, wait_readable
+from feedsup.workers.runtime import Runtime, check_symbols, handle_other, receive, wait_readable
 from feedsup.binance.streams import stream_url
 
 log = logging.getLogger("feedsup.worker.depth")

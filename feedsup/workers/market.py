@@ -28,7 +28,7 @@ from feedsup.workers import rest
 from feedsup.binance import backfill
 from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
-                                     close_reason, receive, wait_readable)
+                                     check_symbols, close_reason, handle_other, receive, wait_readable)
 from feedsup.binance.streams import stream_url
 
 
@@ -76,15 +76,6 @@ def run(rt: Runtime) -> None:
         rt.extra_stats["holes"] += 1
         plans = [hole_plan(rt, hole)]
         pending[0] = hole._replace(resume=None)
-
-
-def check_symbols(rt: Runtime) -> None:
-    stream = rt.spec.stream
-    budget = restlimit.SharedBudget.for_spec(rt.spec)
-    bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
-                               rt.conn.connect_timeout, budget)
-    if bad:
-        raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
 
 
 class Entry(NamedTuple):
@@ -147,20 +138,6 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
         elif opcode == OP_CLOSE:
             reason, code = close_reason(payload)
             raise ConnectionEnded(rt.ending or reason, close_code=code)
-
-
-def handle_other(rt: Runtime, payload: bytes) -> None:
-    """Not a market event: a server notice, or malformed (counted, skipped)."""
-    try:
-        msg = orjson.loads(payload)
-    except ValueError:
-        rt.counters.malformed += 1
-        return
-    event = msg.get("data", msg) if isinstance(msg, dict) else None
-    if isinstance(event, dict) and event.get("e") == "serverShutdown":
-        rt.notice("serverShutdown", event_time=event.get("E"))
-        return
-    rt.counters.malformed += 1
 
 
 # -- catching up after a (re)connect -------------------------------------------------

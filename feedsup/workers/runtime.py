@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import websocket
 import zmq
 
-from feedsup import procs
+from feedsup import procs, restlimit
 from feedsup.ipc.frames import Control
-from feedsup.workers import fastrecv
+from feedsup.workers import fastrecv, rest
 from feedsup.workers.keepalive import Pinger
 from feedsup.ipc.exits import EX_CONFIG, EX_STOPPED, EX_TEMPFAIL, UPGRADE_REFUSED, UPGRADE_REJECTED
 from feedsup.ipc.spec import WorkerSpec
@@ -320,6 +321,31 @@ def receive(rt: Runtime, ws: websocket.WebSocket, lost: str = "connection lost")
         reason, code = close_reason(payload)
         raise ConnectionEnded(rt.ending or reason, close_code=code)
     return None
+
+
+# -- shared by the market-data workers (market, depth) ---------------------------
+
+def check_symbols(rt: Runtime) -> None:
+    stream = rt.spec.stream
+    budget = restlimit.SharedBudget.for_spec(rt.spec)
+    bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
+                               rt.conn.connect_timeout, budget)
+    if bad:
+        raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
+
+
+def handle_other(rt: Runtime, payload: bytes) -> None:
+    """Not a market event: a server notice, or malformed (counted, skipped)."""
+    try:
+        msg = orjson.loads(payload)
+    except ValueError:
+        rt.counters.malformed += 1
+        return
+    event = msg.get("data", msg) if isinstance(msg, dict) else None
+    if isinstance(event, dict) and event.get("e") == "serverShutdown":
+        rt.notice("serverShutdown", event_time=event.get("E"))
+        return
+    rt.counters.malformed += 1
 
 
 def wait_readable(ws: websocket.WebSocket, timeout: float, *, if_closed: bool = True) -> bool:
