@@ -25,6 +25,13 @@ IO_MODULES = ("socket", "select", "selectors", "zmq", "websocket", "urllib", "ht
 TOOLING = ("feedsup.tools",)
 SIM = ("feedsup.sim",)
 
+# Worker kinds (one per stream kind): none imports another's module.
+WORKER_KINDS = {
+    "feedsup.workers.market": "market", "feedsup.workers.depth": "depth",
+    "feedsup.workers.account": "account", "feedsup.workers.account_spot": "account",
+    "feedsup.workers.account_usdm": "account",
+}
+
 # The command line is the one place that offers the simulator as a
 # subcommand (`feedsup sim`, imported only when that command runs).
 ALLOWED = {("feedsup.cli", "feedsup.sim.cli")}
@@ -77,6 +84,9 @@ def forbidden(importer: str, imported: str) -> str | None:
         return "the supervisor talks to workers only through feedsup/ipc"
     if within(importer, ("feedsup.workers",)) and within(imported, ("feedsup.supervisor",)):
         return "workers talk to the supervisor only through feedsup/ipc"
+    kind, other = WORKER_KINDS.get(importer), WORKER_KINDS.get(imported)
+    if kind and other and kind != other:
+        return "a worker kind does not import another's; shared pieces live in workers/runtime.py"
     if within(importer, ("feedsup.ipc",)) and within(imported, ("feedsup.supervisor", "feedsup.workers")):
         return "feedsup/ipc is below both sides"
     if within(importer, ("feedsup.workers", "feedsup.ipc", "feedsup.binance")) and within(imported, ("feedsup.config",)):
@@ -109,6 +119,8 @@ def test_no_forbidden_import_in_feedsup():
     ("supervisor/x.py", "from feedsup.workers.runtime import EXIT", "through feedsup/ipc"),
     ("workers/x.py", "import feedsup.supervisor.policy", "through feedsup/ipc"),
     ("ipc/x.py", "from feedsup.supervisor import parent", "below both sides"),
+    ("workers/depth.py", "from feedsup.workers.market import handle_other", "another's"),
+    ("workers/account_spot.py", "from feedsup.workers import depth", "another's"),
     ("ipc/x.py", "from ..workers import runtime", "below both sides"),
     ("config.py", "from feedsup.sim import server", "simulator or the tooling"),
     ("workers/x.py", "from feedsup.tools.demo import main", "simulator or the tooling"),
@@ -126,6 +138,7 @@ def test_no_forbidden_import_in_feedsup():
     ("binance/x.py", "def f():\n    import subprocess\n", "no I/O"),
     ("workers/x.py", "from feedsup.binance import normalise\nfrom feedsup.ipc import frames", None),
     ("supervisor/x.py", "from feedsup.ipc.exits import EX_CONFIG", None),
+    ("workers/account.py", "from feedsup.workers.account_spot import SpotSession", None),
     ("ipc/x.py", "from feedsup.config_model import Stream", None),
 ])
 def test_the_check_catches_each_forbidden_edge(tmp_path, monkeypatch, path, source, expected):
