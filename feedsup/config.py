@@ -21,6 +21,7 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from feedsup import curve, endpoints
+from feedsup.restlimit import loopback_host
 from feedsup.binance.streams import INTERVALS_BY_MARKET, MAX_STREAMS_BY_MARKET
 from feedsup.config_model import (
     CHANNELS, CHANNELS_BY_MARKET, MARKETS, SPOT_DEFAULT, USDM_DEFAULT, Config, ConfigError, Connection, Endpoint,
@@ -665,15 +666,7 @@ def _load_restart(raw: object, at: _At) -> Restart:
 def _reaches_beyond_loopback(config: Config) -> bool:
     """True if some stream connects to a non-loopback host. Binance's limit
     is per IP; a local simulator may be hammered faster on purpose."""
-    def loopback(url: str) -> bool:
-        host = urlsplit(url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-    return not all(loopback(_connects_to(config, s)) for s in config.streams)
+    return not all(loopback_host(urlsplit(_connects_to(config, s)).hostname or "") for s in config.streams)
 
 
 def _connects_to(config: Config, stream: Stream) -> str:
