@@ -62,15 +62,8 @@ class Endpoint:
     ws_api_url: str = ""            # spot WebSocket API (user data); empty for usdm
 
 
-SPOT_DEFAULT = Endpoint(
-    ws_url="wss://stream.binance.com:9443",
-    rest_url="https://api.binance.com",
-    ws_api_url="wss://ws-api.binance.com:443/ws-api/v3",
-)
-USDM_DEFAULT = Endpoint(
-    ws_url="wss://fstream.binance.com",
-    rest_url="https://fapi.binance.com",
-)
+SPOT_DEFAULT = Endpoint(**streams.DEFAULT_URLS["spot"])
+USDM_DEFAULT = Endpoint(**streams.DEFAULT_URLS["usdm"])
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from feedsup.config_model import Endpoint, Stream
 
+# Binance's production hosts per market: market streams, REST, and (spot
+# only) the WebSocket API that serves user data.
+DEFAULT_URLS = {
+    "spot": {
+        "ws_url": "wss://stream.binance.com:9443",
+        "rest_url": "https://api.binance.com",
+        "ws_api_url": "wss://ws-api.binance.com:443/ws-api/v3",
+    },
+    "usdm": {
+        "ws_url": "wss://fstream.binance.com",
+        "rest_url": "https://fapi.binance.com",
+    },
+}
+
 KLINE_INTERVALS = (
     "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h",
     "12h", "1d", "3d", "1w", "1M",
