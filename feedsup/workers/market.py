@@ -102,6 +102,9 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
     name = rt.name
     topics: dict[str, bytes] = {}
     first = not streaming
+    # runtime.receive and handle-the-message inlined, with locals: every
+    # message passes here, and a Python call per message is a measurable share
+    # of the loop (bench/throughput.py). Every other reader calls receive().
     while True:
         try:
             opcode, payload = recv(True)
