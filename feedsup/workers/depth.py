@@ -35,7 +35,6 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import msgpack
-import orjson
 import websocket
 
 from feedsup.ipc import frames
@@ -44,7 +43,7 @@ from feedsup import restlimit
 from feedsup.workers import rest
 from feedsup.binance import book
 from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
-from feedsup.workers.runtime import Runtime, check_symbols, handle_other, receive, wait_readable
+from feedsup.workers.runtime import Runtime, check_symbols, read_event, wait_readable
 from feedsup.binance.streams import stream_url
 
 log = logging.getLogger("feedsup.worker.depth")
@@ -351,16 +350,14 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, books: Books, normalise) -> 
             rt.uplink.flush()
             if not wait_readable(ws, POLL_S):
                 continue
-        got = receive(rt, ws)
+        got = read_event(rt, ws, normalise)
         if got is None:
             continue
-        payload, recv_ns = got
+        recv_ns, event, (_, data, _, _, _) = got
         try:
-            event = orjson.loads(payload)["data"]
-            _, data, _, _, _ = normalise(event)
             books.on_diff(data["symbol"].upper(), data, recv_ns)
         except (ValueError, KeyError, TypeError, MalformedEvent):
-            handle_other(rt, payload)
+            rt.counters.malformed += 1   # a depth diff the book refuses (its checks)
             continue
         counters.last_event_ms = event.get("E") or 0
         counters.last_recv_ms = recv_ns // 1_000_000

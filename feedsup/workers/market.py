@@ -28,7 +28,7 @@ from feedsup.workers import rest
 from feedsup.binance import backfill
 from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
-                                     check_symbols, close_reason, handle_other, receive, wait_readable)
+                                     check_symbols, close_reason, handle_other, read_event, wait_readable)
 from feedsup.binance.streams import stream_url
 
 
@@ -276,16 +276,10 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             break
         if not wait_readable(ws, POLL_S):
             continue
-        got = receive(rt, ws)
+        got = read_event(rt, ws, normalise)
         if got is None:
             continue
-        payload, recv_ns = got
-        try:
-            event = orjson.loads(payload)["data"]
-            topic, data, major, minor, final = normalise(event)
-        except (ValueError, KeyError, TypeError, MalformedEvent):
-            handle_other(rt, payload)
-            continue
+        recv_ns, event, (topic, data, major, minor, final) = got
         tb = topics.get(topic)
         if tb is None:
             tb = topics[topic] = topic.encode()

@@ -16,13 +16,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import websocket
 import zmq
 
 from feedsup import procs, restlimit
+from feedsup.binance.normalise import MalformedEvent, Normalised
 from feedsup.ipc.frames import Control
 from feedsup.workers import fastrecv, rest
 from feedsup.workers.keepalive import Pinger
@@ -346,6 +347,23 @@ def handle_other(rt: Runtime, payload: bytes) -> None:
         rt.notice("serverShutdown", event_time=event.get("E"))
         return
     rt.counters.malformed += 1
+
+
+def read_event(rt: Runtime, ws: websocket.WebSocket,
+               normalise: Callable[[dict[str, Any]], Normalised]) -> tuple[int, dict[str, Any], Normalised] | None:
+    """One market-data frame, decoded and normalised: ``(recv_ns, event,
+    normalised)``, or None after a control frame, a server notice or a
+    malformed message (``handle_other`` counts it)."""
+    got = receive(rt, ws)
+    if got is None:
+        return None
+    payload, recv_ns = got
+    try:
+        event = orjson.loads(payload)["data"]
+        return recv_ns, event, normalise(event)
+    except (ValueError, KeyError, TypeError, MalformedEvent):
+        handle_other(rt, payload)
+        return None
 
 
 def wait_readable(ws: websocket.WebSocket, timeout: float, *, if_closed: bool = True) -> bool:
