@@ -34,7 +34,7 @@ from typing import Any
 
 from feedsup.procs import alive, tied, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]   # feedsup/tools/demo.py -> the checkout
 SUPERVISORD_TEMPLATE = REPO / "conf" / "supervisord.conf"
 PROGRAM = "program:feedsup"
 
