@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feedsup.chaos import main  # noqa: E402
+from feedsup.tools.chaos import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:] or ["--faults", "36"]))

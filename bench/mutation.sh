@@ -24,7 +24,7 @@ MODULES=(
   "budget|feedsup/supervisor/budget.py|tests/test_budget.py tests/test_policy.py"
   "keepalive|feedsup/workers/keepalive.py|tests/test_keepalive.py"
   "policy|feedsup/supervisor/policy.py|tests/test_policy.py tests/test_policy_edges.py tests/test_parent_actions.py tests/test_metrics.py"
-  "book|feedsup/workers/book.py|tests/test_book.py tests/test_book_edges.py"
+  "book|feedsup/binance/book.py|tests/test_book.py tests/test_book_edges.py"
 )
 
 wanted=("$@")

@@ -16,7 +16,7 @@ import orjson
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from feedsup.config import Stream  # noqa: E402
-from feedsup.workers.normalise import make_normaliser  # noqa: E402
+from feedsup.binance.normalise import make_normaliser  # noqa: E402
 
 EVENTS = {
     ("spot", "aggTrade"): {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feedsup.chaos import OutageOptions, OutageRun  # noqa: E402
+from feedsup.tools.chaos import OutageOptions, OutageRun  # noqa: E402
 
 
 def main() -> int:

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from feedsup.config import EX_CONFIG, ConfigError, load_config
+from feedsup.config import ConfigError, load_config
+from feedsup.ipc.exits import EX_CONFIG
 
 DEFAULT_CONFIG = "conf/feedsup.toml"
 

@@ -21,128 +21,16 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from feedsup import curve, endpoints
+from feedsup.restlimit import loopback_host
+from feedsup.binance.streams import INTERVALS_BY_MARKET, MAX_STREAMS_BY_MARKET
+from feedsup.config_model import (
+    ANY_PORT, CHANNELS, CHANNELS_BY_MARKET, MARKETS, SPOT_DEFAULT, USDM_DEFAULT, Config, ConfigError, Connection, Endpoint,
+    Restart, Stream,
+)
 from feedsup.ipc.topics import stream_topics
 
-EX_CONFIG = 78
-
-KLINE_INTERVALS = (
-    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h",
-    "12h", "1d", "3d", "1w", "1M",
-)
-MARKETS = ("spot", "usdm")
-CHANNELS = (
-    "trade", "aggTrade", "bookTicker", "miniTicker", "ticker", "kline",
-    "markPrice", "depth", "account",
-)
-# Binance serves at most 1024 streams on one connection.
-MAX_STREAMS_PER_CONNECTION = 1024
-
-
-class ConfigError(Exception):
-    """A config problem a retry cannot fix: names the file, the key and why."""
-
-    def __init__(self, file: str, key: str, reason: str) -> None:
-        super().__init__(f"{file}: {key}: {reason}")
-        self.file = file
-        self.key = key
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Connection parameters; ``[connection]`` sets them for every stream."""
-
-    ping_interval: float = 20.0     # client ping period (native WebSocket ping)
-    ping_timeout: float = 10.0      # pong must arrive within this after a ping
-    stale_after: float = 10.0       # no data for this long = stale; 0 disables
-    liveness_interval: float = 1.0  # worker -> parent liveness ping period
-    liveness_timeout: float = 5.0   # no liveness for this long = hung worker
-    connect_timeout: float = 10.0   # TCP+TLS+upgrade must finish within this
-    max_age: float = 23 * 3600.0    # planned make-before-break rotation age
-
-
-@dataclass(frozen=True)
-class Restart:
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    intensity: int = 10             # restarts allowed ...
-    period: float = 60.0            # ... within this many seconds, then FATAL
-    connect_budget: int = 250       # connection attempts per budget_window, all streams
-    budget_window: float = 300.0
-    stable_after: float = 30.0      # a worker running this long resets its backoff
-    stop_timeout: float = 3.0       # TERM -> KILL grace
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where one Binance market lives."""
-
-    ws_url: str
-    rest_url: str
-    ws_api_url: str = ""            # spot WebSocket API (user data); empty for usdm
-
-
-SPOT_DEFAULT = Endpoint(
-    ws_url="wss://stream.binance.com:9443",
-    rest_url="https://api.binance.com",
-    ws_api_url="wss://ws-api.binance.com:443/ws-api/v3",
-)
-USDM_DEFAULT = Endpoint(
-    ws_url="wss://fstream.binance.com",
-    rest_url="https://fapi.binance.com",
-)
-
-
-@dataclass(frozen=True)
-class Stream:
-    name: str
-    market: str                      # spot | usdm
-    channel: str                     # one of CHANNELS
-    symbols: tuple[str, ...] = ()    # upper case, as Binance lists them
-    intervals: tuple[str, ...] = ()  # kline only
-    depth_levels: int = 10           # depth only: top-N levels published
-    topic_prefix: str = ""           # prepended to every topic, e.g. "usdm."
-    connection: Connection = field(default_factory=Connection)
-    # account only: names of env vars holding the secrets, or a key file.
-    api_key_env: str = ""
-    api_secret_env: str = ""
-    key_file: str = ""
-    # account only: PEM Ed25519 private key signing instead of an HMAC secret.
-    ed25519_key_file: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    # Default: ipc sockets in a private per-user folder (feedsup/endpoints.py).
-    pub: str = field(default_factory=endpoints.default_pub)
-    control: str = field(default_factory=endpoints.default_control)
-    log_format: str = "logfmt"       # logfmt | json
-    metrics_port: int = 0            # 0 = no Prometheus endpoint; ANY_PORT = a free port (see status)
-    pub_hwm: int = 100_000
-    # Where the parent keeps watermarks and connection attempts across its own
-    # restarts; empty = nothing kept (a new parent starts from live data).
-    state_file: str = ""
-    # CURVE on pub and control (feedsup/curve.py): the server's certificate
-    # with its secret key, and the Z85 public keys of the clients let in.
-    curve_server_key_file: str = ""
-    curve_allowed_clients: tuple[str, ...] = ()
-    spot: Endpoint = SPOT_DEFAULT
-    usdm: Endpoint = USDM_DEFAULT
-    connection: Connection = field(default_factory=Connection)
-    restart: Restart = field(default_factory=Restart)
-    streams: tuple[Stream, ...] = ()
-    instance: str = ""               # names this feedsup in sink frames (``source``); "" = host name
-    sink: object = None              # feedsup.sinks.config.NatsSink, or None: no [sink.nats]
-    shard: str = ""                  # "k/n": this host's part of every symbols = "*" stream
-    universes: tuple = ()            # feedsup.universe.Wildcard: symbols = "*" streams, expanded at run
-
-    def endpoint(self, market: str) -> Endpoint:
-        return self.spot if market == "spot" else self.usdm
-
-
 # ---------------------------------------------------------------------------
-# Loader: TOML -> the dataclasses above.
+# Loader: TOML -> the dataclasses of feedsup/config_model.py.
 #
 # Each value goes through a small converter that takes the raw TOML value and
 # its location (``_At``) and either returns the typed value or raises
@@ -155,24 +43,6 @@ T = TypeVar("T")
 
 CONNECTION_KEYS = tuple(f.name for f in fields(Connection))
 
-# Where each channel exists. ``markPrice`` is futures-only. Futures routes
-# (../shared/FACTS.md) list aggTrade, kline, markPrice and tickers on /market
-# and bookTicker and depth on /public; ``trade`` is served on /market too
-# (kept in step with feedsup/workers/streams.py, which builds the URLs).
-CHANNELS_BY_MARKET = {
-    "spot": frozenset(CHANNELS) - {"markPrice"},
-    # USD-M lists no raw @trade stream; a subscription would be acknowledged
-    # and then stay silent, which would look like a stale feed forever.
-    "usdm": frozenset(CHANNELS) - {"trade"},
-}
-# Futures klines start at 1m; only spot has 1s.
-INTERVALS_BY_MARKET = {
-    "spot": KLINE_INTERVALS,
-    "usdm": tuple(i for i in KLINE_INTERVALS if i != "1s"),
-}
-# Sources disagree between 200 and 1024 streams per futures connection; we
-# plan for the lower figure so a config that loads also works.
-MAX_STREAMS_BY_MARKET = {"spot": MAX_STREAMS_PER_CONNECTION, "usdm": 200}
 
 # Binance allows 300 connection attempts per 5 minutes per IP.
 BINANCE_CONNECT_LIMIT = 300
@@ -365,12 +235,6 @@ def _int_range(low: int, high: int) -> Converter[int]:
             at.fail(f"must be between {low} and {high}, got {_show(number)}")
         return number
     return convert
-
-
-# ``metrics_port = "any"``: the parent binds a free port and reports it in
-# status (``metrics_port``); tests and side-by-side instances need no port
-# picked in advance, which another process could take first.
-ANY_PORT = -1
 
 
 def _metrics_port(value: object, at: _At) -> int:
@@ -821,15 +685,7 @@ def _load_restart(raw: object, at: _At) -> Restart:
 def _reaches_beyond_loopback(config: Config) -> bool:
     """True if some stream connects to a non-loopback host. Binance's limit
     is per IP; a local simulator may be hammered faster on purpose."""
-    def loopback(url: str) -> bool:
-        host = urlsplit(url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-    return not all(loopback(_connects_to(config, s)) for s in config.streams)
+    return not all(loopback_host(urlsplit(_connects_to(config, s)).hostname or "") for s in config.streams)
 
 
 def _connects_to(config: Config, stream: Stream) -> str:

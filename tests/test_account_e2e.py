@@ -2,7 +2,7 @@
 
 Orders are placed through the simulator's signed REST; the consumer state is
 rebuilt from ``account.snapshot`` + events with the documented consumer rule
-(feedsup/workers/account_normalise.py) and compared with the simulator's own
+(feedsup/binance/account_normalise.py) and compared with the simulator's own
 account, field for field.
 """
 

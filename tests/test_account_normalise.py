@@ -12,13 +12,14 @@ import pytest
 
 from feedsup.credentials import Credentials
 from feedsup.supervisor.sequencer import Sequencer, is_newer
-from feedsup.workers.account import classify_rejection, signed_query, ws_api_payload
-from feedsup.workers.account_normalise import (
+from feedsup.binance.rest import classify_rejection, ws_api_payload
+from feedsup.workers.signed_rest import signed_query
+from feedsup.binance.account_normalise import (
     REPLAY_MINOR, EventOrder, change_time, is_replay, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
 )
 from feedsup.workers.account_spot import SUBSCRIBE, subscribe_request, subscription_id
 from feedsup.workers.account_usdm import KEEPALIVE_INTERVAL, keepalive_interval, private_url
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded
 
 # --- Binance's documented payloads (user-data-stream.md, futures user data docs) ----------

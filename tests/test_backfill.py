@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from feedsup.workers import backfill
-from feedsup.workers.backfill import PAGE, Gap, Item, Plan, Step, merge
-from feedsup.workers.rest import classify, request_weight
+from feedsup.binance import backfill
+from feedsup.binance.backfill import PAGE, Gap, Item, Plan, Step, merge
+from feedsup.binance.rest import classify, request_weight
 
 M = 60_000
 T = 1_767_225_600_000   # a minute boundary

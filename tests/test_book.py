@@ -4,11 +4,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedsup.workers.book import (
+from feedsup.binance.book import (
     BadLevel, BookStateError, FuturesBookSync, OrderBook, SpotBookSync, Verdict,
     make_book_sync,
 )
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 
 
 def diff(first, last, bids=(), asks=(), prev=None):
@@ -360,7 +360,7 @@ def test_book_matches_the_simulator_book(market):
     from feedsup.sim.payloads import depth_snapshot
     from feedsup.sim.streams import StreamSpec
     from feedsup.sim.symbols import spec_for
-    from feedsup.workers.normalise import make_normaliser
+    from feedsup.binance.normalise import make_normaliser
 
     m = SymbolMarket(spec_for("BTCUSDT"), market, 11, T0, 20.0, 50.0, 50, 100_000)
     feed = DepthFeed(StreamSpec("btcusdt@depth@100ms", "depth", "BTCUSDT", period_ms=100), T0, m)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from feedsup.workers.book import (
+from feedsup.binance.book import (
     BadLevel, BookStateError, FuturesBookSync, OrderBook, SpotBookSync, Verdict, make_book_sync,
 )
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 from test_book import SNAP_ASKS, SNAP_BIDS, diff
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feedsup.chaos import BREAKING, CATALOGUE, ChaosOptions, ChaosRun, OutageOptions, OutageRun
+from feedsup.tools.chaos import BREAKING, CATALOGUE, ChaosOptions, ChaosRun, OutageOptions, OutageRun
 
 
 def test_every_fault_kind_loses_and_duplicates_nothing(tmp_path, timing, capsys):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from feedsup import endpoints
+from feedsup.binance.streams import KLINE_INTERVALS
 from feedsup.config import (
-    ANY_PORT, CHANNELS_BY_MARKET, KLINE_INTERVALS, Config, ConfigError, Connection, Restart, SPOT_DEFAULT,
+    ANY_PORT, CHANNELS_BY_MARKET, Config, ConfigError, Connection, Restart, SPOT_DEFAULT,
     USDM_DEFAULT, load_config,
 )
 

@@ -23,7 +23,7 @@ import zmq
 from feedsup.config import load_config
 from feedsup.ipc import frames
 from feedsup.procs import tied
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.spec import WorkerSpec
 from harness import wait_for, write_config
 
 SYMBOL = "BTCUSDT"

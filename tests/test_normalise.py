@@ -5,7 +5,7 @@ import pytest
 
 from feedsup.config import Stream
 from feedsup.ipc.frames import DATA, encode_body, encode_data, iter_records
-from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
+from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
 
 # Payloads as Binance documents them (values from the docs' examples).
 AGG_TRADE = {
@@ -324,7 +324,7 @@ def test_simulator_events_normalise_on_our_routes(market, channel):
     from feedsup.sim.options import DEFAULT_START_MS as T0
     from feedsup.sim.streams import deliverable, parse_stream
     from feedsup.sim.symbols import spec_for
-    from feedsup.workers.streams import route, stream_names
+    from feedsup.binance.streams import route, stream_names
 
     stream = Stream(name="s", market=market, channel=channel, symbols=("BTCUSDT",),
                     intervals=("1m",))

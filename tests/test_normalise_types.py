@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 from test_normalise import CASES, KLINE, norm
 
 DEC, INT, BOOL, STR, LIST = "decimal", "int", "bool", "str", "list"

@@ -6,8 +6,8 @@ import json
 from feedsup.config import Connection, Endpoint, Stream
 from feedsup.ipc import frames
 from feedsup.workers import __main__ as worker_main
-from feedsup.workers.runtime import EXIT_FATAL
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.exits import EX_CONFIG as EXIT_FATAL
+from feedsup.ipc.spec import WorkerSpec
 
 
 def spec(**changes) -> WorkerSpec:

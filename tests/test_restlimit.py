@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from feedsup.workers import restlimit
+from feedsup import restlimit
 from feedsup.workers.rest import RestClient, RestFailed
-from feedsup.workers.restlimit import BudgetState, BudgetUnavailable, SharedBudget, observe, reserve
+from feedsup.restlimit import BudgetState, BudgetUnavailable, SharedBudget, observe, reserve
 
 T0 = 1_800_000_000.0   # a clock minute boundary (divisible by 60)
 

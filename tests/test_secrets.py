@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from feedsup.workers.account import classify_rejection
+from feedsup.binance.rest import classify_rejection
 from harness import REPO, Collector, Feedsup, wait_for
 from test_account_e2e import API_KEY, API_SECRET, KEY_ENV, SECRET_ENV, account_stream, make_sim, order
 

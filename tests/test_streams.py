@@ -1,7 +1,7 @@
 import pytest
 
 from feedsup.config import SPOT_DEFAULT, USDM_DEFAULT, Endpoint, Stream
-from feedsup.workers.streams import route, stream_names, stream_url
+from feedsup.binance.streams import route, stream_names, stream_url
 
 
 def make(channel, market="spot", symbols=("BTCUSDT",), intervals=()):

@@ -1,7 +1,7 @@
 """feedsup under real supervisord, with the shipped conf/supervisord.conf.
 
 The config is copied into the test's temporary directory with its own
-socket, log and feedsup config paths (``feedsup.demo.supervisord_conf``);
+socket, log and feedsup config paths (``feedsup.tools.demo.supervisord_conf``);
 every supervision setting of ``[program:feedsup]`` is kept as shipped.
 supervisord is driven through ``supervisorctl`` and its XML-RPC interface on
 its unix socket.
@@ -24,7 +24,7 @@ from supervisor.options import ServerOptions
 from supervisor.xmlrpc import SupervisorTransport
 
 from feedsup.config import Connection, Restart
-from feedsup.demo import SUPERVISORD_TEMPLATE, find_supervisord, supervisord_conf
+from feedsup.tools.demo import SUPERVISORD_TEMPLATE, find_supervisord, supervisord_conf
 from feedsup.ipc.client import request
 from feedsup.procs import tied
 from harness import Collector, alive, child_pids, wait_for, write_config

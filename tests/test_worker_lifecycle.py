@@ -22,7 +22,7 @@ import zmq
 from feedsup.config import Connection, Endpoint, Stream
 from feedsup.ipc import frames
 from feedsup.procs import alive, read_line, wait_for
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.spec import WorkerSpec
 
 # How long a worker may take to go once its parent is gone (the watchdog
 # polls getppid every ORPHAN_POLL_S; the rest is slack for a loaded machine).

@@ -239,8 +239,3 @@ def with_seq(body: bytes, seq: int) -> bytes:
     if not 0x80 <= head <= 0x80 + MAX_BODY_KEYS:
         raise ValueError("body must be a msgpack fixmap with fewer than 15 keys")
     return bytes((head + 1,)) + SEQ_KEY + msgpack.packb(seq) + body[1:]
-
-
-def decode_payload(payload: bytes) -> dict[str, Any]:
-    """Decode a consumer payload: ``{topic, seq, stream, recv_ns, data, ...}``."""
-    return msgpack.unpackb(payload)

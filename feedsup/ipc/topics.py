@@ -22,10 +22,6 @@ def account_topic(event: str) -> str:
     return f"account.{event}"
 
 
-def topic_channel(topic: str) -> str:
-    return topic.split(".", 1)[0]
-
-
 def symbol_topic(channel: str, symbol: str, interval: str = "", prefix: str = "") -> str:
     """The topic of one symbol (and interval) of a market stream.
 

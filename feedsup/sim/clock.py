@@ -19,7 +19,3 @@ class SimClock:
     def wall(self) -> float:
         """Monotonic wall seconds, for protocol rules."""
         return self._monotonic()
-
-    def wall_delay_for(self, sim_ms: float) -> float:
-        """Wall seconds until simulated time reaches ``sim_ms`` (0 if past)."""
-        return max(0.0, (sim_ms - self.now_ms()) / 1000.0 / self.speed)

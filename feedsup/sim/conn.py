@@ -112,10 +112,6 @@ class Connection:
         if not self.ws.closed and not self.effects(time.monotonic()).stalled:
             await self.ws.send_frame(orjson.dumps(obj), TEXT)
 
-    async def send_raw(self, data: bytes) -> None:
-        if not self.ws.closed:
-            await self.ws.send_frame(data, TEXT)
-
     # -- keepalive and lifetime -------------------------------------------------------
 
     def keepalive(self, now: float, sim_ms: int) -> None:

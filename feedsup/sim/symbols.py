@@ -27,10 +27,6 @@ class SymbolSpec:
     futures_qty_decimals: int
     max_qty_units: int    # largest random order quantity, in steps
 
-    @property
-    def stream_symbol(self) -> str:
-        return self.symbol.lower()
-
 
 def split_symbol(symbol: str) -> tuple[str, str]:
     for quote in _QUOTES:

@@ -7,14 +7,25 @@ client that vanishes mid-request cannot wedge the parent as a REP would.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from feedsup.ipc.topics import HELLO_PREFIX
 
-if TYPE_CHECKING:
-    from feedsup.supervisor.parent import Parent
 
-Handler = Callable[["Parent", dict[str, Any]], dict[str, Any]]
+class Supervised(Protocol):
+    """What the commands ask of the parent (feedsup/supervisor/parent.py),
+    named here so this module does not import it back."""
+
+    pid: int
+
+    def status(self) -> dict[str, Any]: ...
+    def stream_names(self) -> list[str]: ...
+    def restart(self, stream: str) -> None: ...
+    def last_frames(self, prefix: str) -> list[bytes]: ...
+    def hello(self, token: str) -> bool: ...
+
+
+Handler = Callable[[Supervised, dict[str, Any]], dict[str, Any]]
 COMMANDS: dict[str, Handler] = {}
 
 
@@ -29,7 +40,7 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def dispatch(parent: "Parent", request: Any) -> dict[str, Any]:
+def dispatch(parent: Supervised, request: Any) -> dict[str, Any]:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return {"ok": False, "error": "request must be a map with a string 'cmd'"}
     handler = COMMANDS.get(request["cmd"])
@@ -42,12 +53,12 @@ def dispatch(parent: "Parent", request: Any) -> dict[str, Any]:
 
 
 @command("status")
-def status(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+def status(parent: Supervised, request: dict[str, Any]) -> dict[str, Any]:
     return parent.status()
 
 
 @command("restart")
-def restart(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+def restart(parent: Supervised, request: dict[str, Any]) -> dict[str, Any]:
     stream = request.get("stream")
     if stream not in parent.stream_names():
         raise CommandError(f"no stream named {stream!r}; streams: {', '.join(parent.stream_names())}")
@@ -56,12 +67,12 @@ def restart(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
 
 
 @command("ping")
-def ping(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+def ping(parent: Supervised, request: dict[str, Any]) -> dict[str, Any]:
     return {"pid": parent.pid}
 
 
 @command("last")
-def last(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+def last(parent: Supervised, request: dict[str, Any]) -> dict[str, Any]:
     """The latest payload of every topic starting with ``prefix``."""
     prefix = request.get("prefix", "")
     if not isinstance(prefix, str):
@@ -70,7 +81,7 @@ def last(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
 
 
 @command("hello")
-def hello(parent: "Parent", request: dict[str, Any]) -> dict[str, Any]:
+def hello(parent: Supervised, request: dict[str, Any]) -> dict[str, Any]:
     """Has this client's subscription to ``_feedsup.hello.<token>`` reached
     the PUB socket (``live``)? Nothing is ever published on that topic."""
     token = request.get("token")

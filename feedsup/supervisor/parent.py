@@ -31,13 +31,12 @@ from feedsup import curve, endpoints, logs
 from feedsup.config import ANY_PORT, Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
-from feedsup.supervisor import control, fdlimit, policy as pol, state as saved
+from feedsup.supervisor import control, fdlimit, gaps, policy as pol, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
-from feedsup.workers import restlimit
-from feedsup.workers.runtime import EXIT_FATAL
-from feedsup.workers.spec import WorkerSpec
+from feedsup import restlimit
+from feedsup.ipc.spec import WorkerSpec
 
 log = logging.getLogger("feedsup.parent")
 
@@ -67,12 +66,9 @@ CONTROL_MAX_MESSAGE = 1 << 20
 # Recent hello tokens seen subscribing on the PUB socket (catch_up's proof
 # that a subscription is live); the oldest are forgotten past this.
 MAX_HELLOS = 1024
-# Channels whose history Binance does not serve: when their source is lost
-# the parent announces a gap, and closes it with the next regular frame.
 # The head of a published payload: map header, "seq", uint32 marker, seq.
 _SEQ_HEAD = struct.Struct(">B4sBI")
 assert len(frames.SEQ_KEY) == 4
-NO_HISTORY = frozenset({"bookTicker", "miniTicker", "ticker", "markPrice", "depth"})
 
 
 class Parent:
@@ -465,7 +461,7 @@ class Parent:
         if type(fields) is not dict or type(fields.get("gap")) is not dict or fields.get("data") is not None:
             return "gap record body is not a gap notice"
         stream = self._streams.get(self._topic_owner.get(topic.decode(errors="replace"), ""))
-        if stream is not None and stream.channel not in NO_HISTORY:
+        if stream is not None and stream.channel not in gaps.NO_HISTORY:
             # What this topic already delivered is no loss (a rotation
             # successor whose REST failed names ids its predecessor published).
             gap = self.sequencer.trim_gap(topic, fields["gap"], kline=stream.channel == "kline")
@@ -520,31 +516,21 @@ class Parent:
         self._sink_batch = []
 
     def _announce_loss(self, stream_name: str, reason: str, fatal: bool = False) -> None:
-        """The stream's source is gone: open a gap on each of its topics.
-
-        On leaving RUNNING only channels without REST history get one (the
-        next worker backfills the others). A FATAL stream has no next
-        worker: every topic it owned gets one, and a topic whose gap is
-        already open hears it again, with the FATAL reason. Gaps of channels
-        without history close with their next regular frame; elsewhere a
-        restart by the operator backfills, so its next frame ends the gap.
-        """
+        """The stream's source is gone: publish the gap notices ``gaps.on_loss``
+        decides (a restart by the operator backfills the others, so its next
+        frame ends their gap)."""
         stream = self._streams[stream_name]
-        no_history = stream.channel in NO_HISTORY
-        if not (no_history or fatal):
-            return
-        for topic in topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix):
+        names = topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
+        for topic, gap, keep_open in gaps.on_loss(stream.channel, names, self.open_gaps, self._last_ms,
+                                                  reason, fatal):
             tb = topic.encode()
-            gap = self.open_gaps.get(tb)
-            if gap is not None and not fatal:
-                continue
-            if gap is None:
-                last = self.last_values.get(tb)
-                gap = {"from_ms": msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None, "to_ms": None}
-            gap = {**gap, "reason": reason}
-            if no_history:
+            if keep_open:
                 self.open_gaps[tb] = gap
             self._publish(tb, frames.encode_gap_body(topic, stream_name, time.time_ns(), **gap))
+
+    def _last_ms(self, topic: bytes) -> int | None:
+        last = self.last_values.get(topic)
+        return msgpack.unpackb(last)["recv_ns"] // 1_000_000 if last else None
 
     def _close_gap(self, topic: bytes, body: bytes, seq: int) -> None:
         """The first regular frame after a loss: say exactly what was lost."""
@@ -554,7 +540,7 @@ class Parent:
             recv_ns, stream = int(first["recv_ns"]), str(first["stream"])
         except Exception:   # the frame's own checks are the worker's; the notice must go out
             recv_ns, stream = time.time_ns(), self._owner_b.get(topic, "")
-        gap["to_ms"] = recv_ns // 1_000_000
+        gap = gaps.closed(gap, recv_ns)
         self._publish(topic, frames.encode_gap_body(topic.decode(errors="replace"), stream, recv_ns, **gap),
                       seq)
 
@@ -700,8 +686,7 @@ class Parent:
             self.rates.pop(inst, None)
             report = worker.exit_report or {}
             reason = report.get("reason") or describe_exit(code)
-            fatal = bool(report.get("fatal")) and code == EXIT_FATAL
-            actions += self.policy.on_exit(inst, code, reason, fatal, now)
+            actions += self.policy.on_exit(inst, code, reason, bool(report.get("fatal")), now)
         return actions
 
     def _execute(self, actions: list[Any]) -> int | None:

@@ -32,10 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from feedsup.config import EX_CONFIG, Restart, Stream
+from feedsup.config_model import Restart, Stream
 from feedsup.supervisor.backoff import Backoff
 from feedsup.supervisor.budget import ConnectBudget
-from feedsup.workers.runtime import EXIT_RETRY, UPGRADE_REJECTED
+from feedsup.ipc.exits import EX_CONFIG, EX_TEMPFAIL, UPGRADE_REJECTED, WORKER_CRASHED
 
 SERVER_SHUTDOWN = "serverShutdown"
 # The Terminate reason of a worker whose successor took over: the successor
@@ -45,9 +45,6 @@ BUDGET_EXHAUSTED = "connect budget exhausted"
 LIVENESS_TIMEOUT = "liveness timeout"
 START_TIMEOUT = "start timeout"
 RESTART_REQUESTED = "restart requested"
-# The worker shell's reasons for a crash it caught (feedsup/workers/__main__.py):
-# our bug, not the network's, even though it exits with EX_TEMPFAIL.
-WORKER_CRASHED = ("worker error", "worker returned")
 
 # A new process needs time (interpreter start, imports) before its ticker
 # can send the first liveness ping: allowed this on top of liveness_timeout,
@@ -183,7 +180,10 @@ def classify_exit(code: int | None, reason: str, fatal: bool, *, ran_before: boo
 
     ``code`` is the exit status (negative: killed by that signal; None: no
     process was ever started, ``Popen`` failed), ``reason`` and ``fatal``
-    come from the worker's EXIT report. ``ran_before``: a worker of this
+    come from the worker's EXIT report. This is the one place that decides
+    whether an exit is fatal, and the exit code decides it: a worker that
+    finds its end fatal exits with EX_CONFIG, so a ``fatal`` flag without
+    that code is from a worker killed after it reported, and does not count. ``ran_before``: a worker of this
     stream was READY before in this parent's life. ``ended_by``: the reason
     we TERMed or KILLed the worker, if we did; then that reason explains it.
     """
@@ -194,13 +194,13 @@ def classify_exit(code: int | None, reason: str, fatal: bool, *, ran_before: boo
     reason = reason or (f"exited with code {code}" if code is not None else "not started")
     if code is None:
         return Retry(reason)          # EAGAIN / ENOMEM on spawn: passes with time
-    if fatal or code == EX_CONFIG:
+    if code == EX_CONFIG:
         # A refused upgrade of a URL that worked before is more likely the
         # exchange misbehaving than our config turning bad.
         if ran_before and reason.startswith(UPGRADE_REJECTED):
             return CountedFailure(reason)
         return Fatal(reason)
-    if code == EXIT_RETRY and not reason.startswith(WORKER_CRASHED):
+    if code == EX_TEMPFAIL and not reason.startswith(WORKER_CRASHED):
         return Retry(reason)
     # Exit 0 we did not ask for, a traceback (1), a signal we did not send.
     return CountedFailure(reason)

@@ -17,8 +17,8 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from feedsup.config import Stream
-from feedsup.workers.spec import WorkerSpec
+from feedsup.config_model import Stream
+from feedsup.ipc.spec import WorkerSpec
 
 
 @dataclass

@@ -11,8 +11,9 @@ import threading
 from feedsup import logs
 from feedsup.ipc.frames import PROTOCOL_VERSION
 from feedsup.procs import die_with_parent
-from feedsup.workers.runtime import EXIT_FATAL, ConnectionEnded, Runtime
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.exits import EX_CONFIG, WORKER_ERROR, WORKER_RETURNED
+from feedsup.workers.runtime import ConnectionEnded, Runtime
+from feedsup.ipc.spec import WorkerSpec
 
 # One worker kind per stream kind.
 KINDS = {"account": "feedsup.workers.account", "depth": "feedsup.workers.depth"}
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> int:
     if spec.protocol != PROTOCOL_VERSION:   # started by a parent of another feedsup version
         print(f"worker={spec.stream.name}#{spec.instance} ERROR protocol version mismatch: parent speaks "
               f"{spec.protocol}, worker {PROTOCOL_VERSION}", file=sys.stderr)
-        return EXIT_FATAL
+        return EX_CONFIG
     die_with_parent(spec.parent_pid)
     setup_logging(spec)
     kind = importlib.import_module(KINDS.get(spec.stream.channel, DEFAULT_KIND))
@@ -53,12 +54,12 @@ def main(argv: list[str]) -> int:
     gc.freeze()
     try:
         kind.run(rt)
-        ended = ConnectionEnded("worker returned")
+        ended = ConnectionEnded(WORKER_RETURNED)
     except ConnectionEnded as exc:
         ended = exc
     except Exception as exc:  # a bug: report it rather than vanish
         logging.getLogger("feedsup.worker").exception("worker crashed")
-        ended = ConnectionEnded(f"worker error: {exc.__class__.__name__}: {exc}")
+        ended = ConnectionEnded(f"{WORKER_ERROR}: {exc.__class__.__name__}: {exc}")
     return rt.finish(ended)
 
 

@@ -32,47 +32,25 @@ replies are quoted by code and message only.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import select
 import threading
 import time
-import urllib.parse
 from typing import Any, Protocol
 
 import orjson
 import websocket
 
-from feedsup.config import ConfigError
+from feedsup.config_model import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
-from feedsup.workers import rest, restlimit
-from feedsup.workers.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
-from feedsup.workers.normalise import MalformedEvent
-from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
+from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
+from feedsup.binance.normalise import MalformedEvent
+from feedsup.workers import runtime
+from feedsup.workers.runtime import ConnectionEnded, Runtime, wait_readable
 
 log = logging.getLogger("feedsup.worker.account")
-
-# Binance's default recvWindow; we sign with our wall clock right before sending.
-RECV_WINDOW_MS = 5000
-
-# Binance error codes meaning "these credentials will not work": a retry
-# cannot help, a human must act. -1021 (timestamp outside recvWindow) is not
-# here: it is a clock problem and may pass.
-CREDENTIAL_CODES = {
-    -1002: "unauthorized",
-    -1022: "signature not valid (wrong API secret?)",
-    -2008: "invalid API key id",
-    -2014: "API key format invalid",
-    -2015: "invalid API key, IP, or permissions",
-}
-
-OP_TEXT = websocket.ABNF.OPCODE_TEXT
-OP_BINARY = websocket.ABNF.OPCODE_BINARY
-OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
-OP_PONG = websocket.ABNF.OPCODE_PONG
-
 
 class Session(Protocol):
     """What a market's account flavour provides to the shared shell."""
@@ -186,7 +164,7 @@ def read_until_done(rt: Runtime, ws: websocket.WebSocket, session: Session,
     already received, without waiting for more."""
     events = []
     while not fetch.done():
-        if not readable_now(ws):
+        if not wait_readable(ws, 0, if_closed=False):
             try:
                 select.select([ws.sock, fetch.wake_r], [], [])
                 continue
@@ -215,90 +193,6 @@ def make_session(rt: Runtime, creds: Credentials) -> Session:
 
 # -- exchange replies --------------------------------------------------------------
 
-def classify_rejection(what: str, status: int, body: Any) -> tuple[str, bool]:
-    """An error reply (REST or WebSocket API) -> (reason, fatal)."""
-    code, msg = None, ""
-    if isinstance(body, dict):
-        err = body.get("error") if isinstance(body.get("error"), dict) else body
-        code, msg = err.get("code"), str(err.get("msg") or "")[:200]
-    detail = f"HTTP {status}" + (f", code {code}" if code is not None else "") + (f": {msg}" if msg else "")
-    if code in CREDENTIAL_CODES or (status == 401 and code is None):
-        why = CREDENTIAL_CODES.get(code, "unauthorized")
-        return f"{what}: credentials rejected, {why} ({detail})", True
-    return f"{what}: {detail}", False
-
-
-def ws_api_payload(params: dict[str, Any]) -> str:
-    """The WebSocket API signing payload: every param but ``signature``,
-    sorted by name, as ``key=value`` joined with ``&``."""
-    def text(v: Any) -> str:
-        return ("true" if v else "false") if isinstance(v, bool) else str(v)
-    return "&".join(f"{k}={text(v)}" for k, v in sorted(params.items()) if k != "signature")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def signed_query(params: dict[str, Any], creds: Credentials, timestamp_ms: int) -> dict[str, Any]:
-    """``params`` + recvWindow + timestamp + signature over their query string.
-
-    rest.get urlencodes the dict the same way, so the signed string is
-    exactly the query string before ``&signature=``."""
-    query = {**params, "recvWindow": RECV_WINDOW_MS, "timestamp": timestamp_ms}
-    query["signature"] = creds.sign(urllib.parse.urlencode(query))
-    return query
-
-
-# Binance's request weights of the calls we make (rest-api.md, futures docs);
-# they count against the IP's per-minute weight like every other request.
-WEIGHTS = {
-    "/api/v3/account": 20, "/api/v3/openOrders": 80,    # openOrders without a symbol
-    "/fapi/v2/account": 5, "/fapi/v1/openOrders": 40, "/fapi/v1/listenKey": 1,
-    "/api/v3/time": 1, "/fapi/v1/time": 1,
-}
-
-
-class SignedRest:
-    """Signed (``USER_DATA``) and API-key (``USER_STREAM``) REST calls,
-    charged to the weight budget every worker of this parent shares."""
-
-    def __init__(self, base: str, creds: Credentials, timeout: float, budget: Any = None) -> None:
-        self.base = base
-        self.creds = creds
-        self.timeout = timeout
-        self.budget = budget
-
-    @classmethod
-    def for_worker(cls, rt: Runtime, creds: Credentials) -> "SignedRest":
-        return cls(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout,
-                   restlimit.SharedBudget.for_spec(rt.spec))
-
-    def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        return self.call(method, path, signed_query(params or {}, self.creds, now_ms()))
-
-    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
-             timeout: float | None = None) -> Any:
-        """The JSON body of a 2xx reply, else ConnectionEnded (classified)."""
-        what = f"{method} {path}"
-        timeout = timeout or self.timeout
-        if self.budget is not None:
-            try:   # while the IP is told to back off, asking again only lengthens it
-                self.budget.acquire(WEIGHTS.get(path, 1), time.monotonic() + timeout)
-            except restlimit.BudgetUnavailable as exc:
-                raise ConnectionEnded(f"{what} not sent: {exc}") from None
-        try:
-            resp = rest.get(self.base, path, params, timeout,
-                            headers={"X-MBX-APIKEY": self.creds.api_key}, method=method)
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise ConnectionEnded(f"{what} failed: {exc.__class__.__name__}: {exc}") from None
-        if self.budget is not None:
-            self.budget.observe(resp.status, resp.headers)
-        if 200 <= resp.status < 300:
-            return resp.body
-        raise ConnectionEnded(*classify_rejection(what, resp.status, resp.body))
-
-
 # -- publishing ------------------------------------------------------------------------
 
 def publish(rt: Runtime, topic: str, data: dict[str, Any], major: int, minor: int, final: bool,
@@ -324,22 +218,11 @@ Received = tuple[str, dict[str, Any], int, int]   # topic, data, event time, rec
 def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received | None:
     """Read one frame: an event to publish, or None (pong, reply, ignored or
     malformed message). Raises ConnectionEnded when the connection ends."""
-    try:
-        opcode, payload = ws.recv_data(True)
-    except (OSError, websocket.WebSocketException) as exc:
-        raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
-    if opcode == OP_PONG:
-        rt.pinger.on_pong(payload)
+    got = runtime.receive(rt, ws)
+    if got is None:
         return None
-    if opcode == OP_CLOSE:
-        reason, code = close_reason(payload)
-        raise ConnectionEnded(rt.ending or reason, close_code=code)
-    if opcode != OP_TEXT and opcode != OP_BINARY:
-        return None
-    recv_ns = time.time_ns()
+    payload, recv_ns = got
     counters = rt.counters
-    counters.msgs += 1
-    counters.bytes += len(payload)
     try:
         event = session.event_of(orjson.loads(payload))
         out = session.handle(event) if event is not None else None
@@ -368,24 +251,8 @@ def drain(rt: Runtime, ws: websocket.WebSocket, session: Session) -> list[Receiv
     """Every event already received (buffered or in the kernel), without
     waiting for more."""
     events = []
-    while readable_now(ws):
+    while wait_readable(ws, 0, if_closed=False):
         out = receive(rt, ws, session)
         if out is not None:
             events.append(out)
     return events
-
-
-def readable_now(ws: websocket.WebSocket) -> bool:
-    reader = getattr(ws.frame_buffer.recv_strict, "__self__", None)   # fastrecv's over-reader
-    if reader is not None and getattr(reader, "buffered", lambda: 0)():
-        return True
-    sock = ws.sock
-    if sock is None:
-        return False
-    if hasattr(sock, "pending") and sock.pending():   # TLS: decrypted, not yet read
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)

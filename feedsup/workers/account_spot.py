@@ -16,12 +16,10 @@ import orjson
 import websocket
 
 from feedsup.credentials import Credentials
-from feedsup.workers.account import (
-    OP_CLOSE, OP_PONG, OP_TEXT, OP_BINARY, RECV_WINDOW_MS, SignedRest, classify_rejection,
-    now_ms, ws_api_payload,
-)
-from feedsup.workers.account_normalise import SPOT_TERMINATED, normalise_spot, spot_snapshot
-from feedsup.workers.runtime import ConnectionEnded, Runtime, close_reason
+from feedsup.binance.rest import RECV_WINDOW_MS, classify_rejection, ws_api_payload
+from feedsup.workers.signed_rest import SignedRest, now_ms
+from feedsup.binance.account_normalise import SPOT_TERMINATED, normalise_spot, spot_snapshot
+from feedsup.workers.runtime import ConnectionEnded, Runtime, receive
 
 log = logging.getLogger("feedsup.worker.account")
 
@@ -71,19 +69,12 @@ class SpotSession:
     def _reply(self, ws: websocket.WebSocket) -> Any:
         while True:
             try:
-                opcode, payload = ws.recv_data(True)
+                got = receive(self.rt, ws, lost="connection lost while subscribing")
             except websocket.WebSocketTimeoutException:
                 raise ConnectionEnded(f"{SUBSCRIBE}: no reply within "
                                       f"{self.rt.conn.connect_timeout:g} s") from None
-            except (OSError, websocket.WebSocketException) as exc:
-                raise ConnectionEnded(self.rt.ending or f"connection lost while subscribing: "
-                                      f"{exc.__class__.__name__}: {exc}") from None
-            if opcode == OP_PONG:
-                self.rt.pinger.on_pong(payload)
-            elif opcode == OP_CLOSE:
-                reason, code = close_reason(payload)
-                raise ConnectionEnded(self.rt.ending or reason, close_code=code)
-            elif opcode in (OP_TEXT, OP_BINARY):
+            if got is not None:
+                payload, _ = got
                 try:
                     msg = orjson.loads(payload)
                 except ValueError:

@@ -30,8 +30,8 @@ from urllib.parse import quote
 import websocket
 
 from feedsup.credentials import Credentials
-from feedsup.workers.account import SignedRest
-from feedsup.workers.account_normalise import LISTEN_KEY_EXPIRED, normalise_usdm, usdm_snapshot
+from feedsup.workers.signed_rest import SignedRest
+from feedsup.binance.account_normalise import LISTEN_KEY_EXPIRED, normalise_usdm, usdm_snapshot
 from feedsup.workers.runtime import ConnectionEnded, Runtime
 
 log = logging.getLogger("feedsup.worker.account")

@@ -1,7 +1,7 @@
 """Local order book worker (``channel = "depth"``): REST snapshot + diffs.
 
 One connection carries ``<symbol>@depth@100ms`` for every configured symbol;
-each symbol has its own book sync (``feedsup.workers.book``: spot ``U``/``u``
+each symbol has its own book sync (``feedsup.binance.book``: spot ``U``/``u``
 rules, futures ``pu`` chaining). Snapshots come from a fetcher thread through
 the shared REST weight budget while the reader keeps buffering diffs, as
 Binance's procedure asks; a failed or stale snapshot is fetched again after a
@@ -35,17 +35,16 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import msgpack
-import orjson
 import websocket
 
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
-from feedsup.workers import book, rest, restlimit
-from feedsup.workers.market import (check_symbols, handle_other,
-                                    wait_readable)
-from feedsup.workers.normalise import MalformedEvent, depth_frame, make_normaliser
-from feedsup.workers.runtime import Runtime, receive
-from feedsup.workers.streams import stream_url
+from feedsup import restlimit
+from feedsup.workers import rest
+from feedsup.binance import book
+from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
+from feedsup.workers.runtime import Runtime, check_symbols, read_event, wait_readable
+from feedsup.binance.streams import stream_url
 
 log = logging.getLogger("feedsup.worker.depth")
 
@@ -351,16 +350,14 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, books: Books, normalise) -> 
             rt.uplink.flush()
             if not wait_readable(ws, POLL_S):
                 continue
-        got = receive(rt, ws)
+        got = read_event(rt, ws, normalise)
         if got is None:
             continue
-        payload, recv_ns = got
+        recv_ns, event, (_, data, _, _, _) = got
         try:
-            event = orjson.loads(payload)["data"]
-            _, data, _, _, _ = normalise(event)
             books.on_diff(data["symbol"].upper(), data, recv_ns)
         except (ValueError, KeyError, TypeError, MalformedEvent):
-            handle_other(rt, payload)
+            rt.counters.malformed += 1   # a depth diff the book refuses (its checks)
             continue
         counters.last_event_ms = event.get("E") or 0
         counters.last_recv_ms = recv_ns // 1_000_000

@@ -12,7 +12,6 @@ reading thread sends on the uplink (ZeroMQ sockets are not thread-safe).
 
 from __future__ import annotations
 
-import select
 import threading
 import time
 from collections import deque
@@ -24,11 +23,13 @@ import websocket
 
 from feedsup.ipc import frames
 from feedsup.ipc.topics import symbol_topic
-from feedsup.workers import backfill, fastrecv, rest, restlimit
-from feedsup.workers.normalise import MalformedEvent, make_normaliser
+from feedsup import restlimit
+from feedsup.binance import backfill
+from feedsup.binance.normalise import MalformedEvent, make_normaliser
+from feedsup.workers import fastrecv, rest
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
-                                     close_reason, receive)
-from feedsup.workers.streams import stream_url
+                                     check_symbols, close_reason, handle_other, read_event, wait_readable)
+from feedsup.binance.streams import stream_url
 
 
 
@@ -77,15 +78,6 @@ def run(rt: Runtime) -> None:
         pending[0] = hole._replace(resume=None)
 
 
-def check_symbols(rt: Runtime) -> None:
-    stream = rt.spec.stream
-    budget = restlimit.SharedBudget.for_spec(rt.spec)
-    bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
-                               rt.conn.connect_timeout, budget)
-    if bad:
-        raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
-
-
 class Entry(NamedTuple):
     """A live frame held back while catching up."""
 
@@ -112,6 +104,9 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
     encode = frames.DataEncoder(rt.name).encode
     time_ns = time.time_ns
     first = not streaming
+    # runtime.receive and handle-the-message inlined, with locals: every
+    # message passes here, and a Python call per message is a measurable share
+    # of the loop (bench/throughput.py). Every other reader calls receive().
     while True:
         payload = buffered()
         if payload is None:
@@ -151,20 +146,6 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, normalise, streaming: bool =
 
 def _nothing() -> None:
     return None
-
-
-def handle_other(rt: Runtime, payload: bytes) -> None:
-    """Not a market event: a server notice, or malformed (counted, skipped)."""
-    try:
-        msg = orjson.loads(payload)
-    except ValueError:
-        rt.counters.malformed += 1
-        return
-    event = msg.get("data", msg) if isinstance(msg, dict) else None
-    if isinstance(event, dict) and event.get("e") == "serverShutdown":
-        rt.notice("serverShutdown", event_time=event.get("E"))
-        return
-    rt.counters.malformed += 1
 
 
 # -- catching up after a (re)connect -------------------------------------------------
@@ -300,16 +281,10 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             break
         if not wait_readable(ws, POLL_S):
             continue
-        got = receive(rt, ws)
+        got = read_event(rt, ws, normalise)
         if got is None:
             continue
-        payload, recv_ns = got
-        try:
-            event = orjson.loads(payload)["data"]
-            topic, data, major, minor, final = normalise(event)
-        except (ValueError, KeyError, TypeError, MalformedEvent):
-            handle_other(rt, payload)
-            continue
+        recv_ns, event, (topic, data, major, minor, final) = got
         tb = topics.get(topic)
         if tb is None:
             tb = topics[topic] = topic.encode()
@@ -397,25 +372,3 @@ def gap_frame(rt: Runtime, topic: str, tb: bytes, gap: backfill.Gap) -> bytes:
     detail = {k: v for k, v in (("from_id", gap.from_id), ("to_id", gap.to_id)) if v is not None}
     return frames.encode_gap(tb, frames.encode_gap_body(topic, rt.name, time.time_ns(), gap.from_ms,
                                                         gap.to_ms, gap.reason, **detail))
-
-
-def wait_readable(ws: websocket.WebSocket, timeout: float) -> bool:
-    """Would ``recv_data`` find data (buffered, or on the socket) within ``timeout``?
-
-    The reader must notice a finished backfill on a quiet stream, yet a
-    socket timeout could cut a frame in half; so it waits in ``select``.
-    """
-    over = getattr(ws.frame_buffer.recv_strict, "__self__", None)
-    if over is not None and hasattr(over, "buffered") and over.buffered() > 0:
-        return True
-    sock = ws.sock
-    if sock is None:
-        return True               # recv_data reports the closed connection
-    pending = getattr(sock, "pending", None)
-    if pending is not None and pending() > 0:
-        return True               # TLS already decrypted bytes select cannot see
-    try:
-        ready, _, _ = select.select([sock], [], [], timeout)
-    except (OSError, ValueError):
-        return True
-    return bool(ready)

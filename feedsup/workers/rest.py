@@ -16,7 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from feedsup.workers import restlimit
+from feedsup import restlimit
+from feedsup.binance.rest import classify, request_weight
 
 
 @dataclass(frozen=True)
@@ -102,33 +103,6 @@ def _probe_each(ask, symbols: tuple[str, ...]) -> list[str] | None:
 
 class RestFailed(Exception):
     """A REST call that could not succeed before its deadline, or never can."""
-
-
-def classify(status: int) -> str:
-    """``ok``, ``limited`` (429/418: the shared budget waits), ``retry``
-    (the exchange or network hiccuped) or ``fatal`` (the request is wrong)."""
-    if 200 <= status < 300:
-        return "ok"
-    if status in (418, 429):
-        return "limited"
-    if status >= 500 or status == 408:
-        return "retry"
-    return "fatal"
-
-
-def request_weight(market: str, path: str, params: dict[str, Any]) -> int:
-    """Binance's request weight of one GET (rest-api.md, futures docs)."""
-    limit = int(params.get("limit", 500))
-    name = path.rsplit("/", 1)[-1]
-    if market == "spot":
-        if name == "depth":
-            return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
-        return {"klines": 2, "aggTrades": 4, "trades": 25, "exchangeInfo": 20}.get(name, 2)
-    if name == "depth":
-        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
-    if name == "klines":
-        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
-    return {"aggTrades": 20, "trades": 5, "exchangeInfo": 1}.get(name, 1)
 
 
 class RestClient:

@@ -16,24 +16,23 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+import orjson
 import websocket
 import zmq
 
-from feedsup import procs
+from feedsup import procs, restlimit
+from feedsup.binance.normalise import MalformedEvent, Normalised
 from feedsup.ipc.frames import Control
-from feedsup.workers import fastrecv
+from feedsup.workers import fastrecv, rest
 from feedsup.workers.keepalive import Pinger
-from feedsup.workers.spec import WorkerSpec
+from feedsup.ipc.exits import EX_CONFIG, EX_STOPPED, EX_TEMPFAIL, UPGRADE_REFUSED, UPGRADE_REJECTED
+from feedsup.ipc.spec import WorkerSpec
 from feedsup.workers.uplink import Uplink
 
 log = logging.getLogger("feedsup.worker")
 
-EXIT_STOPPED = 0   # terminated on the parent's request
-EXIT_RETRY = 75    # EX_TEMPFAIL: the connection ended; a restart may help
-EXIT_FATAL = 78    # EX_CONFIG: retrying cannot fix this
-EXIT_ORPHAN = procs.EXIT_ORPHAN  # the parent is gone
 
 # The watchdog checks that the parent lives this often: an orphan exits
 # within about this long, whatever its other threads are blocked in.
@@ -154,7 +153,7 @@ class Runtime:
                 woken = b""
                 time.sleep(ORPHAN_POLL_S)
             if os.getppid() != self.spec.parent_pid:
-                os._exit(EXIT_ORPHAN)
+                os._exit(procs.EXIT_ORPHAN)
             now = time.monotonic()
             if stop_by is None and any(b in STOP_SIGNALS for b in woken):
                 stop_by = now + STOP_GRACE_S
@@ -164,7 +163,7 @@ class Runtime:
                 # between creating it and handing it over) is shut too.
                 self._shutdown_socket()
                 if now >= stop_by:
-                    os._exit(EXIT_STOPPED)
+                    os._exit(EX_STOPPED)
 
     @property
     def ending(self) -> str | None:
@@ -200,8 +199,8 @@ class Runtime:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         if stopped:
-            return EXIT_STOPPED
-        return EXIT_FATAL if fatal else EXIT_RETRY
+            return EX_STOPPED
+        return EX_CONFIG if fatal else EX_TEMPFAIL
 
     # -- connecting ----------------------------------------------------------
 
@@ -301,14 +300,18 @@ class Runtime:
                 pass  # the reading thread sees the broken socket and reports it
 
 
-def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
+def receive(rt: Runtime, ws: websocket.WebSocket, lost: str = "connection lost") -> tuple[bytes, int] | None:
     """One frame: a data message with its receive time (ns), or None after a
     control frame. Pongs feed the pinger; a close or a broken socket raises
-    ConnectionEnded. (The market worker's hot loop inlines the same steps.)"""
+    ConnectionEnded (``lost`` says what the connection was doing). A socket
+    timeout, set only by a caller waiting for a reply, is the caller's to
+    explain. (The market worker's hot loop inlines the same steps.)"""
     try:
         opcode, payload = ws.recv_data(True)
+    except websocket.WebSocketTimeoutException:
+        raise
     except (OSError, websocket.WebSocketException) as exc:
-        raise ConnectionEnded(rt.ending or f"connection lost: {exc.__class__.__name__}: {exc}") from None
+        raise ConnectionEnded(rt.ending or f"{lost}: {exc.__class__.__name__}: {exc}") from None
     if opcode == OP_TEXT or opcode == OP_BINARY:
         rt.counters.msgs += 1
         rt.counters.bytes += len(payload)
@@ -321,11 +324,71 @@ def receive(rt: Runtime, ws: websocket.WebSocket) -> tuple[bytes, int] | None:
     return None
 
 
-# Reason prefixes of a refused WebSocket upgrade. The parent's policy reads
-# UPGRADE_REJECTED: after the same URL worked, it retries (counted) instead
-# of giving up (feedsup/supervisor/policy.py, classify_exit).
-UPGRADE_REFUSED = "upgrade refused"
-UPGRADE_REJECTED = "upgrade rejected"
+# -- shared by the market-data workers (market, depth) ---------------------------
+
+def check_symbols(rt: Runtime) -> None:
+    stream = rt.spec.stream
+    budget = restlimit.SharedBudget.for_spec(rt.spec)
+    bad = rest.invalid_symbols(stream.market, rt.spec.endpoint.rest_url, stream.symbols,
+                               rt.conn.connect_timeout, budget)
+    if bad:
+        raise ConnectionEnded(f"invalid symbol: {', '.join(bad)} (not listed by the exchange)", fatal=True)
+
+
+def handle_other(rt: Runtime, payload: bytes) -> None:
+    """Not a market event: a server notice, or malformed (counted, skipped)."""
+    try:
+        msg = orjson.loads(payload)
+    except ValueError:
+        rt.counters.malformed += 1
+        return
+    event = msg.get("data", msg) if isinstance(msg, dict) else None
+    if isinstance(event, dict) and event.get("e") == "serverShutdown":
+        rt.notice("serverShutdown", event_time=event.get("E"))
+        return
+    rt.counters.malformed += 1
+
+
+def read_event(rt: Runtime, ws: websocket.WebSocket,
+               normalise: Callable[[dict[str, Any]], Normalised]) -> tuple[int, dict[str, Any], Normalised] | None:
+    """One market-data frame, decoded and normalised: ``(recv_ns, event,
+    normalised)``, or None after a control frame, a server notice or a
+    malformed message (``handle_other`` counts it)."""
+    got = receive(rt, ws)
+    if got is None:
+        return None
+    payload, recv_ns = got
+    try:
+        event = orjson.loads(payload)["data"]
+        return recv_ns, event, normalise(event)
+    except (ValueError, KeyError, TypeError, MalformedEvent):
+        handle_other(rt, payload)
+        return None
+
+
+def wait_readable(ws: websocket.WebSocket, timeout: float, *, if_closed: bool = True) -> bool:
+    """Would ``recv_data`` find data (buffered, or on the socket) within ``timeout``?
+
+    The reader must notice a finished backfill on a quiet stream, yet a
+    socket timeout could cut a frame in half; so it waits in ``select``.
+    ``if_closed``: the answer for a socket that is gone. A reader says True,
+    so that ``recv_data`` reports the closed connection; a drain of what is
+    already buffered says False, so it returns the events it has first.
+    """
+    over = getattr(ws.frame_buffer.recv_strict, "__self__", None)   # fastrecv's over-reader
+    if over is not None and hasattr(over, "buffered") and over.buffered() > 0:
+        return True
+    sock = ws.sock
+    if sock is None:
+        return if_closed
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending() > 0:
+        return True               # TLS already decrypted bytes select cannot see
+    try:
+        ready, _, _ = select.select([sock], [], [], timeout)
+    except (OSError, ValueError):
+        return if_closed
+    return bool(ready)
 
 
 def classify_status(status: int, text: str) -> tuple[str, bool]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from feedsup.config import Stream
+from feedsup.config_model import Stream
 from feedsup.ipc.topics import symbol_topic
 
 Normalised = tuple[str, dict[str, Any], int, int, bool]
@@ -356,7 +356,7 @@ def _kline(topics: dict[str, dict[str, str]]) -> Normaliser:
 
 
 def _depth(market: str) -> Callable[[dict[str, str]], Normaliser]:
-    # A depth diff feeds the local book (feedsup.workers.book); it is not
+    # A depth diff feeds the local book (feedsup.binance.book); it is not
     # published itself. Futures add the transaction time and "pu", the
     # previous event's final update id, which the book sync chains on.
     futures = market == "usdm"

@@ -1,7 +1,7 @@
 """Chaos run: random faults against simulator -> feedsup -> consumer, then
 check the consumer's data against the simulator's REST truth.
 
-    python -m feedsup.chaos --sim-minutes 60 --faults 30 --speed 120
+    python -m feedsup.tools.chaos --sim-minutes 60 --faults 30 --speed 120
 
 Starts ``feedsup sim`` and ``feedsup run`` as real processes, subscribes to
 every kline and aggTrade topic, injects seeded random faults from the

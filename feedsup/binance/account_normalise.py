@@ -72,7 +72,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from feedsup.ipc.topics import account_topic
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 
 SNAPSHOT_TOPIC = account_topic("snapshot")
 

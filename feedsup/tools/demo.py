@@ -1,6 +1,6 @@
 """The demo: simulator + feedsup under supervisord + a live view + one fault.
 
-    python -m feedsup.demo [--short]        (bin/demo installs first)
+    python -m feedsup.tools.demo [--short]        (bin/demo installs first)
 
 It starts ``feedsup sim``, then real ``supervisord`` running ``feedsup run``
 with ``conf/supervisord.conf`` (copied into a temporary directory with its
@@ -33,7 +33,7 @@ from typing import Any
 
 from feedsup.procs import WaitTimeout, alive, read_line, tied, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]   # feedsup/tools/demo.py -> the checkout
 SUPERVISORD_TEMPLATE = REPO / "conf" / "supervisord.conf"
 PROGRAM = "program:feedsup"
 
@@ -496,7 +496,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feedsup.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m feedsup.tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="about 15 s instead of about a minute")
     args = parser.parse_args(argv)
     # SIGTERM ends the demo like Ctrl-C: through the same cleanup.

@@ -20,6 +20,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from feedsup.binance.streams import MARKET_CHANNELS
+
 PAGE = 1000
 
 # REST paths per (market, channel).
@@ -31,7 +33,11 @@ _PATHS = {
     ("usdm", "aggTrade"): "/fapi/v1/aggTrades",
     ("usdm", "trade"): "/fapi/v1/trades",
 }
+# The channels whose history Binance serves: a hole in them is backfilled.
 CHANNELS = frozenset(c for _, c in _PATHS)
+# The others: when their source is lost the parent announces a gap, and
+# closes it with the next regular frame.
+NO_HISTORY = frozenset(MARKET_CHANNELS) - CHANNELS
 
 _FIXED_MS = {
     "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,

@@ -17,7 +17,7 @@ fed meanwhile, they are buffered)::
     for diff in diffs:                        # normalised depth diffs
         act(sync.on_diff(diff))
 
-Diffs are the normalised dicts of feedsup.workers.normalise (keys
+Diffs are the normalised dicts of feedsup.binance.normalise (keys
 ``first_update_id``, ``last_update_id``, ``prev_update_id`` (futures),
 ``bids``, ``asks``; levels are ``[price_str, qty_str]``).
 """
@@ -30,7 +30,7 @@ from collections import deque
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from feedsup.workers.normalise import MalformedEvent
+from feedsup.binance.normalise import MalformedEvent
 
 Level = Sequence[str]            # [price, qty] as the exchange's strings
 Diff = Mapping[str, Any]         # a normalised depth diff

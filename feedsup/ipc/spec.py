@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from feedsup.config import Connection, Endpoint, Stream
+from feedsup.config_model import Connection, Endpoint, Stream
 from feedsup.ipc.frames import PROTOCOL_VERSION
 
 

@@ -234,12 +234,13 @@ def budget_dir(state_file: str, rundir: str, rest_url: str) -> str:
     if state_file:
         return os.path.dirname(os.path.abspath(state_file))
     host = urllib.parse.urlsplit(rest_url).hostname or ""
-    if _loopback(host):
+    if loopback_host(host):
         return rundir
     return user_runtime_dir() or rundir
 
 
-def _loopback(host: str) -> bool:
+def loopback_host(host: str) -> bool:
+    """Is ``host`` this machine (a local simulator, not an exchange IP)?"""
     if host == "localhost":
         return True
     try:
