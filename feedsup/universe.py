@@ -24,11 +24,11 @@ import zlib
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from feedsup.config import MAX_STREAMS_PER_CONNECTION, Stream
+from feedsup.binance.streams import MAX_STREAMS_BY_MARKET as MAX_STREAMS
+from feedsup.config_model import Stream
 
-# Binance documents 1024 streams per connection for spot; for USD-M its
+# Streams per connection (binance/streams.py): 1024 on spot; for USD-M its
 # sources disagree (200 or 1024), so plan for the lower figure, as config does.
-MAX_STREAMS = {"spot": MAX_STREAMS_PER_CONNECTION, "usdm": 200}
 EXCHANGE_INFO_PATH = {"spot": "/api/v3/exchangeInfo", "usdm": "/fapi/v1/exchangeInfo"}
 EXCHANGE_INFO_WEIGHT = {"spot": 20, "usdm": 1}
 

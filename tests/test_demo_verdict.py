@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from feedsup import demo
+from feedsup.tools import demo
 
 
 @pytest.mark.parametrize("ids, holes", [
