@@ -34,11 +34,15 @@ def test_a_spawn_that_never_started_is_retried_as_not_started():
     assert classify_exit(3, "", False).reason == "exited with code 3"
 
 
-def test_the_workers_fatal_flag_alone_makes_a_stream_fatal():
+def test_the_exit_code_decides_fatality_not_the_reported_flag():
+    # A worker that finds its end fatal exits with EX_CONFIG (78); a fatal
+    # flag under another code comes from a worker killed after it reported.
     policy = make()
     instance = running(policy)
-    actions = policy.on_exit(instance, 75, "invalid symbol: NOPE", True, 1.0)
-    assert one(actions, StateChanged).new is State.FATAL
+    assert one(policy.on_exit(instance, 78, "invalid symbol: NOPE", True, 1.0), StateChanged).new is State.FATAL
+    policy = make()
+    instance = running(policy)
+    assert one(policy.on_exit(instance, 75, "invalid symbol: NOPE", True, 1.0), StateChanged).new is State.BACKOFF
 
 
 def test_a_sub_second_stale_after_still_works():
