@@ -68,6 +68,9 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("connection", "liveness_timeout"): (0.1, 3600.0),
     ("connection", "connect_timeout"): (0.1, 300.0),
     ("connection", "max_age"): (1.0, 86400.0),
+    # Binance's largest messages (a full depth or ticker array) are a few
+    # hundred KiB; the cap keeps a hostile frame from filling memory.
+    ("connection", "max_frame"): (65536, 256 << 20),
     ("restart", "backoff_initial"): (0.001, 3600.0),
     ("restart", "backoff_max"): (0.001, 86400.0),
     ("restart", "intensity"): (1, 100_000),
@@ -616,6 +619,8 @@ def _load_endpoint(raw: object, at: _At, default: Endpoint, keys: tuple[str, ...
 def _connection_converter(key: str) -> Converter[float]:
     if key == "max_age":
         return _max_age
+    if key == "max_frame":
+        return _count("connection", key)
     # stale_after = 0 disables the staleness check
     return _duration("connection", key, zero=key == "stale_after")
 

@@ -39,6 +39,7 @@ class Connection:
     liveness_timeout: float = 5.0   # no liveness for this long = hung worker
     connect_timeout: float = 10.0   # TCP+TLS+upgrade must finish within this
     max_age: float = 23 * 3600.0    # planned make-before-break rotation age
+    max_frame: int = 4 << 20        # bytes: a bigger exchange frame ends the connection
 
 
 @dataclass(frozen=True)

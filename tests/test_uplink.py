@@ -5,7 +5,7 @@ import pytest
 import zmq
 
 from feedsup.ipc import frames
-from feedsup.workers.uplink import MAX_BATCH, Losses, Uplink
+from feedsup.workers.uplink import MAX_BATCH, OWED_RETRY_S, Losses, Uplink, flush_before_block
 
 
 @pytest.fixture
@@ -185,3 +185,36 @@ def test_a_batch_over_the_message_cap_goes_record_by_record(pair, monkeypatch):
         message = pull.recv()
         sizes.append(len(message))
     assert len(sizes) == 4 and max(sizes) <= 600
+
+
+# -- owed gap notices on a quiet stream ------------------------------------------------
+
+class _OwingUplink:
+    """Owes gap notices until its flush has been called ``room_after`` times."""
+
+    def __init__(self, room_after: int) -> None:
+        self.flushes, self.room_after = 0, room_after
+
+    @property
+    def owes(self) -> bool:
+        return self.flushes < self.room_after
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_owed_gap_notices_are_retried_while_the_network_is_quiet():
+    # After a burst the parent fell behind on, the last drops are announced
+    # only by a later flush; on a stream that then goes quiet the reader
+    # would block on the socket with the notice still owed.
+    up = _OwingUplink(room_after=4)
+    waits = []
+    flush_before_block(up, lambda timeout: waits.append(timeout) or False)
+    assert up.flushes == 4 and not up.owes
+    assert waits == [OWED_RETRY_S] * 3
+
+
+def test_data_arriving_ends_the_wait_the_next_flush_retries():
+    up = _OwingUplink(room_after=100)
+    flush_before_block(up, lambda timeout: True)
+    assert up.flushes == 1 and up.owes

@@ -185,6 +185,16 @@ def test_an_oversized_exchange_frame_ends_the_connection_with_a_clear_reason(sta
     assert ids[-1] - ids[0] + 1 == len(ids)
 
 
+def test_the_frame_cap_is_the_configured_max_frame(start_sim, start_feedsup):
+    sim = start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=20)
+    fs, col = start_feedsup(sim, [PRICE], connection={"max_frame": 65536})
+    col.wait_count(5, timeout=20)
+    before = fs.wait_running("price")
+    sim.inject("malformed", target={"stream": "btcusdt@aggTrade"}, variant="oversized", size=100_000)
+    row = wait_for(lambda: (r := fs.stream("price"))["restarts"] > before["restarts"] and r, 15, "a restart")
+    assert "FrameTooLarge" in row["last_reason"] and "65536-byte cap" in row["last_reason"]
+
+
 def test_junk_on_the_control_socket_gets_an_answer_or_nothing(start_sim, start_feedsup):
     sim = start_sim(speed=10, symbols=("BTCUSDT",), trade_rate=20)
     fs, col = start_feedsup(sim, [PRICE])

@@ -29,7 +29,7 @@ from feedsup.workers import fastrecv, rest
 from feedsup.workers.keepalive import Pinger
 from feedsup.ipc.exits import EX_CONFIG, EX_STOPPED, EX_TEMPFAIL, UPGRADE_REFUSED, UPGRADE_REJECTED
 from feedsup.ipc.spec import WorkerSpec
-from feedsup.workers.uplink import Uplink
+from feedsup.workers.uplink import Uplink, flush_before_block
 
 log = logging.getLogger("feedsup.worker")
 
@@ -222,12 +222,16 @@ class Runtime:
         except (OSError, websocket.WebSocketException) as exc:
             raise ConnectionEnded(self._end_reason or f"connect failed: {exc.__class__.__name__}: {exc}") from None
         ws.settimeout(None)  # liveness is the pinger's job, not a socket timeout
-        fastrecv.install(ws, before_block=self.uplink.flush)
+        fastrecv.install(ws, before_block=self._before_block, max_frame=self.conn.max_frame)
         self.connected_at = time.monotonic()
         self.pinger.start(self.connected_at)
         if self._end_reason is not None:  # told to stop while connecting
             self.end(self._end_reason)
         return ws
+
+    def _before_block(self) -> None:
+        ws = self.ws
+        flush_before_block(self.uplink, lambda timeout: ws is None or wait_readable(ws, timeout))
 
     def ready(self, **fields: Any) -> None:
         self.uplink.control(Control.READY, stream=self.name, instance=self.spec.instance, **fields)

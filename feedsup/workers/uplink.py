@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import zmq
@@ -44,6 +44,8 @@ LINGER_MS = 2000
 # A burst is sent in pieces of this many records: bigger batches bought a
 # few % of throughput but held a burst's first records back for milliseconds.
 MAX_BATCH = 32
+# While gap notices are owed, a reader with nothing to read retries this often.
+OWED_RETRY_S = 0.05
 # Dropped gap records kept for sending again; beyond this they are only counted.
 MAX_RESEND = 1000
 LOSS_REASON = "uplink full: the parent fell behind"
@@ -125,6 +127,11 @@ class Uplink:
         self._loss.clear()
         return True
 
+    @property
+    def owes(self) -> bool:
+        """Gap notices for earlier drops are still to be sent."""
+        return self._loss.owed
+
     def control(self, kind: str, **fields: Any) -> bool:
         self.flush()    # records queued before a control message go first
         try:
@@ -137,6 +144,17 @@ class Uplink:
     def close(self, linger_ms: int | None = None) -> None:
         self.flush()
         self.sock.close(linger=linger_ms)
+
+
+def flush_before_block(uplink: Any, readable: Callable[[float], bool]) -> None:
+    """The reader is about to block on the network: flush, and while gap
+    notices for drops are still owed (the parent is behind), wait for the
+    network at most ``OWED_RETRY_S`` at a time and flush again. Otherwise a
+    stream that goes quiet after the burst the parent fell behind on would
+    keep its last losses unannounced until its next message."""
+    uplink.flush()
+    while uplink.owes and not readable(OWED_RETRY_S):
+        uplink.flush()
 
 
 class Losses:
