@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 import nats  # noqa: E402
 
 from feedsup.ipc import frames  # noqa: E402
-from feedsup.procs import read_line, tied, wait_for  # noqa: E402
+from feedsup.procs import read_line, stop, tied, wait_for  # noqa: E402
 from feedsup.sinks.cluster import NatsCluster  # noqa: E402
 from feedsup.sinks.config import NatsSink  # noqa: E402
 from feedsup.sinks.nats import NatsSinkThread  # noqa: E402
@@ -118,16 +118,6 @@ def sink_alone(cluster: NatsCluster, replicas: int, frames_n: int, topics: int) 
 def start_sim(*args: str) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(tied([sys.executable, "-m", "feedsup.sim", *args]), stdout=subprocess.PIPE, cwd=REPO)
     return proc, json.loads(read_line(proc, 30))
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def feedsup(tmp: Path, urls: dict, cluster: NatsCluster, replicas: int, symbols: list[str]) -> subprocess.Popen:

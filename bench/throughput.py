@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from feedsup.ipc.client import Subscriber  # noqa: E402
-from feedsup.procs import child_pids, read_line, rss_mb, tied  # noqa: E402
+from feedsup.procs import child_pids, read_line, rss_mb, stop, tied  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -77,16 +77,6 @@ def start_exchange(count: int, rates: dict[str, int] | None = None) -> tuple[lis
         args += ["--rate", f"{symbol}={rate}"]
     blast, kb = start(args)
     return [sim, blast], {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]}
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",)) -> Path:

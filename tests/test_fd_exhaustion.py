@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from feedsup.ipc.client import request
-from feedsup.procs import rss_mb
+from feedsup.procs import rss_mb, stop
 from feedsup.supervisor.fdlimit import raise_fd_limit
 from harness import REPO, Collector, tied, wait_for, write_config
 
@@ -54,12 +54,7 @@ def limited(start_sim, tmp_path):
     finally:
         for s in opened:
             s.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         print((tmp_path / "feedsup.log").read_text()[-3000:])
 

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from feedsup.ipc import frames
-from feedsup.procs import tied
+from feedsup.procs import read_line, stop, tied
 from harness import REPO, wait_for
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
@@ -121,15 +121,10 @@ def blast_sim():
     proc = subprocess.Popen(tied([sys.executable, "-m", "feedsup.sim", "--symbols", "BTCUSDT", "--blast",
                                   "--blast-count", str(BLAST)]), stdout=subprocess.PIPE, cwd=REPO)
     try:
-        urls = json.loads(proc.stdout.readline())
+        urls = json.loads(read_line(proc, 30))
         yield types.SimpleNamespace(ws_url=urls["ws_url"], base_url=urls["rest_url"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_a_stopped_parent_stays_bounded_and_every_drop_becomes_a_gap_notice(blast_sim, start_feedsup,
