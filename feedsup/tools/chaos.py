@@ -157,10 +157,9 @@ class ChaosRun:
         self.fs = subprocess.Popen(tied([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),
                                    stdout=subprocess.DEVNULL, stderr=open(self.dir / "feedsup.log", "wb"))
 
-    def _write_config(self) -> Path:
-        syms = json.dumps(list(self.o.symbols))
-        path = self.dir / "chaos.toml"
-        path.write_text(f"""
+    def _config_head(self, backoff_initial: float, backoff_max: float, intensity: int) -> str:
+        """Endpoints, fast detection (a 2 s ping, 3 s staleness) and the restart policy."""
+        return f"""
 [feedsup]
 pub = "ipc://{self.dir}/pub"
 control = "{self.control}"
@@ -175,11 +174,17 @@ liveness_interval = 0.2
 liveness_timeout = 1.5
 connect_timeout = 3
 [restart]
-backoff_initial = 0.1
-backoff_max = 1
-intensity = 1000
+backoff_initial = {backoff_initial}
+backoff_max = {backoff_max}
+intensity = {intensity}
 period = 60
 stop_timeout = 1
+"""
+
+    def _write_config(self) -> Path:
+        syms = json.dumps(list(self.o.symbols))
+        path = self.dir / "chaos.toml"
+        path.write_text(self._config_head(backoff_initial=0.1, backoff_max=1, intensity=1000) + f"""
 [[stream]]
 name = "klines"
 market = "spot"
@@ -522,26 +527,8 @@ channel = "aggTrade"
 symbols = ["{s}"]
 """ for s in o.symbols)
         path = self.dir / "outage.toml"
-        path.write_text(f"""
-[feedsup]
-pub = "ipc://{self.dir}/pub"
-control = "{self.control}"
-[binance.spot]
-ws_url = "{self.urls['ws_url']}"
-rest_url = "{self.urls['rest_url']}"
-[connection]
-ping_interval = 2
-ping_timeout = 1
-stale_after = 3
-liveness_interval = 0.2
-liveness_timeout = 1.5
-connect_timeout = 3
-[restart]
-backoff_initial = 0.5
-backoff_max = {o.backoff_max}
-intensity = {o.intensity}
-period = 60
-stop_timeout = 1
+        path.write_text(self._config_head(backoff_initial=0.5, backoff_max=o.backoff_max,
+                                          intensity=o.intensity) + f"""
 {streams}
 [[stream]]
 name = "book"
