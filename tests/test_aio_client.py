@@ -1,0 +1,121 @@
+"""AsyncSubscriber (issue 13): the blocking client's frames, gaps and
+catch-up on asyncio sockets, without ever blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from feedsup.ipc.aio import AsyncSubscriber
+from feedsup.ipc.client import SeqTracker
+from harness import Collector, wait_for
+
+PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT", "ETHUSDT"]}
+BOOK = {"name": "book", "market": "spot", "channel": "bookTicker", "symbols": ["BTCUSDT", "ETHUSDT"]}
+TOPICS = {"aggTrade.BTCUSDT", "aggTrade.ETHUSDT", "bookTicker.BTCUSDT", "bookTicker.ETHUSDT"}
+
+
+def test_seed_then_admit_skips_what_catch_up_delivered_and_then_checks_gaps():
+    tracker = SeqTracker()
+    tracker.seed([{"topic": "a", "seq": 5}])
+    assert tracker.admit({"topic": "a", "seq": 4}) == (False, None)
+    assert tracker.admit({"topic": "a", "seq": 5}) == (False, None)
+    assert tracker.admit({"topic": "a", "seq": 6}) == (True, None)
+    assert tracker.skip_upto == {}
+    deliver, gap = tracker.admit({"topic": "a", "seq": 9})
+    assert deliver and gap is not None and gap.missed == 2 and tracker.missed == 2
+    deliver, gap = tracker.admit({"topic": "a", "seq": 1})
+    assert deliver and gap is not None and gap.restart and tracker.missed == 2
+
+
+def test_asyncio_client_receives_the_same_frames_as_the_blocking_client(start_sim, start_feedsup):
+    sim = start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4)
+    fs, col = start_feedsup(sim, [PRICE, BOOK])
+    col.wait_count(1, 20)
+
+    async def collect() -> list[dict]:
+        frames: list[dict] = []
+        async with AsyncSubscriber(fs.pub) as sub:
+            async for frame in sub:
+                frames.append(frame)
+                if len(frames) >= 300 and {f["topic"] for f in frames} >= TOPICS:
+                    break
+            assert sub.gaps == []
+        return frames
+
+    got = asyncio.run(asyncio.wait_for(collect(), 60))
+    newest = {t: max(f["seq"] for f in got if f["topic"] == t) for t in TOPICS}
+    wait_for(lambda: all(any(f["topic"] == t and f["seq"] >= s for f in list(col.frames))
+                         for t, s in newest.items()), 20, "the blocking client to reach the same frames")
+    assert col.sub is not None and col.sub.gaps == []
+    blocking = {(f["topic"], f["seq"]): {k: v for k, v in f.items() if k != "_t"} for f in list(col.frames)}
+    for frame in got:
+        assert blocking[(frame["topic"], frame["seq"])] == frame
+
+
+def test_async_catch_up_then_live_without_hole(start_sim, start_feedsup):
+    sim = start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=4)
+    fs, col = start_feedsup(sim, [PRICE, BOOK])
+    col.wait_count(40, 20)
+    prefixes = ("bookTicker.", "aggTrade.")
+
+    async def run() -> tuple[list[dict], dict[str, int], list]:
+        async with AsyncSubscriber(fs.pub, prefixes) as sub:
+            snapshot = await sub.catch_up(fs.control, prefixes)
+            first_live: dict[str, int] = {}
+            while len(first_live) < len(TOPICS):
+                frame = await sub.recv(timeout=20)
+                assert frame is not None, "live frames must follow"
+                first_live.setdefault(frame["topic"], frame["seq"])
+            return snapshot, first_live, sub.gaps
+
+    snapshot, first_live, gaps = asyncio.run(asyncio.wait_for(run(), 60))
+    assert {f["topic"] for f in snapshot} == TOPICS
+    assert first_live == {f["topic"]: f["seq"] + 1 for f in snapshot}, "live continues right after the snapshot"
+    assert gaps == []
+
+
+@pytest.mark.timeout(120)
+def test_a_sleeping_handler_shows_counted_gaps_and_the_loop_keeps_running(start_sim, start_feedsup):
+    """The handler awaits 50 ms per frame while ~2000 frames/s come: the
+    SUB socket's small RCVHWM, the parent's PUB high-water mark and the
+    kernel's buffers fill, the PUB drops the newest frames, and once the
+    handler is fast again and reaches the hole, the client counts it. A
+    second task on the same loop keeps ticking all the while."""
+    sim = start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=100)
+    fs, fast = start_feedsup(sim, [PRICE], feedsup={"pub_hwm": 2000})
+    fast.wait_count(1, 20, "aggTrade.")
+
+    async def run() -> tuple[int, float, float]:
+        ticks: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        async with AsyncSubscriber(fs.pub, ("aggTrade.",), rcvhwm=10) as sub:
+            await sub.recv(timeout=20)
+            t0 = time.monotonic()
+            slow_until = fast.count("aggTrade.") + 8000     # far past every buffer on the way
+            async for _ in sub:
+                if fast.count("aggTrade.") < slow_until:
+                    await asyncio.sleep(0.05)         # the slow handler
+                elif sub.tracker.missed > 0:
+                    break
+            missed, elapsed = sub.tracker.missed, time.monotonic() - t0
+            assert not any(g.restart for g in sub.gaps)
+        stop.set()
+        await tick_task
+        longest = max(b - a for a, b in zip(ticks, ticks[1:]))
+        return missed, longest, len(ticks) / elapsed
+
+    missed, longest, rate = asyncio.run(asyncio.wait_for(run(), 100))
+    assert missed > 0, "frames the slow handler could not take are counted"
+    assert longest < 1.0, f"the loop stalled for {longest:.3f} s"
+    assert rate > 10, f"the other task ticked only {rate:.1f}/s"
+    assert fast.sub is not None and fast.sub.gaps == [], "a blocking subscriber that keeps up loses nothing"
