@@ -31,6 +31,9 @@ from feedsup.ipc.client import (DEFAULT_MAXMSGSIZE, DEFAULT_RCVHWM, ControlError
 
 __all__ = ["AsyncSubscriber", "arequest", "Gap", "ControlError"]
 
+# recv hands the loop a turn after this many frames taken without waiting.
+YIELD_EVERY = 64
+
 
 class AsyncSubscriber:
     """``curve``: client keys for a parent with CURVE on, as for ``Subscriber``."""
@@ -46,9 +49,44 @@ class AsyncSubscriber:
         self.tracker = SeqTracker()
         self.on_gap = on_gap
         self._pending: deque[dict[str, Any]] = deque()
+        # The same socket without asyncio's per-call Future: a frame already
+        # queued is taken with a plain non-blocking recv (never a wait).
+        self._raw = zmq.Socket.shadow(self.sock.underlying)
+        self._run = 0             # frames taken without yielding to the loop
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next frame, or None after ``timeout`` seconds."""
+        if not self._pending and not self.tracker.skip_upto:
+            # The common case, kept flat as in Subscriber.recv. A backlog
+            # is served without suspending, so every YIELD_EVERY frames the
+            # loop gets a turn: other tasks run even while frames flood in.
+            self._run += 1
+            if self._run >= YIELD_EVERY:
+                self._run = 0
+                await asyncio.sleep(0)
+            raw = self._raw
+            try:
+                raw.recv(zmq.NOBLOCK)          # topic frame; the payload repeats it
+            except zmq.Again:
+                pass
+            else:
+                frame = unpackb(raw.recv())    # the rest of a multipart message is already here
+                topic = frame["topic"]
+                seq = frame["seq"]
+                last = self.tracker.last
+                prev = last.get(topic)
+                if prev is not None and seq == prev + 1:
+                    last[topic] = seq
+                    return frame
+                gap = self.tracker.observe(topic, seq)
+                if gap is not None and self.on_gap is not None:
+                    self.on_gap(gap)
+                return frame
+        return await self._recv_wait(timeout)
+
+    async def _recv_wait(self, timeout: float | None) -> dict[str, Any] | None:
+        """``recv`` when nothing is queued, or with catch_up's frames buffered or to skip."""
+        self._run = 0
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
