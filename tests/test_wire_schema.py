@@ -69,11 +69,3 @@ def test_every_frame_of_a_run_with_every_channel_matches_the_schema(start_sim, s
     bad = invalid_frames(frames)
     assert not bad, "\n".join(f"{f['topic']}: {e[:3]}" for f, e in bad)
     assert len({f["topic"] for f in frames}) >= len(expect) + len(events)
-
-
-def validate_collected(collectors: list[Collector]) -> None:
-    """For fixtures: every frame these collectors received matches the schema."""
-    for col in collectors:
-        bad = invalid_frames(list(col.frames))
-        assert not bad, "frames outside docs/schema/frame.schema.json:\n" + "\n".join(
-            f"{f['topic']}: {e[:3]}" for f, e in bad)

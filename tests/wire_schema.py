@@ -66,8 +66,10 @@ def errors(value: Any, schema: dict[str, Any] | bool = SCHEMA, path: str = "$") 
         out += _array(value, schema, path)
     for sub in schema.get("allOf", []):
         out += errors(value, sub, path)
-    if "anyOf" in schema and all(errors(value, sub, path) for sub in schema["anyOf"]):
-        out.append(f"{path}: matches none of anyOf")
+    if "anyOf" in schema:
+        found = [errors(value, sub, path) for sub in schema["anyOf"]]
+        if all(found):
+            out.append(f"{path}: matches none of anyOf; the closest: {min(found, key=len)[:3]}")
     if "oneOf" in schema:
         matched = sum(not errors(value, sub, path) for sub in schema["oneOf"])
         if matched != 1:
