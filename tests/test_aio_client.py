@@ -19,9 +19,9 @@ TOPICS = {"aggTrade.BTCUSDT", "aggTrade.ETHUSDT", "bookTicker.BTCUSDT", "bookTic
 
 def test_seed_then_admit_skips_what_catch_up_delivered_and_then_checks_gaps():
     tracker = SeqTracker()
-    tracker.seed([{"topic": "a", "seq": 5}])
-    assert tracker.admit({"topic": "a", "seq": 4}) == (False, None)
-    assert tracker.admit({"topic": "a", "seq": 5}) == (False, None)
+    tracker.seed([{"topic": "a", "seq": 5, "recv_ns": 50}])
+    assert tracker.admit({"topic": "a", "seq": 4, "recv_ns": 40}) == (False, None)
+    assert tracker.admit({"topic": "a", "seq": 5, "recv_ns": 50}) == (False, None)
     assert tracker.admit({"topic": "a", "seq": 6}) == (True, None)
     assert tracker.skip_upto == {}
     deliver, gap = tracker.admit({"topic": "a", "seq": 9})
@@ -119,3 +119,15 @@ def test_a_sleeping_handler_shows_counted_gaps_and_the_loop_keeps_running(start_
     assert longest < 1.0, f"the loop stalled for {longest:.3f} s"
     assert rate > 10, f"the other task ticked only {rate:.1f}/s"
     assert fast.sub is not None and fast.sub.gaps == [], "a blocking subscriber that keeps up loses nothing"
+
+
+def test_after_catch_up_a_restarted_parent_s_frame_at_the_snapshot_seq_is_delivered_not_skipped():
+    """A topic that published nothing between catch_up and a parent restart
+    (account snapshots: one per connect, seq 1): the new parent's seq 1 is a
+    new frame and a restart, not the snapshot frame still in flight."""
+    tracker = SeqTracker()
+    snap = {"topic": "account.snapshot.a", "seq": 1, "recv_ns": 100}
+    tracker.seed([snap])
+    assert tracker.admit(dict(snap)) == (False, None), "the same frame, still in flight: skipped"
+    deliver, gap = tracker.admit({"topic": "account.snapshot.a", "seq": 1, "recv_ns": 200})
+    assert deliver and gap is not None and gap.restart

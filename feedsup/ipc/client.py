@@ -60,22 +60,31 @@ class SeqTracker:
         self.gaps: list[Gap] = []
         # topic -> the seq catch_up() already delivered; live frames up to it are skipped
         self.skip_upto: dict[str, int] = {}
+        self._skip_ns: dict[str, int] = {}    # topic -> recv_ns of that delivered frame
 
     def seed(self, snapshot: list[dict[str, Any]]) -> None:
         """catch_up()'s snapshot was delivered: continue each topic from it."""
         for frame in snapshot:
             self.skip_upto[frame["topic"]] = frame["seq"]
+            self._skip_ns[frame["topic"]] = frame.get("recv_ns", 0)
             self.last[frame["topic"]] = frame["seq"]
 
     def admit(self, frame: dict[str, Any]) -> tuple[bool, Gap | None]:
         """(deliver?, the gap it reveals): a frame catch_up() already
-        delivered is not delivered again; any other is checked for a gap."""
+        delivered is not delivered again; any other is checked for a gap.
+
+        A frame at exactly the delivered seq is that frame still in flight
+        only if it is the same frame (its recv_ns): a topic that published
+        nothing until the parent restarted (an account snapshot, seq 1)
+        gets the new parent's frame at that seq, a restart to report."""
         topic = frame["topic"]
         seq = frame["seq"]
         if self.skip_upto:
-            if seq <= self.skip_upto.get(topic, 0):
+            upto = self.skip_upto.get(topic, 0)
+            if seq < upto or (seq == upto and frame.get("recv_ns") == self._skip_ns.get(topic)):
                 return False, None
             self.skip_upto.pop(topic, None)
+            self._skip_ns.pop(topic, None)
         return True, self.observe(topic, seq)
 
     def observe(self, topic: str, seq: int) -> Gap | None:
