@@ -78,6 +78,7 @@ def client(endpoint: str, count: int, mode: str) -> subprocess.Popen:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=100_000, help="messages in the blast")
+    ap.add_argument("--clients", default="blocking,asyncio", help="which clients, comma separated")
     args = ap.parse_args()
     procs, urls = start_exchange(args.count)
     clients: dict[str, subprocess.Popen] = {}
@@ -87,7 +88,7 @@ def main() -> None:
             fs = run_feedsup(write_config(Path(tmp), urls))
             probe = Subscriber(endpoint, ["kline."])
             try:
-                for mode in ("blocking", "asyncio"):
+                for mode in args.clients.split(","):
                     clients[mode] = client(endpoint, args.count, mode)
                 for proc in clients.values():
                     json.loads(read_line(proc, 60))           # subscribed, first frame in
