@@ -131,3 +131,56 @@ def test_after_catch_up_a_restarted_parent_s_frame_at_the_snapshot_seq_is_delive
     assert tracker.admit(dict(snap)) == (False, None), "the same frame, still in flight: skipped"
     deliver, gap = tracker.admit({"topic": "account.snapshot.a", "seq": 1, "recv_ns": 200})
     assert deliver and gap is not None and gap.restart
+
+
+def test_draining_a_backlog_still_gives_other_tasks_their_turn():
+    """Queued frames are taken without suspending; a handler that never
+    awaits would then starve the loop for the whole backlog. Every
+    YIELD_EVERY frames recv hands the loop a turn."""
+    import msgpack
+    import zmq
+    import zmq.asyncio
+
+    from feedsup.ipc import client
+    assert client.AsyncSubscriber is AsyncSubscriber
+    n = 5000
+
+    async def run() -> tuple[int, int]:
+        ctx = zmq.asyncio.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.bind("inproc://backlog")
+        ticks = 0
+        try:
+            async with AsyncSubscriber("inproc://backlog", ctx=ctx, rcvhwm=0) as sub:
+                probe = 0
+                while await sub.recv(timeout=0.01) is None:   # the subscription reached the PUB
+                    probe += 1
+                    await pub.send_multipart([b"t", msgpack.packb({"topic": "p", "seq": probe, "data": None})])
+                for seq in range(1, n + 1):
+                    await pub.send_multipart([b"t", msgpack.packb({"topic": "t", "seq": seq, "data": {}})])
+                while sub.tracker.last.get("t") != 1:          # the backlog is queued
+                    await sub.recv(timeout=5)
+
+                async def ticker() -> None:
+                    nonlocal ticks
+                    while True:
+                        ticks += 1
+                        await asyncio.sleep(0)
+
+                task = asyncio.create_task(ticker())
+                await asyncio.sleep(0)
+                start = ticks
+                taken = 1
+                while taken < n:                               # a handler that never awaits
+                    await sub.recv()
+                    taken += 1
+                task.cancel()
+                return ticks - start, len(sub.gaps)
+        finally:
+            pub.close(linger=0)
+            ctx.term()
+
+    ticks, gaps = asyncio.run(asyncio.wait_for(run(), 30))
+    assert gaps == 0
+    assert ticks >= n // 64 // 2, f"the other task ran {ticks} times while {n} frames were drained"
