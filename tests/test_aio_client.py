@@ -184,3 +184,37 @@ def test_draining_a_backlog_still_gives_other_tasks_their_turn():
     ticks, gaps = asyncio.run(asyncio.wait_for(run(), 30))
     assert gaps == 0
     assert ticks >= n // 64 // 2, f"the other task ran {ticks} times while {n} frames were drained"
+
+
+def test_curve_keys_an_allowed_async_client_receives_and_catches_up_a_stranger_gets_nothing(start_sim, tmp_path):
+    from feedsup import curve
+    from feedsup.ipc.client import ControlError
+    from harness import Feedsup, write_config
+    from test_security import _curve_status, client, free_port
+
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    keys = {name: curve.generate(str(folder), name) for name in ("server", "alice", "mallory")}
+    sim = start_sim(speed=1, symbols=("BTCUSDT",), trade_rate=20)
+    pub, ctl = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, sim, [{**PRICE, "symbols": ["BTCUSDT"]}], feedsup={
+        "pub": pub, "control": ctl, "curve_server_key_file": keys["server"][1],
+        "curve_allowed_clients": [keys["alice"][2]]})
+    fs = Feedsup(config, tmp_path)
+    alice, mallory = client(keys, "alice"), client(keys, "mallory")
+
+    async def run() -> None:
+        async with AsyncSubscriber(pub, ["aggTrade."], curve=alice) as good, \
+                AsyncSubscriber(pub, ["aggTrade."], curve=mallory) as bad:
+            assert await good.recv(timeout=15) is not None, "an allowed client receives"
+            snapshot = await good.catch_up(ctl, ["aggTrade."])
+            assert [f["topic"] for f in snapshot] == ["aggTrade.BTCUSDT"]
+            assert await bad.recv(timeout=2) is None, "an unknown key receives nothing"
+            with pytest.raises(ControlError):
+                await bad.catch_up(ctl, ["aggTrade."], timeout=1)
+
+    try:
+        wait_for(lambda: _curve_status(ctl, alice), 15, "status with an allowed key")
+        asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        fs.close()
