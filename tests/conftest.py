@@ -71,6 +71,13 @@ def start_feedsup(tmp_path):
     finally:
         for thing in reversed(started):
             thing.close()
+    # Every frame an e2e test received matches the wire contract's schema
+    # (docs/schema/frame.schema.json): the schema cannot drift from the code.
+    from wire_schema import invalid_frames
+    for thing in started:
+        bad = invalid_frames(list(getattr(thing, "frames", [])))
+        assert not bad, "frames outside docs/schema/frame.schema.json:\n" + "\n".join(
+            f"{f['topic']}: {e[:3]}" for f, e in bad)
 
 
 # Property tests: a fixed seed in CI (reproducible runs), random locally.

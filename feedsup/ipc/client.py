@@ -50,12 +50,42 @@ class Gap:
 
 
 class SeqTracker:
-    """Per-topic seq continuity (pure)."""
+    """Per-topic seq continuity and the catch-up skip rule (pure): the one
+    implementation of the gap rules behind ``Subscriber`` and
+    ``feedsup.ipc.aio.AsyncSubscriber``."""
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
         self.missed = 0
         self.gaps: list[Gap] = []
+        # topic -> the seq catch_up() already delivered; live frames up to it are skipped
+        self.skip_upto: dict[str, int] = {}
+        self._skip_ns: dict[str, int] = {}    # topic -> recv_ns of that delivered frame
+
+    def seed(self, snapshot: list[dict[str, Any]]) -> None:
+        """catch_up()'s snapshot was delivered: continue each topic from it."""
+        for frame in snapshot:
+            self.skip_upto[frame["topic"]] = frame["seq"]
+            self._skip_ns[frame["topic"]] = frame.get("recv_ns", 0)
+            self.last[frame["topic"]] = frame["seq"]
+
+    def admit(self, frame: dict[str, Any]) -> tuple[bool, Gap | None]:
+        """(deliver?, the gap it reveals): a frame catch_up() already
+        delivered is not delivered again; any other is checked for a gap.
+
+        A frame at exactly the delivered seq is that frame still in flight
+        only if it is the same frame (its recv_ns): a topic that published
+        nothing until the parent restarted (an account snapshot, seq 1)
+        gets the new parent's frame at that seq, a restart to report."""
+        topic = frame["topic"]
+        seq = frame["seq"]
+        if self.skip_upto:
+            upto = self.skip_upto.get(topic, 0)
+            if seq < upto or (seq == upto and frame.get("recv_ns") == self._skip_ns.get(topic)):
+                return False, None
+            self.skip_upto.pop(topic, None)
+            self._skip_ns.pop(topic, None)
+        return True, self.observe(topic, seq)
 
     def observe(self, topic: str, seq: int) -> Gap | None:
         prev = self.last.get(topic)
@@ -71,6 +101,25 @@ class SeqTracker:
         return gap
 
 
+def setup_sub(sock: zmq.Socket, endpoint: str, topics: Iterable[str], rcvhwm: int, maxmsgsize: int,
+              curve: CurveKeys | None) -> None:
+    """Options, keys and subscriptions of a consumer's SUB socket (blocking or asyncio)."""
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.connect(endpoint)
+
+
+def hello_topic() -> tuple[str, bytes]:
+    """catch_up's one-off token and the topic it subscribes to (nothing is published there)."""
+    token = secrets.token_hex(8)
+    return token, (HELLO_PREFIX + token).encode()
+
+
 class Subscriber:
     """``curve``: client keys for a parent with CURVE on (``feedsup.curve``);
     by default from ``FEEDSUP_CURVE_SERVER_KEY`` and ``FEEDSUP_CURVE_CLIENT_KEY_FILE``.
@@ -83,18 +132,11 @@ class Subscriber:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.apply(self.sock)
-        for topic in topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self.sock.connect(endpoint)
+        setup_sub(self.sock, endpoint, topics, rcvhwm, maxmsgsize, self.curve)
         self.tracker = SeqTracker()
         self.on_gap = on_gap
         self._pending: deque[dict[str, Any]] = deque()
-        self._skip_upto: dict[str, int] = {}
+        self._skip_upto = self.tracker.skip_upto      # the same dict: recv tests it inline
         self._queued = False      # recv: were frames already waiting last time?
         self._polled = 0
 
@@ -143,14 +185,11 @@ class Subscriber:
             frame = self._next(deadline)
             if frame is None:
                 return None
-            topic = frame["topic"]
-            if frame["seq"] <= self._skip_upto.get(topic, 0):
-                continue                      # already delivered by catch_up()
-            self._skip_upto.pop(topic, None)
-            gap = self.tracker.observe(topic, frame["seq"])
+            deliver, gap = self.tracker.admit(frame)
             if gap is not None and self.on_gap is not None:
                 self.on_gap(gap)
-            return frame
+            if deliver:
+                return frame
 
     def _read(self, deadline: float | None) -> dict[str, Any] | None:
         """One frame off the socket; None at the deadline."""
@@ -178,8 +217,7 @@ class Subscriber:
         already on its way here.
         """
         deadline = time.monotonic() + timeout
-        token = secrets.token_hex(8)
-        hello = (HELLO_PREFIX + token).encode()
+        token, hello = hello_topic()
         self.sock.setsockopt(zmq.SUBSCRIBE, hello)
         try:
             pause = 0.001
@@ -195,10 +233,8 @@ class Subscriber:
         for prefix in prefixes:
             reply = request(control, "last", timeout=max(0.1, deadline - time.monotonic()), curve=self.curve,
                             prefix=prefix)
-            snapshot += [msgpack.unpackb(p) for p in reply["frames"]]
-        for frame in snapshot:
-            self._skip_upto[frame["topic"]] = frame["seq"]
-            self.tracker.last[frame["topic"]] = frame["seq"]
+            snapshot += [unpackb(p) for p in reply["frames"]]
+        self.tracker.seed(snapshot)
         return snapshot
 
     def _buffer(self, until: float) -> None:
@@ -253,6 +289,18 @@ def request(endpoint: str, cmd: str, timeout: float = 3.0, *, curve: CurveKeys |
         reply = msgpack.unpackb(sock.recv())
     finally:
         sock.close(linger=0)
+    return checked_reply(reply)
+
+
+def checked_reply(reply: dict[str, Any]) -> dict[str, Any]:
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "unknown error"))
     return reply
+
+
+def __getattr__(name: str) -> Any:
+    # feedsup.ipc.client.AsyncSubscriber, without importing asyncio for blocking consumers.
+    if name == "AsyncSubscriber":
+        from feedsup.ipc.aio import AsyncSubscriber
+        return AsyncSubscriber
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
