@@ -239,7 +239,6 @@ class _Worker:
     spawned_at: float
     last_live: float
     ready_at: float | None = None
-    streaming: bool = False
     shutdown_notice: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     term_reason: str | None = None
@@ -346,7 +345,6 @@ class Policy:
             # A promoted successor that was READY already: serving from now on.
             rec.running_since = now
             out.append(rec.change_state(State.RUNNING, "streaming"))
-        worker.streaming = True
         if worker.role is Role.SUCCESSOR and not self._stopping:
             self._hand_over(rec, worker, now, out)
         return out
