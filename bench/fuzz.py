@@ -28,8 +28,8 @@ def main() -> int:
     tried = failed = 0
     print(f"{'test':78s} {'examples':>9s} {'failing':>8s}")
     for name, body in re.findall(r"^(tests/\S+::\S+):\n(.*?)(?=^tests/|\Z)", proc.stdout, re.S | re.M):
-        passing = sum(int(n) for n in re.findall(r"(\d+) passing examples?", body))
-        failing = sum(int(n) for n in re.findall(r"(\d+) failing examples?", body))
+        passing = sum(int(n) for n in re.findall(r"(\d+) passing", body))
+        failing = sum(int(n) for n in re.findall(r"(\d+) failing", body))
         tried, failed = tried + passing + failing, failed + failing
         print(f"{name:78s} {passing + failing:9d} {failing:8d}")
     print(f"{'total':78s} {tried:9d} {failed:8d}")
