@@ -166,14 +166,7 @@ class Subscriber:
             if self._polled >= QUEUED_RETRY:
                 self._queued = True
         frame = unpackb(sock.recv())
-        topic = frame["topic"]
-        seq = frame["seq"]
-        last = self.tracker.last
-        prev = last.get(topic)
-        if prev is not None and seq == prev + 1:
-            last[topic] = seq
-            return frame
-        gap = self.tracker.observe(topic, seq)
+        gap = self.tracker.observe(frame["topic"], frame["seq"])
         if gap is not None and self.on_gap is not None:
             self.on_gap(gap)
         return frame
