@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from feedsup.tools.chaos import BREAKING, CATALOGUE, ChaosOptions, ChaosRun, OutageOptions, OutageRun
+from feedsup.tools.chaos import (BREAKING, CATALOGUE, ChaosOptions, ChaosRun, OutageOptions, OutageRun,
+                                 first_after)
 
 
 def test_every_fault_kind_loses_and_duplicates_nothing(tmp_path, timing, capsys):
@@ -87,6 +88,47 @@ def test_verifier_accepts_a_halted_span_without_klines(tmp_path):
     run = _FakeTruth(tmp_path, TRUTH_TRADES, [TRUTH_KLINES[0], TRUTH_KLINES[2]])   # no kline at 60 000
     run.verify([_trade(i) for i in range(1, 6)] + [_kline(0), _kline(120_000)])
     assert run.report.problems == []
+
+
+class _ArrivingFrames:
+    """The consumer thread's frame list as the checker sees it: each read
+    may find a frame that arrived since the previous one (None: none did)."""
+
+    def __init__(self, arrivals):
+        self._arrivals = list(arrivals)
+        self._seen = []
+
+    @property
+    def frames(self):
+        arrived = self._arrivals.pop(0) if self._arrivals else None
+        if arrived is not None:
+            self._seen.append(arrived)
+        return self._seen
+
+
+def test_a_frame_arriving_mid_check_marks_a_stream_both_resumed_and_live(tmp_path):
+    run = OutageRun(OutageOptions(outage_s=1, backoff_max=0), tmp_path)
+    run.names = ["depth"]
+    run.status = lambda: {}
+    run.consumer = _ArrivingFrames([
+        {"_t": 1.0, "topic": "depth.BTCUSDT", "data": {"u": 1}},    # before the outage's end
+        None,
+        {"_t": 6.0, "topic": "depth.BTCUSDT", "data": {"u": 2}},    # lands between two reads
+    ])
+    run._await_resumed(end=5.0)
+    assert run.report.problems == []
+    assert run.report.resumed == {"depth": 1.0} and run.report.live == {"depth": 1.0}
+
+
+def test_first_after_reports_backfill_as_data_but_not_as_live():
+    frames = [{"_t": 1.0, "topic": "kline.X.1m", "data": {}},
+              {"_t": 2.0, "topic": "kline.X.1m", "data": {}, "backfill": True},
+              {"_t": 3.0, "topic": "kline.Y.1m", "data": {}},
+              {"_t": 4.0, "topic": "kline.X.1m", "data": None, "gap": {}},
+              {"_t": 5.0, "topic": "kline.X.1m", "data": {}}]
+    assert first_after(frames, ("kline.X.",), since=1.0) == (2.0, 5.0)
+    assert first_after(frames, ("kline.X.",), since=5.0) == (None, None)
+    assert first_after(frames[:4], ("kline.X.",), since=1.0) == (2.0, None)
 
 
 def test_an_exchange_wide_outage_across_eight_streams_leaves_none_fatal_and_loses_nothing(tmp_path, timing, capsys):

@@ -597,11 +597,15 @@ symbols = {syms}
 
         def all_resumed() -> bool:
             self._note_fatal()
+            # One snapshot per check: the consumer thread appends while we
+            # read, and the first-data and first-live times must come from
+            # the same frames (a frame landing between two reads once marked
+            # a stream live without ever marking it resumed).
+            frames = list(self.consumer.frames)
             for name in list(pending):
-                first = self._first_after(name, end, live_only=False)
+                first, live = first_after(frames, self._prefixes(name), end)
                 if first is not None:
                     self.report.resumed.setdefault(name, first - end)
-                live = self._first_after(name, end, live_only=True)
                 if live is not None:
                     self.report.live[name] = live - end
                     pending.discard(name)
@@ -615,23 +619,6 @@ symbols = {syms}
         if kind == "trades":
             return (f"aggTrade.{symbol}",)
         return ("bookTicker.",) if name == "book" else ("depth.",)
-
-    def _first_after(self, name: str, since: float, live_only: bool) -> float | None:
-        """When the stream's first data frame (or first live one) after ``since`` arrived."""
-        prefixes = self._prefixes(name)
-        for f in reversed(self.consumer.frames):
-            if f["_t"] <= since:
-                break
-        else:
-            return None
-        first = None
-        for f in reversed(self.consumer.frames):
-            if f["_t"] <= since:
-                break
-            if (f["topic"].startswith(prefixes) and f.get("data") is not None
-                    and not (live_only and f.get("backfill"))):
-                first = f["_t"]
-        return first
 
     def _verify_announced(self, frames: list[dict[str, Any]], t0: float, end: float) -> None:
         """Each no-history topic that went silent over the outage said so."""
@@ -708,3 +695,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def first_after(frames: list[dict[str, Any]], prefixes: tuple[str, ...],
+                since: float) -> tuple[float | None, float | None]:
+    """When the first data frame, and the first live (not backfilled) one, on
+    ``prefixes`` arrived after ``since``; ``None`` for what has not come yet.
+    A live frame is a data frame, so the first is never later than the live."""
+    first = live = None
+    for f in reversed(frames):
+        if f["_t"] <= since:
+            break
+        if f["topic"].startswith(prefixes) and f.get("data") is not None:
+            first = f["_t"]
+            if not f.get("backfill"):
+                live = f["_t"]
+    return first, live
