@@ -103,7 +103,7 @@ def sink_alone(cluster: NatsCluster, replicas: int, frames_n: int, topics: int) 
     for i in range(frames_n):
         topic = names[i % topics]
         body = frames.encode_body(topic.decode(), "b", time.time_ns(), {"agg_id": i})
-        batch.append((topic, i, 0, True, frames.with_seq(body, i + 1)))
+        batch.append((topic, i, 0, True, frames.with_seq(body, i + 1, 1)))
     t0 = time.perf_counter()
     for k in range(0, frames_n, 500):
         sink.offer(batch[k:k + 500])

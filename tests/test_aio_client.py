@@ -129,10 +129,10 @@ def test_after_catch_up_a_restarted_parent_s_frame_at_the_snapshot_seq_is_delive
     (account snapshots: one per connect, seq 1): the new parent's seq 1 is a
     new frame and a restart, not the snapshot frame still in flight."""
     tracker = SeqTracker()
-    snap = {"topic": "account.snapshot.a", "seq": 1, "recv_ns": 100}
+    snap = {"topic": "account.snapshot.a", "seq": 1, "epoch": 7, "recv_ns": 100}
     tracker.seed([snap])
     assert tracker.admit(dict(snap)) == (False, None), "the same frame, still in flight: skipped"
-    deliver, gap = tracker.admit({"topic": "account.snapshot.a", "seq": 1, "recv_ns": 200})
+    deliver, gap = tracker.admit({"topic": "account.snapshot.a", "seq": 1, "epoch": 8, "recv_ns": 200})
     assert deliver and gap is not None and gap.restart
 
 
@@ -221,3 +221,24 @@ def test_curve_keys_an_allowed_async_client_receives_and_catches_up_a_stranger_g
         asyncio.run(asyncio.wait_for(run(), 60))
     finally:
         fs.close()
+
+
+def test_after_catch_up_only_the_same_parent_s_frames_up_to_the_snapshot_are_skipped():
+    """The snapshot's frame and earlier ones from the same parent (its epoch)
+    were in flight; a restarted parent's frames, whatever their seq, are new."""
+    tracker = SeqTracker()
+    tracker.seed([{"topic": "t", "seq": 5, "epoch": 7}])
+    assert tracker.admit({"topic": "t", "seq": 4, "epoch": 7}) == (False, None)
+    assert tracker.admit({"topic": "t", "seq": 5, "epoch": 7}) == (False, None)
+    deliver, gap = tracker.admit({"topic": "t", "seq": 1, "epoch": 8})
+    assert deliver and gap is not None and gap.restart
+    assert tracker.admit({"topic": "t", "seq": 2, "epoch": 8}) == (True, None)
+
+
+def test_a_new_parent_epoch_is_a_restart_even_when_its_seq_looks_consecutive():
+    tracker = SeqTracker()
+    assert tracker.observe("t", 1, 7) is None
+    assert tracker.observe("t", 2, 7) is None
+    gap = tracker.observe("t", 3, 9)      # the new parent's third frame; its 1 and 2 were lost
+    assert gap is not None and gap.restart
+    assert tracker.observe("t", 4, 9) is None

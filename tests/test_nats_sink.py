@@ -41,7 +41,7 @@ def node():
 
 def frame(topic: str, i: int, seq: int) -> tuple:
     body = frames.encode_body(topic, "s", 1_000_000 * i, {"agg_id": i})
-    return (topic.encode(), i, 0, True, frames.with_seq(body, seq))
+    return (topic.encode(), i, 0, True, frames.with_seq(body, seq, 1))
 
 
 def stored(urls: list[str]) -> list[dict]:

@@ -84,7 +84,8 @@ def test_node_consumer_reports_holes_and_wrong_types(node, tmp_path):
             data = {"symbol": "BTCUSDT", "agg_id": seq, "price": 100.5, "qty": "1", "first_trade_id": 1,
                     "last_trade_id": 1, "time": 1, "buyer_maker": False, "event_time": 1}
             pub.send_multipart([b"aggTrade.BTCUSDT", msgpack.packb(
-                {"topic": "aggTrade.BTCUSDT", "seq": seq, "stream": "s", "recv_ns": 1 << 62, "data": data})])
+                {"topic": "aggTrade.BTCUSDT", "seq": seq, "epoch": 7, "stream": "s", "recv_ns": 1 << 62,
+                 "data": data})])
             try:
                 proc.wait(0.01)                          # a paced publisher: the consumer may join late
             except subprocess.TimeoutExpired:

@@ -182,3 +182,44 @@ def test_without_a_state_file_the_time_no_parent_ran_is_not_backfilled(sim, tmp_
         for fs in (first, second):
             if fs is not None:
                 fs.close()
+
+
+def test_after_catch_up_a_restarted_parent_s_frames_below_the_snapshot_seq_are_delivered(sim, tmp_path):
+    """catch_up skips live frames up to its snapshot's seq: those were in
+    flight. A restarted parent numbers every topic from 1 again, so its
+    frames below that seq are new ones and must be delivered, not skipped."""
+    from feedsup.ipc.client import Subscriber
+
+    config = write_config(tmp_path, sim, [PRICE], feedsup={"state_file": str(tmp_path / "state")})
+    first = Feedsup(config, tmp_path, "first.log")
+    col = Collector(first.pub)
+    sub = Subscriber(first.pub, (TOPIC,))
+    second = None
+    try:
+        col.wait_count(40, timeout=20, topic_prefix=TOPIC)
+        wait_for(lambda: TOPIC in _saved_marks(tmp_path / "state"), 5, "a saved watermark")
+        (snap,) = sub.catch_up(first.control, (TOPIC,))
+        assert snap["seq"] >= 40
+        first.proc.kill()
+        first.proc.wait(10)
+        second = Feedsup(config, tmp_path, "second.log")
+        delivered = [snap]
+
+        def new_parent_past_the_snapshot() -> bool:
+            frame = sub.recv(timeout=0.2)
+            if frame is not None:
+                delivered.append(frame)
+            return any(f["epoch"] != snap["epoch"] and f["data"]["agg_id"] > snap["data"]["agg_id"] + 5
+                       for f in delivered if f.get("data"))
+        wait_for(new_parent_past_the_snapshot, 20, "the new parent's frames past the snapshot")
+        new = [f for f in delivered if f["epoch"] != snap["epoch"]]
+        assert [f["seq"] for f in new] == list(range(1, len(new) + 1)), "none of the new parent's frames skipped"
+        assert any(g.restart for g in sub.gaps), "the restart is reported"
+        got = sorted({f["data"]["agg_id"] for f in delivered if f.get("data")})
+        assert got == list(range(got[0], got[-1] + 1)), "no agg_id lost across the restart"
+    finally:
+        sub.close()
+        col.close()
+        for fs in (first, second):
+            if fs is not None:
+                fs.close()

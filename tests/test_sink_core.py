@@ -11,7 +11,7 @@ from feedsup.sinks.core import SinkCore, msg_id, with_source
 
 
 def payload(topic: str, i: int, seq: int = 1) -> bytes:
-    return frames.with_seq(frames.encode_body(topic, "s", 1_000_000 * (1000 + i), {"agg_id": i}), seq)
+    return frames.with_seq(frames.encode_body(topic, "s", 1_000_000 * (1000 + i), {"agg_id": i}), seq, 1)
 
 
 def trade(topic: str, i: int) -> tuple:
@@ -123,7 +123,7 @@ def test_watermarks_never_pass_what_jetstream_acknowledged():
 
 def test_parent_notices_without_exchange_identity_get_unique_ids():
     c = core()
-    gap = frames.with_seq(frames.encode_gap_body("b", "s", 1, 1, None, "closed"), 3)
+    gap = frames.with_seq(frames.encode_gap_body("b", "s", 1, 1, None, "closed"), 3, 1)
     c.offer([(b"b", None, 0, False, gap), (b"b", None, 0, False, gap)])
     ids = []
     while c.pending:

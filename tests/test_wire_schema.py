@@ -16,7 +16,7 @@ from wire_schema import errors, invalid_frames
 SPOT = ["aggTrade", "trade", "bookTicker", "miniTicker", "ticker", "kline", "depth"]
 USDM = ["aggTrade", "bookTicker", "miniTicker", "ticker", "kline", "depth", "markPrice"]
 
-GOOD = {"topic": "aggTrade.BTCUSDT", "seq": 1, "stream": "s", "recv_ns": 1, "data": {
+GOOD = {"topic": "aggTrade.BTCUSDT", "seq": 1, "epoch": 9, "stream": "s", "recv_ns": 1, "data": {
     "symbol": "BTCUSDT", "agg_id": 5, "price": "100.5", "qty": "0.1", "first_trade_id": 1, "last_trade_id": 2,
     "time": 1, "buyer_maker": False, "event_time": 2}}
 

@@ -5,7 +5,7 @@
 // Subscribes to PUB_ENDPOINT (prefixes: --prefix, default everything), takes
 // N frames or runs S seconds, whichever comes first, and checks the wire
 // contract (README "Consumer wire contract", docs/schema/frame.schema.json):
-// per-topic seq continuity (a hole = frames lost on the way, seq going back =
+// per-topic seq continuity (a hole = frames lost on the way, another epoch =
 // the parent restarted) and the type of every field it knows. Prints one JSON
 // line, the verdict, and exits 0 if it is "OK" (frames came, no hole, no
 // type error), 1 otherwise.
@@ -66,6 +66,7 @@ function check(frame, errors) {
   const bad = (what) => { if (errors.length < 20) errors.push(`${frame.topic ?? "?"}: ${what}`) }
   if (!T.str(frame.topic)) return bad("topic is not a string")
   if (!isInt(frame.seq) || frame.seq < 1) bad(`seq ${frame.seq}`)
+  if (!isInt(frame.epoch) || frame.epoch < 1) bad(`epoch ${frame.epoch}`)
   if (!T.str(frame.stream)) bad("stream is not a string")
   if (!isInt(frame.recv_ns)) bad("recv_ns is not an integer")
   if (frame.gap !== undefined) {
@@ -86,7 +87,7 @@ sock.connect(endpoint)
 if (prefixes.length) for (const p of prefixes) sock.subscribe(p)
 else sock.subscribe()
 
-const last = new Map()                // topic -> last seq
+const last = new Map()                // topic -> [epoch, last seq]
 let frames = 0, holes = 0, missed = 0, restarts = 0
 const errors = []
 const timer = setTimeout(() => sock.close(), seconds * 1000)
@@ -97,12 +98,13 @@ try {
     if (frame.topic !== topic.toString()) errors.push(`payload topic ${frame.topic} != ${topic}`)
     check(frame, errors)
     const seq = Number(frame.seq)
+    const epoch = Number(frame.epoch)
     const prev = last.get(frame.topic)
-    if (prev !== undefined && seq !== prev + 1) {
-      if (seq <= prev) restarts++
-      else { holes++; missed += seq - prev - 1 }
+    if (prev !== undefined && (epoch !== prev[0] || seq !== prev[1] + 1)) {
+      if (epoch !== prev[0] || seq <= prev[1]) restarts++     // another parent: seq from 1 again
+      else { holes++; missed += seq - prev[1] - 1 }
     }
-    last.set(frame.topic, seq)
+    last.set(frame.topic, [epoch, seq])
     if (++frames >= maxFrames) break
   }
 } catch (err) {

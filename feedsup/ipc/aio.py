@@ -71,7 +71,7 @@ class AsyncSubscriber:
                 pass
             else:
                 frame = unpackb(raw.recv())    # the rest of a multipart message is already here
-                gap = self.tracker.observe(frame["topic"], frame["seq"])
+                gap = self.tracker.observe(frame["topic"], frame["seq"], frame.get("epoch", 0))
                 if gap is not None and self.on_gap is not None:
                     self.on_gap(gap)
                 return frame

@@ -56,43 +56,48 @@ class SeqTracker:
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}      # topic -> the epoch of its last frame
         self.missed = 0
         self.gaps: list[Gap] = []
-        # topic -> the seq catch_up() already delivered; live frames up to it are skipped
-        self.skip_upto: dict[str, int] = {}
-        self._skip_ns: dict[str, int] = {}    # topic -> recv_ns of that delivered frame
+        # topic -> (seq, epoch) catch_up() already delivered; live frames of
+        # that parent up to that seq are skipped
+        self.skip_upto: dict[str, tuple[int, int]] = {}
 
     def seed(self, snapshot: list[dict[str, Any]]) -> None:
         """catch_up()'s snapshot was delivered: continue each topic from it."""
         for frame in snapshot:
-            self.skip_upto[frame["topic"]] = frame["seq"]
-            self._skip_ns[frame["topic"]] = frame.get("recv_ns", 0)
+            epoch = frame.get("epoch", 0)
+            self.skip_upto[frame["topic"]] = (frame["seq"], epoch)
             self.last[frame["topic"]] = frame["seq"]
+            self.epochs[frame["topic"]] = epoch
 
     def admit(self, frame: dict[str, Any]) -> tuple[bool, Gap | None]:
         """(deliver?, the gap it reveals): a frame catch_up() already
-        delivered is not delivered again; any other is checked for a gap.
-
-        A frame at exactly the delivered seq is that frame still in flight
-        only if it is the same frame (its recv_ns): a topic that published
-        nothing until the parent restarted (an account snapshot, seq 1)
-        gets the new parent's frame at that seq, a restart to report."""
+        delivered, or an earlier one of the same parent still in flight, is
+        not delivered again; any other is checked for a gap. A restarted
+        parent numbers topics from 1 again: its frames (another epoch) are
+        new whatever their seq."""
         topic = frame["topic"]
         seq = frame["seq"]
+        epoch = frame.get("epoch", 0)
         if self.skip_upto:
-            upto = self.skip_upto.get(topic, 0)
-            if seq < upto or (seq == upto and frame.get("recv_ns") == self._skip_ns.get(topic)):
-                return False, None
-            self.skip_upto.pop(topic, None)
-            self._skip_ns.pop(topic, None)
-        return True, self.observe(topic, seq)
+            upto = self.skip_upto.get(topic)
+            if upto is not None:
+                if seq <= upto[0] and epoch == upto[1]:
+                    return False, None
+                del self.skip_upto[topic]
+        return True, self.observe(topic, seq, epoch)
 
-    def observe(self, topic: str, seq: int) -> Gap | None:
+    def observe(self, topic: str, seq: int, epoch: int = 0) -> Gap | None:
         prev = self.last.get(topic)
         self.last[topic] = seq
-        if prev is None or seq == prev + 1:
+        if prev is None:
+            self.epochs[topic] = epoch
             return None
-        if seq <= prev:
+        if seq == prev + 1 and epoch == self.epochs[topic]:
+            return None
+        if seq <= prev or epoch != self.epochs[topic]:
+            self.epochs[topic] = epoch
             gap = Gap(topic, prev + 1, seq, 0, restart=True)
         else:
             gap = Gap(topic, prev + 1, seq, seq - prev - 1)
@@ -166,7 +171,7 @@ class Subscriber:
             if self._polled >= QUEUED_RETRY:
                 self._queued = True
         frame = unpackb(sock.recv())
-        gap = self.tracker.observe(frame["topic"], frame["seq"])
+        gap = self.tracker.observe(frame["topic"], frame["seq"], frame.get("epoch", 0))
         if gap is not None and self.on_gap is not None:
             self.on_gap(gap)
         return frame

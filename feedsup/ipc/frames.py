@@ -10,7 +10,7 @@ Worker -> parent, over ZeroMQ PUSH. A message is either
   ``b"G"`` (gap). The header carries the exchange ordering key (major, minor,
   final) the parent uses to suppress duplicates, and the topic and body
   lengths. ``body`` is the consumer payload minus ``seq``: a msgpack fixmap
-  (at most ``MAX_BODY_KEYS`` keys, so ``seq`` can be spliced in)
+  (at most ``MAX_BODY_KEYS`` keys, so ``seq`` and ``epoch`` can be spliced in)
   ``{topic, stream, recv_ns, data[, backfill]}``. A gap record says the worker
   lost data on this topic that it cannot recover; its body has a ``gap`` key
   (``encode_gap_body``) and ``data`` None, and the parent numbers it without
@@ -24,12 +24,15 @@ are inlined in its hot loop): a worker of another ``PROTOCOL_VERSION``, or one
 that sends anything malformed, is refused and restarted.
 
 Parent -> consumer (PUB, two frames): ``[topic, payload]`` where payload is
-the body with ``seq`` spliced in front. Splicing bytes instead of
+the body with ``seq`` and ``epoch`` spliced in front. ``epoch`` is a random
+number each parent picks at start: a consumer tells a restarted parent's
+frames (seqs from 1 again) from the old one's still in flight by it. Splicing bytes instead of
 re-encoding keeps the parent's hot path to a few byte copies.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 from typing import Any, Iterator
 
@@ -51,8 +54,10 @@ HEADER_END = 1 + HEADER.size
 BATCH_HEAD = struct.Struct("<I")
 BATCH_START = 1 + BATCH_HEAD.size
 SEQ_KEY = msgpack.packb("seq")
-# A body is a msgpack fixmap; with seq spliced in it must still be one.
-MAX_BODY_KEYS = 14
+EPOCH_KEY = msgpack.packb("epoch")
+# A body is a msgpack fixmap (at most 15 keys); with seq and epoch spliced in,
+# and ``source`` added by the JetStream sink, it must still be one.
+MAX_BODY_KEYS = 12
 # Largest worker -> parent message (ZMQ_MAXMSGSIZE of the parent's PULL): a
 # batch of records, each at most one exchange frame (fastrecv's cap) plus
 # its envelope. Workers send an over-sized batch record by record.
@@ -233,9 +238,15 @@ def _check_stats(stats: Any) -> str | None:
     return None
 
 
-def with_seq(body: bytes, seq: int) -> bytes:
-    """Splice ``seq`` in front of a msgpack fixmap body (at most 14 keys)."""
+def with_seq(body: bytes, seq: int, epoch: int) -> bytes:
+    """Splice ``seq`` and the parent's ``epoch`` in front of a msgpack fixmap
+    body (at most ``MAX_BODY_KEYS`` keys)."""
     head = body[0]
     if not 0x80 <= head <= 0x80 + MAX_BODY_KEYS:
-        raise ValueError("body must be a msgpack fixmap with fewer than 15 keys")
-    return bytes((head + 1,)) + SEQ_KEY + msgpack.packb(seq) + body[1:]
+        raise ValueError(f"body must be a msgpack fixmap of at most {MAX_BODY_KEYS} keys")
+    return bytes((head + 2,)) + SEQ_KEY + msgpack.packb(seq) + EPOCH_KEY + msgpack.packb(epoch) + body[1:]
+
+
+def new_epoch() -> int:
+    """A parent's epoch: random, nonzero, a msgpack uint32."""
+    return secrets.randbelow(0xFFFFFFFF) + 1

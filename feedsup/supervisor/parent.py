@@ -66,9 +66,10 @@ CONTROL_MAX_MESSAGE = 1 << 20
 # Recent hello tokens seen subscribing on the PUB socket (catch_up's proof
 # that a subscription is live); the oldest are forgotten past this.
 MAX_HELLOS = 1024
-# The head of a published payload: map header, "seq", uint32 marker, seq.
-_SEQ_HEAD = struct.Struct(">B4sBI")
-assert len(frames.SEQ_KEY) == 4
+# The head of a published payload: map header, "seq", uint32 marker, seq,
+# then "epoch" with its uint32 marker and value (one pack per frame).
+_SEQ_HEAD = struct.Struct(">B4sBI11s")
+assert len(frames.SEQ_KEY) == 4 and len(frames.EPOCH_KEY) == 6
 
 
 class Parent:
@@ -77,6 +78,11 @@ class Parent:
         self.pid = os.getpid()
         self.policy = pol.Policy(config.streams, config.restart, rng or random.Random())
         self.sequencer = Sequencer()
+        # Seqs start at 1 again in every parent; the epoch in each frame
+        # lets consumers tell this parent's frames from its predecessor's.
+        self.epoch = frames.new_epoch()
+        self._epoch_kv = frames.EPOCH_KEY + b"\xce" + self.epoch.to_bytes(4, "big")
+        assert len(self._epoch_kv) == _SEQ_HEAD.size - 10
         self.workers: dict[int, WorkerProcess] = {}
         self.rates: dict[int, tuple[float, int, float]] = {}   # instance -> (t, msgs, msgs/s)
         self.rundir = tempfile.mkdtemp(prefix="feedsup-")
@@ -149,6 +155,7 @@ class Parent:
             })
         return {
             "pid": self.pid,
+            "epoch": self.epoch,
             "uptime": now - self.started,
             "published": self.published,
             "suppressed": self.sequencer.suppressed,
@@ -285,7 +292,7 @@ class Parent:
         # here. A message is one control map or a batch of records (frames.py).
         # Nothing a worker sends is trusted: a record out of bounds, on a
         # topic its stream does not own, or whose body is not a fixmap of at
-        # most 14 keys ends the batch and gets the worker restarted
+        # most MAX_BODY_KEYS keys ends the batch and gets the worker restarted
         # (``_reject``). The checks cost a few comparisons per record.
         recv = pull.recv
         send = pub.send
@@ -301,6 +308,7 @@ class Parent:
         header_end = frames.HEADER_END
         batch_start = frames.BATCH_START
         seq_key = frames.SEQ_KEY
+        epoch_kv = self._epoch_kv
         packb = msgpack.packb
         last_values = self.last_values
         open_gaps = self.open_gaps
@@ -362,7 +370,7 @@ class Parent:
                     topic = message[start:body_at]
                     head = message[body_at]
                     if pos > end or not 0x80 <= head <= max_map:
-                        bad = "record out of bounds, or its body is not a msgpack map of at most 14 keys"
+                        bad = f"record out of bounds, or its body is not a msgpack map of at most {frames.MAX_BODY_KEYS} keys"
                         break
                     if topic not in owned and not self._owns(stream, topic):
                         bad = "record on a topic its stream does not own"
@@ -390,12 +398,13 @@ class Parent:
                         # The notice takes this seq, the frame the next one.
                         self._close_gap(topic, message[body_at:pos], seq)
                         seq = sequencer.next_seq(topic)
-                    # Splice seq into the body's msgpack map (frames.with_seq,
-                    # inlined): seq as a msgpack uint32 from one struct pack.
+                    # Splice seq and epoch into the body's msgpack map
+                    # (frames.with_seq, inlined): one struct pack.
                     if seq <= 0xFFFFFFFF:
-                        payload = splice(head + 1, seq_key, 0xCE, seq) + message[body_at + 1:pos]
+                        payload = splice(head + 2, seq_key, 0xCE, seq, epoch_kv) + message[body_at + 1:pos]
                     else:
-                        payload = b"".join((bytes((head + 1,)), seq_key, packb(seq), message[body_at + 1:pos]))
+                        payload = b"".join((bytes((head + 2,)), seq_key, packb(seq), epoch_kv,
+                                            message[body_at + 1:pos]))
                     send(topic, sndmore)
                     send(payload)
                     last_values[topic] = payload
@@ -490,7 +499,7 @@ class Parent:
 
     def _publish(self, topic: bytes, body: bytes, seq: int | None = None) -> None:
         """Publish outside the hot path (gap notices)."""
-        payload = frames.with_seq(body, seq if seq is not None else self.sequencer.next_seq(topic))
+        payload = frames.with_seq(body, seq if seq is not None else self.sequencer.next_seq(topic), self.epoch)
         self.pub.send(topic, zmq.SNDMORE)
         self.pub.send(payload)
         self.last_values[topic] = payload
