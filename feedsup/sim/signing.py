@@ -40,15 +40,15 @@ def load_ed25519_public_key(pem: str) -> Any:
         raise ValueError("Ed25519 keys need the 'cryptography' package: "
                          "pip install -e \".[ed25519]\"") from None
     if "PRIVATE KEY" in pem:
-        raise ValueError("ed25519_public_key holds a private key: register the public key "
+        raise ValueError("the Ed25519 public key given holds a private key: register the public key "
                          "(openssl pkey -in key.pem -pubout)")
     try:
         key = load_pem_public_key(pem.encode())
     except ValueError:
-        raise ValueError("ed25519_public_key is not a PEM public key "
+        raise ValueError("the Ed25519 public key given is not a PEM public key "
                          "(-----BEGIN PUBLIC KEY----- ...)") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"ed25519_public_key holds a {type(key).__name__}, not an Ed25519 public key")
+        raise ValueError(f"the Ed25519 public key given holds a {type(key).__name__}, not an Ed25519 public key")
     return key
 
 
