@@ -18,7 +18,7 @@ RECV_WINDOW_MS = 5000
 # here: it is a clock problem and may pass.
 CREDENTIAL_CODES = {
     -1002: "unauthorized",
-    -1022: "signature not valid (wrong API secret?)",
+    -1022: "signature not valid (wrong API secret or Ed25519 key?)",
     -2008: "invalid API key id",
     -2014: "API key format invalid",
     -2015: "invalid API key, IP, or permissions",

@@ -19,6 +19,7 @@ import click
 from .options import SimOptions
 from .scenario import ScenarioError, load_scenario
 from .server import SimServer
+from .signing import ApiKeys
 
 
 def quiet_gc() -> None:
@@ -66,6 +67,9 @@ def quiet_gc() -> None:
 @click.option("--futures-rest-weight-limit", type=int)
 @click.option("--api-key", help="API key accepted for signed requests.")
 @click.option("--api-secret", help="Secret for HMAC-SHA256 signatures.")
+@click.option("--ed25519-public-key", type=click.Path(dir_okay=False),
+              help="PEM file of an Ed25519 public key: registers a second API key, of type Ed25519.")
+@click.option("--ed25519-api-key", help="API key of that Ed25519 key [default: sim-ed25519-api-key].")
 @click.option("-v", "--verbose", is_flag=True, help="Log faults and connections to stderr.")
 def sim(symbols: str, scenario: str | None, verbose: bool, **knobs: Any) -> None:
     """Run a Binance-compatible exchange simulator on loopback."""
@@ -78,7 +82,12 @@ def sim(symbols: str, scenario: str | None, verbose: bool, **knobs: Any) -> None
     names = tuple(s.strip().upper() for s in symbols.split(",") if s.strip())
     if not names:
         raise click.UsageError("--symbols needs at least one symbol")
+    knobs["ed25519_public_key"] = read_public_key(knobs.get("ed25519_public_key"))
     options = SimOptions().with_overrides(symbols=names, scenario=faults, **knobs)
+    try:
+        ApiKeys.from_options(options)
+    except ValueError as exc:   # a key Binance would not register
+        raise click.UsageError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -95,6 +104,18 @@ def sim(symbols: str, scenario: str | None, verbose: bool, **knobs: Any) -> None
             pass
     finally:
         server.stop()
+
+
+def read_public_key(path: str | None) -> str | None:
+    """The PEM text of ``--ed25519-public-key`` (None: not given)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read(64 * 1024)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"--ed25519-public-key {path}: cannot read: "
+                               f"{getattr(exc, 'strerror', None) or 'not a PEM text file'}") from None
 
 
 main = sim

@@ -53,6 +53,10 @@ class SimOptions:
     # User data.
     api_key: str = "sim-api-key"
     api_secret: str = "sim-api-secret"
+    # A second API key of type Ed25519 on the same account: its public key (PEM
+    # text, "-----BEGIN PUBLIC KEY-----"); empty = none registered.
+    ed25519_api_key: str = "sim-ed25519-api-key"
+    ed25519_public_key: str = ""
     listen_key_validity: float = 3600.0  # simulated seconds
     recv_window_ms: int = 5000
     scenario: tuple[dict[str, Any], ...] = field(default=())

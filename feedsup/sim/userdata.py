@@ -42,7 +42,7 @@ from .market import SymbolMarket
 from .options import SimOptions
 from .orders import check_notional, check_open_orders, check_price, check_qty, parse_new_order, triggered, walk
 from .rest import RestError, mandatory
-from .signing import check_api_key, verify_rest
+from .signing import ApiKeys, verify_rest
 from .streams import SPOT, USDM
 from .wsapi import ws_api_handler
 
@@ -561,6 +561,7 @@ class UserData:
     def __init__(self, options: SimOptions, hub: Hub) -> None:
         self.options = options
         self.hub = hub
+        self.keys = ApiKeys.from_options(options)   # ValueError on a key Binance would refuse
         self.spot = Account(SPOT, hub)
         self.futures_account = Account(USDM, hub)
         self.futures = FuturesUserData(options, self.futures_account)
@@ -595,8 +596,8 @@ class UserData:
     async def signed_params(self, core: "SimCore", request: web.Request) -> dict[str, str]:
         body = (await request.read()).decode()  # cached by aiohttp, even after post()
         total = request.query_string + body
-        return verify_rest(total, request.headers.get("X-MBX-APIKEY"), self.options.api_key,
-                           self.options.api_secret, self.hub.advance(), int(time.time() * 1000),
+        return verify_rest(total, request.headers.get("X-MBX-APIKEY"), self.keys,
+                           self.hub.advance(), int(time.time() * 1000),
                            self.options.recv_window_ms, query=request.query_string, body=body)
 
     # -- WebSocket API (spot): wsapi.py ---------------------------------------------------
@@ -789,7 +790,8 @@ async def _futures_leverage_bracket(core: "SimCore", market: str, request: web.R
 
 
 def _api_key(core: "SimCore", request: web.Request) -> None:
-    check_api_key(request.headers.get("X-MBX-APIKEY"), core.options.api_key)
+    # USER_STREAM: an API key of either type, no signature.
+    core.userdata.keys.check_api_key(request.headers.get("X-MBX-APIKEY"))
 
 
 async def _listen_key_post(core: "SimCore", market: str, request: web.Request, query: dict[str, str]) -> Any:

@@ -28,7 +28,7 @@ from . import rest
 from .decimals import d8
 from .exchange_info import spot_rate_limits
 from .rest import RestError, mandatory
-from .signing import check_api_key, check_timestamp, hmac_hex, ws_api_payload
+from .signing import check_timestamp, ws_api_payload
 from .streams import SPOT
 
 if TYPE_CHECKING:
@@ -148,15 +148,15 @@ class Session:
         return {k: _text(v) for k, v in params.items() if k != "returnRateLimits"}
 
     def _verify(self, params: Mapping[str, Any]) -> dict[str, str]:
-        """API key and HMAC signature over the sorted params (web-socket-api.md "SIGNED request security")."""
+        """API key and its signature (HMAC or Ed25519) over the sorted params
+        (web-socket-api.md "SIGNED request security")."""
         o = self.core.options
-        check_api_key(params.get("apiKey"), o.api_key)
+        keys = self.core.userdata.keys
+        keys.check_api_key(params.get("apiKey"))
         signature = params.get("signature")
         if not signature:
             raise mandatory("signature")
-        expected = hmac_hex(o.api_secret, ws_api_payload(params))
-        if not isinstance(signature, str) or signature.lower() != expected:
-            raise RestError(400, -1022, "Signature for this request is not valid.")
+        keys.verify(params.get("apiKey"), ws_api_payload(params), signature)
         strings = {k: _text(v) for k, v in params.items()}
         check_timestamp(strings, self.core.hub.advance(), int(time.time() * 1000), o.recv_window_ms)
         return {k: v for k, v in strings.items() if k not in ("apiKey", "signature", "returnRateLimits")}
