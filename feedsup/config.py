@@ -71,6 +71,12 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     # Binance's largest messages (a full depth or ticker array) are a few
     # hundred KiB; the cap keeps a hostile frame from filling memory.
     ("connection", "max_frame"): (65536, 256 << 20),
+    # A queued message holds up to a batch of records (uplink.MAX_BATCH): the
+    # cap keeps a stalled parent from growing a worker past a few GB.
+    ("connection", "uplink_hwm"): (1, 1_000_000),
+    # A listenKey lapses 60 min after its last keepalive; the cap leaves ten
+    # minutes of retries (every 60 s) after a failed one.
+    ("connection", "listen_key_keepalive"): (0.1, 3000.0),
     ("restart", "backoff_initial"): (0.001, 3600.0),
     ("restart", "backoff_max"): (0.001, 86400.0),
     ("restart", "intensity"): (1, 100_000),
@@ -619,7 +625,7 @@ def _load_endpoint(raw: object, at: _At, default: Endpoint, keys: tuple[str, ...
 def _connection_converter(key: str) -> Converter[float]:
     if key == "max_age":
         return _max_age
-    if key == "max_frame":
+    if key in ("max_frame", "uplink_hwm"):
         return _count("connection", key)
     # stale_after = 0 disables the staleness check
     return _duration("connection", key, zero=key == "stale_after")
