@@ -187,18 +187,19 @@ def _number(value: object, at: _At) -> float:
     return float(value)
 
 
-def _positive(value: object, at: _At) -> float:
-    number = _number(value, at)
-    if number <= 0:
-        at.fail(f"must be greater than 0, got {_show(value)}")
+def _signed(number: T, value: object, at: _At, zero: bool = False) -> T:
+    """``number`` (``value`` converted) if it is above 0, or 0 when ``zero``."""
+    if number < 0 or (number == 0 and not zero):
+        at.fail(f"must be {'0 or greater' if zero else 'greater than 0'}, got {_show(value)}")
     return number
+
+
+def _positive(value: object, at: _At) -> float:
+    return _signed(_number(value, at), value, at)
 
 
 def _non_negative(value: object, at: _At) -> float:
-    number = _number(value, at)
-    if number < 0:
-        at.fail(f"must be 0 or greater, got {_show(value)}")
-    return number
+    return _signed(_number(value, at), value, at, zero=True)
 
 
 def _within(number: float, value: object, at: _At, low: float, high: float, unit: str) -> None:
@@ -208,27 +209,26 @@ def _within(number: float, value: object, at: _At, low: float, high: float, unit
         at.fail(f"must be at most {high:g}{unit}, got {_show(value)}")
 
 
-def _duration(section: str, key: str, zero: bool = False) -> Converter[float]:
-    """Seconds within ``BOUNDS[section, key]``; ``zero`` also lets 0 through (off)."""
+def _bounded(section: str, key: str, base: Converter[T], unit: str, zero: bool = False) -> Converter[T]:
+    """``base``'s value within ``BOUNDS[section, key]``; ``zero``: 0 passes too (off)."""
     low, high = BOUNDS[(section, key)]
 
-    def convert(value: object, at: _At) -> float:
-        number = _non_negative(value, at) if zero else _positive(value, at)
+    def convert(value: object, at: _At) -> T:
+        number = base(value, at)
         if not (zero and number == 0):
-            _within(number, value, at, low, high, " s")
+            _within(number, value, at, low, high, unit)
         return number
     return convert
+
+
+def _duration(section: str, key: str, zero: bool = False) -> Converter[float]:
+    """Seconds within ``BOUNDS[section, key]``; ``zero`` also lets 0 through (off)."""
+    return _bounded(section, key, _non_negative if zero else _positive, " s", zero)
 
 
 def _count(section: str, key: str) -> Converter[int]:
     """An integer within ``BOUNDS[section, key]`` (all of them start at 1)."""
-    low, high = BOUNDS[(section, key)]
-
-    def convert(value: object, at: _At) -> int:
-        number = _positive_int(value, at)
-        _within(number, value, at, low, high, "")
-        return number
-    return convert
+    return _bounded(section, key, _positive_int, "")
 
 
 def _integer(value: object, at: _At) -> int:
@@ -255,10 +255,7 @@ def _metrics_port(value: object, at: _At) -> int:
 
 
 def _positive_int(value: object, at: _At) -> int:
-    number = _integer(value, at)
-    if number <= 0:
-        at.fail(f"must be greater than 0, got {_show(number)}")
-    return number
+    return _signed(_integer(value, at), value, at)
 
 
 def _string(value: object, at: _At) -> str:

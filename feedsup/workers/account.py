@@ -45,7 +45,8 @@ import websocket
 from feedsup.config_model import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
-from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
+from feedsup.binance.account_normalise import (NORMALISERS, PUBLISHED, SNAPSHOT_TOPIC, STREAM_ENDED, EventOrder,
+                                               change_time, is_replay)
 from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers import runtime
 from feedsup.workers.runtime import ConnectionEnded, Runtime, wait_readable
@@ -59,7 +60,6 @@ class Session(Protocol):
     def open(self) -> websocket.WebSocket: ...         # connected and subscribed
     def snapshot(self) -> dict[str, Any]: ...          # normalised snapshot data
     def event_of(self, msg: Any) -> dict[str, Any] | None: ...  # unwrap; None = not an event
-    def handle(self, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None: ...
     def close(self) -> None: ...
 
 
@@ -229,7 +229,7 @@ def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received 
     counters = rt.counters
     try:
         event = session.event_of(orjson.loads(payload))
-        out = session.handle(event) if event is not None else None
+        out = handle(rt, event) if event is not None else None
     except (ValueError, MalformedEvent):
         counters.malformed += 1
         return None
@@ -240,6 +240,20 @@ def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received 
     counters.last_event_ms = event_time
     counters.last_recv_ms = recv_ns // 1_000_000
     return stream_topic(topic, rt.name), data, event_time, recv_ns
+
+
+def handle(rt: Runtime, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
+    """A user-data event: normalised if published, ConnectionEnded if it ends
+    the stream, None otherwise (a ``serverShutdown`` is passed on as a notice)."""
+    market = rt.spec.stream.market
+    kind = event.get("e")
+    if kind in PUBLISHED[market]:
+        return NORMALISERS[market](event)
+    if kind in STREAM_ENDED[market]:
+        raise ConnectionEnded(STREAM_ENDED[market][kind])
+    if kind == "serverShutdown":
+        rt.notice("serverShutdown", event_time=event.get("E"))
+    return None
 
 
 def stream_topic(topic: str, stream: str) -> str:

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -31,7 +32,6 @@ import websocket
 
 from feedsup.credentials import Credentials
 from feedsup.workers.signed_rest import SignedRest
-from feedsup.binance.account_normalise import LISTEN_KEY_EXPIRED, normalise_usdm, usdm_snapshot
 from feedsup.workers.runtime import ConnectionEnded, Runtime
 from feedsup.workers.threads import Waiter
 
@@ -41,7 +41,6 @@ LISTEN_KEY_PATH = "/fapi/v1/listenKey"
 # After a failed keepalive (network, 5xx), try again sooner than a full period.
 KEEPALIVE_RETRY = 60.0
 DELETE_TIMEOUT = 2.0   # stays inside the parent's TERM -> KILL grace
-PUBLISHED = frozenset({"ACCOUNT_UPDATE", "ORDER_TRADE_UPDATE"})
 
 
 class KeyLeases:
@@ -142,26 +141,12 @@ class UsdmSession:
         self.rt.extra_stats["keepalives"] = count
 
     def snapshot(self) -> dict[str, Any]:
-        account = self.rest.signed("GET", "/fapi/v2/account")
-        orders = self.rest.signed("GET", "/fapi/v1/openOrders")
-        # Asked last: the exchange's time when both answers were complete.
-        server = self.rest.call("GET", "/fapi/v1/time")
-        return usdm_snapshot(account, orders, server)
+        return self.rest.account_snapshot(self.rt.spec.stream.market)
 
     def event_of(self, msg: Any) -> dict[str, Any] | None:
         if not isinstance(msg, dict):
             raise ValueError("not a JSON object")
         return msg.get("data", msg) if "e" not in msg else msg
-
-    def handle(self, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
-        kind = event.get("e")
-        if kind in PUBLISHED:
-            return normalise_usdm(event)
-        if kind == LISTEN_KEY_EXPIRED:
-            raise ConnectionEnded("listenKey expired (listenKeyExpired event)")
-        if kind == "serverShutdown":
-            self.rt.notice("serverShutdown", event_time=event.get("E"))
-        return None
 
     def close(self) -> None:
         self._stop.set()
@@ -182,7 +167,7 @@ class UsdmSession:
             log.warning("listenKey delete failed: %s", exc.reason)
 
 
-
+@dataclass
 class Keepalive:
     """The listenKey keepalive thread: ``put()`` every ``interval`` seconds,
     again after ``KEEPALIVE_RETRY`` (or ``interval``, if shorter) when one
@@ -190,15 +175,13 @@ class Keepalive:
     (``-1125``) or refused. Its only clock is ``stop.wait``: a test's fake
     returns at once."""
 
-    def __init__(self, put: Callable[[], Any], end: Callable[[str], None], sent: Callable[[int], None],
-                 interval: float, stop: Waiter, retry: float = KEEPALIVE_RETRY) -> None:
-        self.put = put
-        self.end = end
-        self.sent = sent
-        self.interval = interval
-        self.retry = retry
-        self.stop = stop
-        self.count = 0
+    put: Callable[[], Any]
+    end: Callable[[str], None]
+    sent: Callable[[int], None]
+    interval: float
+    stop: Waiter
+    retry: float = KEEPALIVE_RETRY
+    count: int = 0
 
     def run(self) -> None:
         interval = self.interval

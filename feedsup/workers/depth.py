@@ -43,7 +43,7 @@ from feedsup import restlimit
 from feedsup.workers import rest
 from feedsup.binance import book
 from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
-from feedsup.workers.runtime import Runtime, check_symbols, read_event, wait_readable
+from feedsup.workers.runtime import Runtime, check_symbols, read_event
 from feedsup.workers.threads import Clock, Threads
 from feedsup.binance.streams import stream_url
 
@@ -349,11 +349,11 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, books: Books, normalise) -> 
             books.tick(time.monotonic())
         # Block in recv unless a snapshot is on its way or STREAMING may fall
         # due: then wake to act on it, and send what is queued before waiting.
+        wait = None
         if pending or not announcer.streaming:
             rt.uplink.flush()
-            if not wait_readable(ws, POLL_S):
-                continue
-        got = read_event(rt, ws, normalise)
+            wait = POLL_S
+        got = read_event(rt, ws, normalise, wait)
         if got is None:
             continue
         recv_ns, event, (_, data, _, _, _) = got

@@ -57,6 +57,7 @@ class Pinger:
         return deadline
 
 
+@dataclass
 class Ticker:
     """The ticker thread: a liveness ping to the parent every ``interval``
     seconds from the start, and, once ``connected()``, the native pings and
@@ -65,17 +66,14 @@ class Ticker:
     callbacks': ``live(now)`` sends a liveness ping, ``ping(payload)`` a
     native ping, ``timed_out()`` ends the connection (and sets ``stop``)."""
 
-    def __init__(self, interval: float, pinger: Pinger, *, live: Callable[[float], None],
-                 ping: Callable[[bytes], None], timed_out: Callable[[], None],
-                 connected: Callable[[], bool], stop: Waiter, clock: Clock = time.monotonic) -> None:
-        self.interval = interval
-        self.pinger = pinger
-        self.live = live
-        self.ping = ping
-        self.timed_out = timed_out
-        self.connected = connected
-        self.stop = stop
-        self.clock = clock
+    interval: float
+    pinger: Pinger
+    live: Callable[[float], None]
+    ping: Callable[[bytes], None]
+    timed_out: Callable[[], None]
+    connected: Callable[[], bool]
+    stop: Waiter
+    clock: Clock = time.monotonic
 
     def run(self) -> None:
         next_live = self.clock()

@@ -29,7 +29,7 @@ from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers import fastrecv, rest
 from feedsup.workers.threads import Clock, Threads
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
-                                     check_symbols, close_reason, handle_other, read_event, wait_readable)
+                                     check_symbols, close_reason, handle_other, read_event)
 from feedsup.binance.streams import stream_url
 
 
@@ -280,9 +280,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             abandoned = f"backfill abandoned: {len(pending)} live frames waiting"
             job.stop.set()
             break
-        if not wait_readable(ws, POLL_S):
-            continue
-        got = read_event(rt, ws, normalise)
+        got = read_event(rt, ws, normalise, wait=POLL_S)
         if got is None:
             continue
         recv_ns, event, (topic, data, major, minor, final) = got

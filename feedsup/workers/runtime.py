@@ -354,11 +354,15 @@ def handle_other(rt: Runtime, payload: bytes) -> None:
     rt.counters.malformed += 1
 
 
-def read_event(rt: Runtime, ws: websocket.WebSocket,
-               normalise: Callable[[dict[str, Any]], Normalised]) -> tuple[int, dict[str, Any], Normalised] | None:
+def read_event(rt: Runtime, ws: websocket.WebSocket, normalise: Callable[[dict[str, Any]], Normalised],
+               wait: float | None = None) -> tuple[int, dict[str, Any], Normalised] | None:
     """One market-data frame, decoded and normalised: ``(recv_ns, event,
     normalised)``, or None after a control frame, a server notice or a
-    malformed message (``handle_other`` counts it)."""
+    malformed message (``handle_other`` counts it). ``wait``: None too if
+    nothing arrives within that many seconds (the caller has other work),
+    rather than block until a frame does."""
+    if wait is not None and not wait_readable(ws, wait):
+        return None
     got = receive(rt, ws)
     if got is None:
         return None
