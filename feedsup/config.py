@@ -71,6 +71,12 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     # Binance's largest messages (a full depth or ticker array) are a few
     # hundred KiB; the cap keeps a hostile frame from filling memory.
     ("connection", "max_frame"): (65536, 256 << 20),
+    # A queued message holds up to a batch of records (uplink.MAX_BATCH): the
+    # cap keeps a stalled parent from growing a worker past a few GB.
+    ("connection", "uplink_hwm"): (1, 1_000_000),
+    # A listenKey lapses 60 min after its last keepalive; the cap leaves ten
+    # minutes of retries (every 60 s) after a failed one.
+    ("connection", "listen_key_keepalive"): (0.1, 3000.0),
     ("restart", "backoff_initial"): (0.001, 3600.0),
     ("restart", "backoff_max"): (0.001, 86400.0),
     ("restart", "intensity"): (1, 100_000),
@@ -181,18 +187,19 @@ def _number(value: object, at: _At) -> float:
     return float(value)
 
 
-def _positive(value: object, at: _At) -> float:
-    number = _number(value, at)
-    if number <= 0:
-        at.fail(f"must be greater than 0, got {_show(value)}")
+def _signed(number: T, value: object, at: _At, zero: bool = False) -> T:
+    """``number`` (``value`` converted) if it is above 0, or 0 when ``zero``."""
+    if number < 0 or (number == 0 and not zero):
+        at.fail(f"must be {'0 or greater' if zero else 'greater than 0'}, got {_show(value)}")
     return number
+
+
+def _positive(value: object, at: _At) -> float:
+    return _signed(_number(value, at), value, at)
 
 
 def _non_negative(value: object, at: _At) -> float:
-    number = _number(value, at)
-    if number < 0:
-        at.fail(f"must be 0 or greater, got {_show(value)}")
-    return number
+    return _signed(_number(value, at), value, at, zero=True)
 
 
 def _within(number: float, value: object, at: _At, low: float, high: float, unit: str) -> None:
@@ -202,27 +209,26 @@ def _within(number: float, value: object, at: _At, low: float, high: float, unit
         at.fail(f"must be at most {high:g}{unit}, got {_show(value)}")
 
 
-def _duration(section: str, key: str, zero: bool = False) -> Converter[float]:
-    """Seconds within ``BOUNDS[section, key]``; ``zero`` also lets 0 through (off)."""
+def _bounded(section: str, key: str, base: Converter[T], unit: str, zero: bool = False) -> Converter[T]:
+    """``base``'s value within ``BOUNDS[section, key]``; ``zero``: 0 passes too (off)."""
     low, high = BOUNDS[(section, key)]
 
-    def convert(value: object, at: _At) -> float:
-        number = _non_negative(value, at) if zero else _positive(value, at)
+    def convert(value: object, at: _At) -> T:
+        number = base(value, at)
         if not (zero and number == 0):
-            _within(number, value, at, low, high, " s")
+            _within(number, value, at, low, high, unit)
         return number
     return convert
+
+
+def _duration(section: str, key: str, zero: bool = False) -> Converter[float]:
+    """Seconds within ``BOUNDS[section, key]``; ``zero`` also lets 0 through (off)."""
+    return _bounded(section, key, _non_negative if zero else _positive, " s", zero)
 
 
 def _count(section: str, key: str) -> Converter[int]:
     """An integer within ``BOUNDS[section, key]`` (all of them start at 1)."""
-    low, high = BOUNDS[(section, key)]
-
-    def convert(value: object, at: _At) -> int:
-        number = _positive_int(value, at)
-        _within(number, value, at, low, high, "")
-        return number
-    return convert
+    return _bounded(section, key, _positive_int, "")
 
 
 def _integer(value: object, at: _At) -> int:
@@ -249,10 +255,7 @@ def _metrics_port(value: object, at: _At) -> int:
 
 
 def _positive_int(value: object, at: _At) -> int:
-    number = _integer(value, at)
-    if number <= 0:
-        at.fail(f"must be greater than 0, got {_show(number)}")
-    return number
+    return _signed(_integer(value, at), value, at)
 
 
 def _string(value: object, at: _At) -> str:
@@ -619,7 +622,7 @@ def _load_endpoint(raw: object, at: _At, default: Endpoint, keys: tuple[str, ...
 def _connection_converter(key: str) -> Converter[float]:
     if key == "max_age":
         return _max_age
-    if key == "max_frame":
+    if key in ("max_frame", "uplink_hwm"):
         return _count("connection", key)
     # stale_after = 0 disables the staleness check
     return _duration("connection", key, zero=key == "stale_after")

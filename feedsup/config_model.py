@@ -40,6 +40,13 @@ class Connection:
     connect_timeout: float = 10.0   # TCP+TLS+upgrade must finish within this
     max_age: float = 23 * 3600.0    # planned make-before-break rotation age
     max_frame: int = 4 << 20        # bytes: a bigger exchange frame ends the connection
+    # Messages a worker queues towards the parent. A message holds up to a
+    # batch of records, so this rides out a parent busy for about 2 s at full
+    # rate and holds a backfill's burst; beyond it frames drop, announced as gaps.
+    uplink_hwm: int = 10_000
+    # usdm account streams: listenKey keepalive (PUT) period. Binance keeps a
+    # key 60 min after its last keepalive and suggests one every 30 min.
+    listen_key_keepalive: float = 1800.0
 
 
 @dataclass(frozen=True)

@@ -240,11 +240,11 @@ def test_spot_state_is_exact_after_sigkill_and_an_outage_with_fills(spot_sim, ru
 # A shorter lifetime (one wall second at speed 3600) expired whenever a
 # loaded machine held the keepalive thread back for a second.
 FAST = dict(speed=1800, listen_key_validity=3600.0, trade_rate=0.001, book_rate=0.001)
+FAST_KEEPALIVE = {"listen_key_keepalive": 0.25}    # [connection] key: seconds between listenKey PUTs
 
 
 @pytest.fixture
-def usdm_sim(monkeypatch):
-    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.25")
+def usdm_sim():
     sim = make_sim(**FAST)
     sim.start()
     try:
@@ -297,7 +297,7 @@ def listen_keys(sim: SimServer) -> list[str]:
 
 
 def test_usdm_listen_key_is_kept_alive_for_simulated_hours(usdm_sim, run_feedsup, timing):
-    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")], connection=FAST_KEEPALIVE)
     col.wait_count(1, 15, "account.snapshot")
     pid = fs.wait_running("acct-usdm")["pid"]
     keys, start = listen_keys(usdm_sim), sim_hours(usdm_sim)
@@ -319,7 +319,7 @@ def test_usdm_listen_key_is_kept_alive_for_simulated_hours(usdm_sim, run_feedsup
     ("deleted", "listenKey deleted"),    # another client deletes it; the stream closes
 ])
 def test_usdm_lost_listen_key_is_recovered(usdm_sim, run_feedsup, timing, how, reason):
-    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")], connection=FAST_KEEPALIVE)
     col.wait_count(1, 15, "account.snapshot")
     old = fs.wait_running("acct-usdm")["pid"]
     t0 = time.monotonic()
@@ -341,7 +341,7 @@ def test_usdm_lost_listen_key_is_recovered(usdm_sim, run_feedsup, timing, how, r
 
 
 def test_usdm_state_is_exact_after_sigkill_and_an_outage_with_fills(usdm_sim, run_feedsup, timing):
-    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")], connection=FAST_KEEPALIVE)
     col.wait_count(1, 15, "account.snapshot")
     old = fs.wait_running("acct-usdm")["pid"]
     usdm_sim.inject("refuse", duration=30)
@@ -363,7 +363,7 @@ def test_usdm_state_is_exact_after_sigkill_and_an_outage_with_fills(usdm_sim, ru
 
 
 def test_usdm_listen_key_is_deleted_on_sigterm(usdm_sim, run_feedsup):
-    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")])
+    fs, col = run_feedsup(usdm_sim, [account_stream("usdm")], connection=FAST_KEEPALIVE)
     col.wait_count(1, 15, "account.snapshot")
     fs.wait_running("acct-usdm")
     assert len(listen_keys(usdm_sim)) == 1
@@ -373,15 +373,14 @@ def test_usdm_listen_key_is_deleted_on_sigterm(usdm_sim, run_feedsup):
 
 
 @pytest.mark.parametrize("market", ["spot", "usdm"])
-def test_rotation_hands_over_without_losing_or_repeating_events(market, monkeypatch, run_feedsup, timing):
+def test_rotation_hands_over_without_losing_or_repeating_events(market, run_feedsup, timing):
     """make-before-break at max_age: the successor subscribes and publishes its
     snapshot while the old worker still streams; events in the overlap reach
     the consumer once, and the state stays exact."""
-    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.25")
     sim = make_sim()
     sim.start()
     try:
-        fs, col = run_feedsup(sim, [{**account_stream(market), "max_age": 1.5}])
+        fs, col = run_feedsup(sim, [{**account_stream(market), "max_age": 1.5}], connection=FAST_KEEPALIVE)
         col.wait_count(1, 15, "account.snapshot")
         first = fs.wait_running(f"acct-{market}")["pid"]
         placed = []
@@ -411,7 +410,7 @@ def test_rotation_hands_over_without_losing_or_repeating_events(market, monkeypa
 def test_spot_and_usdm_accounts_side_by_side_keep_their_own_topics(usdm_sim, run_feedsup):
     """Both snapshots are published at about the same time: on one shared
     topic the parent would drop the one keyed a millisecond earlier."""
-    fs, col = run_feedsup(usdm_sim, [account_stream("spot"), account_stream("usdm")])
+    fs, col = run_feedsup(usdm_sim, [account_stream("spot"), account_stream("usdm")], connection=FAST_KEEPALIVE)
     wait_for(lambda: {f["stream"] for f in frames_of(col, "account.snapshot")} == {"acct-spot", "acct-usdm"},
              15, "both snapshots")
     spot = order(usdm_sim, "spot", "BUY", "0.01")

@@ -18,7 +18,7 @@ from feedsup.binance.account_normalise import (
     REPLAY_MINOR, EventOrder, change_time, is_replay, normalise_spot, normalise_usdm, spot_snapshot, usdm_snapshot,
 )
 from feedsup.workers.account_spot import SUBSCRIBE, subscribe_request, subscription_id
-from feedsup.workers.account_usdm import KEEPALIVE_INTERVAL, keepalive_interval, private_url
+from feedsup.workers.account_usdm import private_url
 from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers.runtime import ConnectionEnded
 
@@ -380,10 +380,8 @@ def test_classify_rejection(status, body, fatal):
 
 
 def test_listen_key_helpers():
-    assert keepalive_interval({}) == KEEPALIVE_INTERVAL == 1800.0
-    assert keepalive_interval({"FEEDSUP_LISTEN_KEY_KEEPALIVE": "0.5"}) == 0.5
-    assert keepalive_interval({"FEEDSUP_LISTEN_KEY_KEEPALIVE": "junk"}) == KEEPALIVE_INTERVAL
-    assert keepalive_interval({"FEEDSUP_LISTEN_KEY_KEEPALIVE": "-3"}) == KEEPALIVE_INTERVAL
+    # The keepalive period is the config key listen_key_keepalive now:
+    # tests/test_config_worker_keys.py checks its default, values and errors.
     assert private_url("wss://fstream.binance.com/", "a/b+c") == \
         "wss://fstream.binance.com/private/ws?listenKey=a%2Fb%2Bc"
 

@@ -325,16 +325,15 @@ def test_snapshots_are_ordered_by_exchange_time_not_the_wall_clock(monkeypatch):
 
 
 def test_usdm_an_account_update_in_the_snapshot_that_arrives_after_it_is_backfill(sim, closing, start_feedsup,
-                                                                                 env, monkeypatch):
+                                                                                 env):
     """The same on USD-M: a deposit's ACCOUNT_UPDATE pushed late is backfill."""
-    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "60")
     gate = RestGate(sim.base_url, {"/fapi/v2/account"})
     closing(gate)
     relay = DelayRelay(int(sim.ws_url.rsplit(":", 1)[1]))
     closing(relay)
     via = types.SimpleNamespace(ws_url=relay.url, base_url=gate.url)
     fs, col = start_feedsup(via, [account_stream("usdm")], collect=AccountCollector,
-                            connection={"ping_interval": 5, "ping_timeout": 4})
+                            connection={"ping_interval": 5, "ping_timeout": 4, "listen_key_keepalive": 60})
     wait_for(lambda: gate.held, 15, "the snapshot's REST call to be held")
     relay.delay = 1.5
     deposit(sim, "USDT", "12.5", market="usdm")

@@ -18,6 +18,7 @@ import pytest
 
 from feedsup.ipc import frames
 from feedsup.procs import wait_for
+from feedsup.workers.threads import Threads
 from feedsup.workers import depth, rest
 
 
@@ -232,7 +233,7 @@ class FakeClient:
 def test_fetcher_asks_each_symbol_when_it_is_due():
     client = FakeClient(fail=1)
     fetcher = depth.SnapshotFetcher("spot", client, threading.Event())
-    fetcher.start()
+    fetcher.start(Threads())
     try:
         t0 = time.monotonic()
         fetcher.request("LATE", 0.3)

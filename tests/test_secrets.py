@@ -39,13 +39,13 @@ def env(monkeypatch):
     monkeypatch.setenv(SECRET_ENV, API_SECRET)
     monkeypatch.setenv("FEEDSUP_T_WRONG_SECRET", WRONG_SECRET)
     monkeypatch.setenv("FEEDSUP_T_WRONG_KEY", WRONG_KEY)
-    monkeypatch.setenv("FEEDSUP_LISTEN_KEY_KEEPALIVE", "0.5")
 
 
 @pytest.fixture
 def feedsup(start_feedsup, env):
     def start(sim, streams):
-        return start_feedsup(sim, streams, collect=lambda fs: Collector(fs.pub, ("",)))
+        return start_feedsup(sim, streams, collect=lambda fs: Collector(fs.pub, ("",)),
+                             connection={"listen_key_keepalive": 0.5})
     return start
 
 

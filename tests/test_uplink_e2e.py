@@ -128,11 +128,11 @@ def blast_sim():
 
 
 def test_a_stopped_parent_stays_bounded_and_every_drop_becomes_a_gap_notice(blast_sim, start_feedsup,
-                                                                            monkeypatch, timing):
-    monkeypatch.setenv("FEEDSUP_UPLINK_HWM", "50")      # the worker's queue fills within milliseconds
+                                                                            timing):
     fs, col = start_feedsup(blast_sim, [PRICE], collect=lambda fs: IdCollector(fs.pub),
                             connection={"stale_after": 0, "liveness_timeout": 30, "ping_interval": 20,
-                                        "ping_timeout": 10},
+                                        "ping_timeout": 10,
+                                        "uplink_hwm": 50},   # the worker's queue fills within milliseconds
                             feedsup={"pub_hwm": 2_000_000})
     wait_for(lambda: len(col.ids) >= 20_000, 30, "the blast flowing")
     os.kill(fs.pid, signal.SIGSTOP)

@@ -79,6 +79,11 @@ SNAPSHOT_TOPIC = account_topic("snapshot")
 # Events that end a connection rather than carry account data.
 SPOT_TERMINATED = "eventStreamTerminated"
 LISTEN_KEY_EXPIRED = "listenKeyExpired"
+# Per market: the events published, and those that end the stream (why).
+PUBLISHED = {"spot": frozenset({"outboundAccountPosition", "balanceUpdate", "executionReport"}),
+             "usdm": frozenset({"ACCOUNT_UPDATE", "ORDER_TRADE_UPDATE"})}
+STREAM_ENDED = {"spot": {SPOT_TERMINATED: "user data stream terminated by the exchange (eventStreamTerminated)"},
+                "usdm": {LISTEN_KEY_EXPIRED: "listenKey expired (listenKeyExpired event)"}}
 
 _I64_MAX = (1 << 63) - 1
 
@@ -128,27 +133,26 @@ _FUTURES_POSITION = {"s": "symbol", "pa": "position_amount", "ep": "entry_price"
                      "ps": "position_side"}
 _FUTURES_POSITION_OPTIONAL = {"ma": "margin_asset"}
 
-# REST snapshots.
-_SPOT_ORDER = {
-    "symbol": "symbol", "orderId": "order_id", "orderListId": "order_list_id",
-    "clientOrderId": "client_order_id", "price": "price", "origQty": "quantity",
-    "executedQty": "cumulative_filled_quantity", "cummulativeQuoteQty": "cumulative_quote_quantity",
+# REST snapshots. Open orders: the fields both markets' rows share, then each
+# market's own.
+_ORDER = {
+    "symbol": "symbol", "orderId": "order_id", "clientOrderId": "client_order_id",
+    "price": "price", "origQty": "quantity", "executedQty": "cumulative_filled_quantity",
     "status": "order_status", "timeInForce": "time_in_force", "type": "order_type",
-    "side": "side", "stopPrice": "stop_price", "icebergQty": "iceberg_quantity",
-    "time": "order_creation_time", "updateTime": "update_time", "isWorking": "is_working",
+    "side": "side", "stopPrice": "stop_price", "time": "order_creation_time",
+    "updateTime": "update_time",
+}
+_SPOT_ORDER = {
+    **_ORDER, "orderListId": "order_list_id", "cummulativeQuoteQty": "cumulative_quote_quantity",
+    "icebergQty": "iceberg_quantity", "isWorking": "is_working",
     "origQuoteOrderQty": "quote_order_quantity",
 }
 _SPOT_ORDER_OPTIONAL = {"workingTime": "working_time",
                         "selfTradePreventionMode": "self_trade_prevention_mode"}
 _FUTURES_ORDER = {
-    "symbol": "symbol", "orderId": "order_id", "clientOrderId": "client_order_id",
-    "price": "price", "avgPrice": "average_price", "origQty": "quantity",
-    "executedQty": "cumulative_filled_quantity", "cumQuote": "cumulative_quote_quantity",
-    "status": "order_status", "timeInForce": "time_in_force", "type": "order_type",
-    "side": "side", "stopPrice": "stop_price", "reduceOnly": "reduce_only",
-    "closePosition": "close_position", "positionSide": "position_side",
+    **_ORDER, "avgPrice": "average_price", "cumQuote": "cumulative_quote_quantity",
+    "reduceOnly": "reduce_only", "closePosition": "close_position", "positionSide": "position_side",
     "workingType": "working_type", "origType": "original_order_type",
-    "time": "order_creation_time", "updateTime": "update_time",
 }
 _FUTURES_ORDER_OPTIONAL = {"priceProtect": "price_protect", "priceMatch": "price_match",
                            "selfTradePreventionMode": "self_trade_prevention_mode",
@@ -227,6 +231,9 @@ def normalise_usdm(event: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         return account_topic(kind), data, _event_time(event, kind)
     except (KeyError, TypeError) as exc:
         raise MalformedEvent(f"usdm account: missing field or not an event ({exc})") from None
+
+
+NORMALISERS = {"spot": normalise_spot, "usdm": normalise_usdm}
 
 
 # Replayed events' minor keys start here: above any count of events sharing
@@ -324,6 +331,16 @@ def usdm_snapshot(account: dict[str, Any], open_orders: Iterable[dict[str, Any]]
         return {**data, **snapshot_times(server["serverTime"], changes, "usdm snapshot")}
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedEvent(f"usdm snapshot: unexpected REST reply ({exc})") from None
+
+
+# The REST calls of a snapshot per market, in the order they are asked:
+# account, open orders, then the exchange's time (last: the time when both
+# answers were complete); and the function that turns the answers into data.
+SNAPSHOT_CALLS = {
+    "spot": ("/api/v3/account", "/api/v3/openOrders", "/api/v3/time"),
+    "usdm": ("/fapi/v2/account", "/fapi/v1/openOrders", "/fapi/v1/time"),
+}
+SNAPSHOTS = {"spot": spot_snapshot, "usdm": usdm_snapshot}
 
 
 def snapshot_times(server_time: Any, changes: Iterable[Any], what: str) -> dict[str, int]:

@@ -45,10 +45,12 @@ import websocket
 from feedsup.config_model import ConfigError
 from feedsup.credentials import Credentials, load_credentials
 from feedsup.ipc import frames
-from feedsup.binance.account_normalise import SNAPSHOT_TOPIC, EventOrder, change_time, is_replay
+from feedsup.binance.account_normalise import (NORMALISERS, PUBLISHED, SNAPSHOT_TOPIC, STREAM_ENDED, EventOrder,
+                                               change_time, is_replay)
 from feedsup.binance.normalise import MalformedEvent
 from feedsup.workers import runtime
 from feedsup.workers.runtime import ConnectionEnded, Runtime, wait_readable
+from feedsup.workers.threads import Threads
 
 log = logging.getLogger("feedsup.worker.account")
 
@@ -58,7 +60,6 @@ class Session(Protocol):
     def open(self) -> websocket.WebSocket: ...         # connected and subscribed
     def snapshot(self) -> dict[str, Any]: ...          # normalised snapshot data
     def event_of(self, msg: Any) -> dict[str, Any] | None: ...  # unwrap; None = not an event
-    def handle(self, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None: ...
     def close(self) -> None: ...
 
 
@@ -92,7 +93,7 @@ def resync(rt: Runtime, ws: websocket.WebSocket, session: Session, order: EventO
     The REST calls run on a thread of their own while this (the reading)
     thread goes on reading: pongs keep the connection's liveness, and the
     exchange's pings get their pong, however slow REST is."""
-    fetch = SnapshotFetch(session)
+    fetch = SnapshotFetch(session, rt.threads)
     fetch.start()
     try:
         replays = read_until_done(rt, ws, session, fetch)
@@ -118,20 +119,22 @@ SNAPSHOT_JOIN_S = 1.0
 
 
 class SnapshotFetch:
-    """``session.snapshot()`` on a thread owned by the worker. Only the
-    reading thread sends on the uplink, so this one returns its result; it
-    writes one byte to a pipe when done, which wakes the reader's select."""
+    """``session.snapshot()`` on a thread of the worker's (``threads``). Only
+    the reading thread sends on the uplink, so this one returns its result;
+    it writes one byte to a pipe when done, which wakes the reader's select."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, threads: Threads) -> None:
         self.session = session
+        self.threads = threads
         self.wake_r, self._wake_w = os.pipe()
         self._value: dict[str, Any] | None = None
         self._error: BaseException | None = None
         self._done = False
-        self._thread = threading.Thread(target=self._run, name="snapshot", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        # Nothing to stop it with: its REST calls are bounded by their timeouts.
+        self._thread = self.threads.start("snapshot", self._run)
 
     def _run(self) -> None:
         try:
@@ -146,8 +149,9 @@ class SnapshotFetch:
         return self._done
 
     def join(self) -> None:
-        self._thread.join(None if self._done else SNAPSHOT_JOIN_S)
-        if not self._thread.is_alive():
+        assert self._thread is not None
+        late = self.threads.join(None if self._done else SNAPSHOT_JOIN_S, only=self._thread)
+        if not late:
             os.close(self.wake_r)
             os.close(self._wake_w)
 
@@ -225,7 +229,7 @@ def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received 
     counters = rt.counters
     try:
         event = session.event_of(orjson.loads(payload))
-        out = session.handle(event) if event is not None else None
+        out = handle(rt, event) if event is not None else None
     except (ValueError, MalformedEvent):
         counters.malformed += 1
         return None
@@ -236,6 +240,20 @@ def receive(rt: Runtime, ws: websocket.WebSocket, session: Session) -> Received 
     counters.last_event_ms = event_time
     counters.last_recv_ms = recv_ns // 1_000_000
     return stream_topic(topic, rt.name), data, event_time, recv_ns
+
+
+def handle(rt: Runtime, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
+    """A user-data event: normalised if published, ConnectionEnded if it ends
+    the stream, None otherwise (a ``serverShutdown`` is passed on as a notice)."""
+    market = rt.spec.stream.market
+    kind = event.get("e")
+    if kind in PUBLISHED[market]:
+        return NORMALISERS[market](event)
+    if kind in STREAM_ENDED[market]:
+        raise ConnectionEnded(STREAM_ENDED[market][kind])
+    if kind == "serverShutdown":
+        rt.notice("serverShutdown", event_time=event.get("E"))
+    return None
 
 
 def stream_topic(topic: str, stream: str) -> str:

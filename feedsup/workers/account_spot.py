@@ -18,14 +18,12 @@ import websocket
 from feedsup.credentials import Credentials
 from feedsup.binance.rest import RECV_WINDOW_MS, classify_rejection, ws_api_payload
 from feedsup.workers.signed_rest import SignedRest, now_ms
-from feedsup.binance.account_normalise import SPOT_TERMINATED, normalise_spot, spot_snapshot
 from feedsup.workers.runtime import ConnectionEnded, Runtime, receive
 
 log = logging.getLogger("feedsup.worker.account")
 
 SUBSCRIBE = "userDataStream.subscribe.signature"
 SUBSCRIBE_ID = "feedsup-subscribe"
-PUBLISHED = frozenset({"outboundAccountPosition", "balanceUpdate", "executionReport"})
 
 
 def subscribe_request(creds: Credentials, timestamp_ms: int) -> dict[str, Any]:
@@ -84,11 +82,7 @@ class SpotSession:
                     return msg
 
     def snapshot(self) -> dict[str, Any]:
-        account = self.rest.signed("GET", "/api/v3/account")
-        orders = self.rest.signed("GET", "/api/v3/openOrders")
-        # Asked last: the exchange's time when both answers were complete.
-        server = self.rest.call("GET", "/api/v3/time")
-        return spot_snapshot(account, orders, server)
+        return self.rest.account_snapshot(self.rt.spec.stream.market)
 
     def event_of(self, msg: Any) -> dict[str, Any] | None:
         if not isinstance(msg, dict):
@@ -99,16 +93,6 @@ class SpotSession:
         if msg.get("subscriptionId", self.subscription) != self.subscription or not isinstance(event, dict):
             raise ValueError("event of another subscription")
         return event
-
-    def handle(self, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
-        kind = event.get("e")
-        if kind in PUBLISHED:
-            return normalise_spot(event)
-        if kind == SPOT_TERMINATED:
-            raise ConnectionEnded("user data stream terminated by the exchange (eventStreamTerminated)")
-        if kind == "serverShutdown":
-            self.rt.notice("serverShutdown", event_time=event.get("E"))
-        return None
 
     def close(self) -> None:
         pass  # closing the connection ends the subscription

@@ -4,8 +4,9 @@
   key, or returns the account's active one extended by 60 min;
 - ``<ws_url>/private/ws?listenKey=<key>`` delivers ``ACCOUNT_UPDATE``,
   ``ORDER_TRADE_UPDATE`` and, when the key lapses, ``listenKeyExpired``;
-- a keepalive thread ``PUT``s every ``KEEPALIVE_INTERVAL``, well inside the
-  key's 60 min validity. ``-1125`` (key gone) or ``listenKeyExpired`` ends the
+- a keepalive thread ``PUT``s every ``listen_key_keepalive`` seconds (a
+  ``[connection]`` key, 30 min by default), well inside the key's 60 min
+  validity. ``-1125`` (key gone) or ``listenKeyExpired`` ends the
   connection as retryable: the parent restarts the worker, which creates a
   new key and resyncs. The worker never reconnects by itself;
 - on SIGTERM the key is deleted (``DELETE``), closing the stream at Binance,
@@ -23,37 +24,23 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 from urllib.parse import quote
 
 import websocket
 
 from feedsup.credentials import Credentials
 from feedsup.workers.signed_rest import SignedRest
-from feedsup.binance.account_normalise import LISTEN_KEY_EXPIRED, normalise_usdm, usdm_snapshot
 from feedsup.workers.runtime import ConnectionEnded, Runtime
+from feedsup.workers.threads import Waiter
 
 log = logging.getLogger("feedsup.worker.account")
 
 LISTEN_KEY_PATH = "/fapi/v1/listenKey"
-# Binance recommends a keepalive about every 30 min for a 60 min key.
-KEEPALIVE_INTERVAL = 1800.0
 # After a failed keepalive (network, 5xx), try again sooner than a full period.
 KEEPALIVE_RETRY = 60.0
-# Tests and operators may shorten the period (seconds); the config has no key for it.
-KEEPALIVE_ENV = "FEEDSUP_LISTEN_KEY_KEEPALIVE"
 DELETE_TIMEOUT = 2.0   # stays inside the parent's TERM -> KILL grace
-PUBLISHED = frozenset({"ACCOUNT_UPDATE", "ORDER_TRADE_UPDATE"})
-
-
-def keepalive_interval(environ: Mapping[str, str] = os.environ) -> float:
-    text = environ.get(KEEPALIVE_ENV, "")
-    try:
-        value = float(text) if text else KEEPALIVE_INTERVAL
-    except ValueError:
-        value = KEEPALIVE_INTERVAL
-    return value if value > 0 else KEEPALIVE_INTERVAL
 
 
 class KeyLeases:
@@ -124,7 +111,6 @@ class UsdmSession:
         self.rest = SignedRest.for_worker(rt, creds)
         self.listen_key: str | None = None
         self.leases: KeyLeases | None = None
-        self.keepalives = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -145,37 +131,27 @@ class UsdmSession:
                 raise ConnectionEnded(f"listenKey refused by the private route ({exc.reason})") from None
             raise
         self.rt.extra_stats["keepalives"] = 0   # keys fixed before the ticker reads them
-        self._thread = threading.Thread(target=self._keepalive_loop, name="listenkey", daemon=True)
-        self._thread.start()
-        log.info("listenKey stream open; keepalive every %g s", keepalive_interval())
+        keepalive = Keepalive(lambda: self.rest.call("PUT", LISTEN_KEY_PATH), self.rt.end, self._on_keepalive,
+                              self.rt.conn.listen_key_keepalive, self._stop)
+        self._thread = self.rt.threads.start("listenkey", keepalive.run, self._stop)
+        log.info("listenKey stream open; keepalive every %g s", keepalive.interval)
         return ws
 
+    def _on_keepalive(self, count: int) -> None:
+        self.rt.extra_stats["keepalives"] = count
+
     def snapshot(self) -> dict[str, Any]:
-        account = self.rest.signed("GET", "/fapi/v2/account")
-        orders = self.rest.signed("GET", "/fapi/v1/openOrders")
-        # Asked last: the exchange's time when both answers were complete.
-        server = self.rest.call("GET", "/fapi/v1/time")
-        return usdm_snapshot(account, orders, server)
+        return self.rest.account_snapshot(self.rt.spec.stream.market)
 
     def event_of(self, msg: Any) -> dict[str, Any] | None:
         if not isinstance(msg, dict):
             raise ValueError("not a JSON object")
         return msg.get("data", msg) if "e" not in msg else msg
 
-    def handle(self, event: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
-        kind = event.get("e")
-        if kind in PUBLISHED:
-            return normalise_usdm(event)
-        if kind == LISTEN_KEY_EXPIRED:
-            raise ConnectionEnded("listenKey expired (listenKeyExpired event)")
-        if kind == "serverShutdown":
-            self.rt.notice("serverShutdown", event_time=event.get("E"))
-        return None
-
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(DELETE_TIMEOUT)
+            self.rt.threads.join(DELETE_TIMEOUT, only=self._thread)
         if self.leases is None:
             return                           # no key was created
         last_user = self.leases.release()
@@ -190,21 +166,36 @@ class UsdmSession:
         except ConnectionEnded as exc:
             log.warning("listenKey delete failed: %s", exc.reason)
 
-    # -- keepalive thread --------------------------------------------------------------
 
-    def _keepalive_loop(self) -> None:
-        interval = keepalive_interval()
+@dataclass
+class Keepalive:
+    """The listenKey keepalive thread: ``put()`` every ``interval`` seconds,
+    again after ``KEEPALIVE_RETRY`` (or ``interval``, if shorter) when one
+    failed for a reason that passes, and ``end(reason)`` when the key is gone
+    (``-1125``) or refused. Its only clock is ``stop.wait``: a test's fake
+    returns at once."""
+
+    put: Callable[[], Any]
+    end: Callable[[str], None]
+    sent: Callable[[int], None]
+    interval: float
+    stop: Waiter
+    retry: float = KEEPALIVE_RETRY
+    count: int = 0
+
+    def run(self) -> None:
+        interval = self.interval
         wait = interval
-        while not self._stop.wait(wait):
+        while not self.stop.wait(wait):
             wait = interval
             try:
-                self.rest.call("PUT", LISTEN_KEY_PATH)
+                self.put()
             except ConnectionEnded as exc:
                 if "-1125" in exc.reason or exc.fatal:
-                    self.rt.end(f"listenKey keepalive failed: {exc.reason}")
+                    self.end(f"listenKey keepalive failed: {exc.reason}")
                     return
                 log.warning("listenKey keepalive failed, retrying: %s", exc.reason)
-                wait = min(interval, KEEPALIVE_RETRY)
+                wait = min(interval, self.retry)
                 continue
-            self.keepalives += 1
-            self.rt.extra_stats["keepalives"] = self.keepalives
+            self.count += 1
+            self.sent(self.count)

@@ -43,7 +43,8 @@ from feedsup import restlimit
 from feedsup.workers import rest
 from feedsup.binance import book
 from feedsup.binance.normalise import MalformedEvent, depth_frame, make_normaliser
-from feedsup.workers.runtime import Runtime, check_symbols, read_event, wait_readable
+from feedsup.workers.runtime import Runtime, check_symbols, read_event
+from feedsup.workers.threads import Clock, Threads
 from feedsup.binance.streams import stream_url
 
 log = logging.getLogger("feedsup.worker.depth")
@@ -138,8 +139,9 @@ class SnapshotFetcher:
     due. Results land in ``results`` as ``(symbol, body | None, error)``; the
     reader applies them."""
 
-    def __init__(self, market: str, client: Any, stop: threading.Event) -> None:
+    def __init__(self, market: str, client: Any, stop: threading.Event, clock: Clock = time.monotonic) -> None:
         self.market = market
+        self.clock = clock
         self.stop = stop
         self.client = client
         # (due, symbol) from the reader; None wakes the thread to end.
@@ -147,18 +149,19 @@ class SnapshotFetcher:
         self.results: deque[tuple[str, Any, str]] = deque()
         self.pending: set[str] = set()      # reader thread only
         self._due: list[tuple[float, str]] = []   # fetcher thread only: a heap
-        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def for_runtime(cls, rt: Runtime) -> "SnapshotFetcher":
         spec = rt.spec
         stop = threading.Event()
         budget = restlimit.SharedBudget.for_spec(spec)
-        client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget, REST_TIMEOUT_S, stop)
-        return cls(spec.stream.market, client, stop)
+        client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget, REST_TIMEOUT_S, stop,
+                                 clock=rt.clock)
+        return cls(spec.stream.market, client, stop, rt.clock)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, threads: Threads) -> None:
+        self._thread = threads.start("snapshots", self._run, self.stop)
 
     def close(self) -> None:
         self.stop.set()
@@ -169,7 +172,7 @@ class SnapshotFetcher:
         unless one is on its way."""
         if symbol not in self.pending:
             self.pending.add(symbol)
-            self.requests.put((time.monotonic() + delay, symbol))
+            self.requests.put((self.clock() + delay, symbol))
 
     def _next_due(self) -> str | None:
         """Wait for the next request that is due; None when closing."""
@@ -177,7 +180,7 @@ class SnapshotFetcher:
         while True:
             wait = None
             if due:
-                wait = due[0][0] - time.monotonic()
+                wait = due[0][0] - self.clock()
                 if wait <= 0:
                     return heapq.heappop(due)[1]
             try:
@@ -196,7 +199,7 @@ class SnapshotFetcher:
                 return
             try:
                 body = self.client.fetch(path, {"symbol": symbol, "limit": SNAPSHOT_LIMIT},
-                                         time.monotonic() + SNAPSHOT_DEADLINE_S)
+                                         self.clock() + SNAPSHOT_DEADLINE_S)
                 self.results.append((symbol, body, ""))
             except rest.RestFailed as exc:
                 self.results.append((symbol, None, str(exc)))
@@ -327,7 +330,7 @@ def run(rt: Runtime) -> None:
     fetcher = SnapshotFetcher.for_runtime(rt)
     books = Books(rt, fetcher)
     rt.progress = lambda: books.published    # stale means no book published, not no diff
-    fetcher.start()
+    fetcher.start(rt.threads)
     try:
         read_loop(rt, ws, books, make_normaliser(stream))
     finally:
@@ -346,11 +349,11 @@ def read_loop(rt: Runtime, ws: websocket.WebSocket, books: Books, normalise) -> 
             books.tick(time.monotonic())
         # Block in recv unless a snapshot is on its way or STREAMING may fall
         # due: then wake to act on it, and send what is queued before waiting.
+        wait = None
         if pending or not announcer.streaming:
             rt.uplink.flush()
-            if not wait_readable(ws, POLL_S):
-                continue
-        got = read_event(rt, ws, normalise)
+            wait = POLL_S
+        got = read_event(rt, ws, normalise, wait)
         if got is None:
             continue
         recv_ns, event, (_, data, _, _, _) = got

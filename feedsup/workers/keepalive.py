@@ -1,4 +1,5 @@
-"""Client-side ping/pong bookkeeping (pure; the ticker thread drives it).
+"""Client-side ping/pong bookkeeping (``Pinger``, pure) and the ticker
+thread's loop that drives it (``Ticker``: its clock and its waits injected).
 
 We send native WebSocket pings ourselves instead of using WebSocketApp's
 ping thread: its first ping can come only after 2 x ping_interval, which
@@ -9,7 +10,11 @@ pong.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
+
+from feedsup.workers.threads import Clock, Waiter
 
 
 @dataclass
@@ -50,3 +55,39 @@ class Pinger:
         if self.outstanding is not None:
             deadline = min(deadline, self.sent_at + self.timeout)
         return deadline
+
+
+@dataclass
+class Ticker:
+    """The ticker thread: a liveness ping to the parent every ``interval``
+    seconds from the start, and, once ``connected()``, the native pings and
+    pong deadline ``pinger`` asks for, each at its due time. It reads time
+    only from ``clock`` and sleeps only in ``stop.wait``; the I/O is the
+    callbacks': ``live(now)`` sends a liveness ping, ``ping(payload)`` a
+    native ping, ``timed_out()`` ends the connection (and sets ``stop``)."""
+
+    interval: float
+    pinger: Pinger
+    live: Callable[[float], None]
+    ping: Callable[[bytes], None]
+    timed_out: Callable[[], None]
+    connected: Callable[[], bool]
+    stop: Waiter
+    clock: Clock = time.monotonic
+
+    def run(self) -> None:
+        next_live = self.clock()
+        while not self.stop.is_set():
+            now = self.clock()
+            if now >= next_live:
+                self.live(now)
+                next_live = now + self.interval
+            deadline = next_live
+            if self.connected():
+                due = self.pinger.poll(now)
+                if due == "timeout":
+                    self.timed_out()
+                elif due is not None:
+                    self.ping(due)
+                deadline = min(deadline, self.pinger.next_deadline())
+            self.stop.wait(max(0.0, deadline - self.clock()))

@@ -27,8 +27,9 @@ from feedsup import restlimit
 from feedsup.binance import backfill
 from feedsup.binance.normalise import MalformedEvent, make_normaliser
 from feedsup.workers import fastrecv, rest
+from feedsup.workers.threads import Clock, Threads
 from feedsup.workers.runtime import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, ConnectionEnded, Runtime,
-                                     check_symbols, close_reason, handle_other, read_event, wait_readable)
+                                     check_symbols, close_reason, handle_other, read_event)
 from feedsup.binance.streams import stream_url
 
 
@@ -54,8 +55,8 @@ def run(rt: Runtime) -> None:
     streaming = False
     while True:
         if plans:
-            job = BackfillJob(rt, plans)
-            job.start()
+            job = BackfillJob(rt, plans, clock=rt.clock)
+            job.start(rt.threads)
             try:
                 catch_up(rt, ws, normalise, job, continuity, pending)
             finally:
@@ -185,8 +186,9 @@ class BackfillJob:
     once ``done`` is set."""
 
     def __init__(self, rt: Runtime, plans: list[backfill.Plan],
-                 deadline_s: float = BACKFILL_DEADLINE_S) -> None:
+                 deadline_s: float = BACKFILL_DEADLINE_S, clock: Clock = time.monotonic) -> None:
         spec = rt.spec
+        self.clock = clock
         self.plans = {p.topic: p for p in plans}
         self.first_live: dict[str, int] = {}
         self.failures: dict[str, str] = {}
@@ -198,11 +200,10 @@ class BackfillJob:
         self._stats = rt.extra_stats
         budget = restlimit.SharedBudget.for_spec(spec)
         self.client = rest.RestClient(spec.endpoint.rest_url, spec.stream.market, budget,
-                                      REST_TIMEOUT_S, self.stop)
-        self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
+                                      REST_TIMEOUT_S, self.stop, clock=clock)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, threads: Threads) -> None:
+        threads.start("backfill", self._run, self.stop)
 
     def note_live(self, topic: str, major: int, time_ms: int | None = None) -> None:
         """Reader thread: the first live event of ``topic`` has ordering key
@@ -216,7 +217,7 @@ class BackfillJob:
             self._all_live.set()
 
     def _run(self) -> None:
-        deadline = time.monotonic() + self._deadline_s
+        deadline = self.clock() + self._deadline_s
         try:
             self._all_live.wait(LIVE_WAIT_S)
             plans = list(self.plans.values())
@@ -234,16 +235,16 @@ class BackfillJob:
         """Progress in the liveness stats (``feedsup status``, metrics): one
         dict assigned at once, so the ticker thread never sees half of it."""
         progress = plan.progress()
-        eta = backfill.eta_s(progress["done"], progress["remaining"], time.monotonic() - started)
+        eta = backfill.eta_s(progress["done"], progress["remaining"], self.clock() - started)
         self._stats["backfill"] = {**progress, "eta_s": None if eta is None else round(eta, 1),
                                    "topics_left": topics_left}
 
     def _fetch(self, plan: backfill.Plan, deadline: float, topics_left: int = 0) -> None:
         lagging_until: float | None = None
-        started = time.monotonic()
+        started = self.clock()
         self._report(plan, started, topics_left)
         while (params := plan.request()) is not None:
-            rows = self.client.fetch(plan.path, params, min(deadline, time.monotonic() + PAGE_DEADLINE_S))
+            rows = self.client.fetch(plan.path, params, min(deadline, self.clock() + PAGE_DEADLINE_S))
             try:
                 step = plan.on_page(rows)
             except (KeyError, TypeError, IndexError, AttributeError) as exc:
@@ -253,8 +254,8 @@ class BackfillJob:
                 lagging_until = None
                 continue
             if lagging_until is None:
-                lagging_until = min(deadline, time.monotonic() + PAGE_DEADLINE_S)
-            if time.monotonic() + LAG_RETRY_S > lagging_until:
+                lagging_until = min(deadline, self.clock() + PAGE_DEADLINE_S)
+            if self.clock() + LAG_RETRY_S > lagging_until:
                 raise rest.RestFailed("REST still behind the live stream at the deadline")
             if self.stop.wait(LAG_RETRY_S):
                 raise rest.RestFailed("stopped")
@@ -279,9 +280,7 @@ def catch_up(rt: Runtime, ws: websocket.WebSocket, normalise, job: BackfillJob,
             abandoned = f"backfill abandoned: {len(pending)} live frames waiting"
             job.stop.set()
             break
-        if not wait_readable(ws, POLL_S):
-            continue
-        got = read_event(rt, ws, normalise)
+        got = read_event(rt, ws, normalise, wait=POLL_S)
         if got is None:
             continue
         recv_ns, event, (topic, data, major, minor, final) = got

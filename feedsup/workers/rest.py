@@ -14,7 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from feedsup import restlimit
 from feedsup.binance.rest import classify, request_weight
@@ -116,7 +116,8 @@ class RestClient:
 
     def __init__(self, base: str, market: str, budget: Any, timeout: float = 5.0,
                  stop: threading.Event | None = None, retry_initial: float = 0.1,
-                 retry_max: float = 2.0) -> None:
+                 retry_max: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.base = base
         self.market = market
         self.budget = budget
@@ -137,7 +138,7 @@ class RestClient:
                 self.budget.acquire(weight, deadline, self.stop)
             except restlimit.BudgetUnavailable as exc:
                 raise RestFailed(f"{exc} (last: {last})") from None
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 raise RestFailed(f"deadline passed (last: {last})")
             self.calls += 1
@@ -155,7 +156,7 @@ class RestClient:
             self.failures += 1
             if outcome == "limited":
                 continue            # the budget now holds everyone until Retry-After
-            if time.monotonic() + delay > deadline:
+            if self.clock() + delay > deadline:
                 raise RestFailed(f"deadline passed (last: {last})")
             if self.stop.wait(delay):
                 raise RestFailed("stopped")

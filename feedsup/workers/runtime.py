@@ -26,7 +26,8 @@ from feedsup import procs, restlimit
 from feedsup.binance.normalise import MalformedEvent, Normalised
 from feedsup.ipc.frames import Control
 from feedsup.workers import fastrecv, rest
-from feedsup.workers.keepalive import Pinger
+from feedsup.workers.keepalive import Pinger, Ticker
+from feedsup.workers.threads import Clock, Threads
 from feedsup.ipc.exits import EX_CONFIG, EX_STOPPED, EX_TEMPFAIL, UPGRADE_REFUSED, UPGRADE_REJECTED
 from feedsup.ipc.spec import WorkerSpec
 from feedsup.workers.uplink import Uplink, flush_before_block
@@ -43,6 +44,10 @@ ORPHAN_POLL_S = 0.25
 # stop_timeout (3 s): with a live parent, its KILL comes first.
 STOP_GRACE_S = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# On the way out, the helper threads (stopped by then) get this long in all
+# to end; one still in a REST call dies with the process. Kept short: it
+# adds to a stopped worker's exit only when a thread is stuck.
+THREAD_JOIN_S = 0.5
 
 
 OP_TEXT = websocket.ABNF.OPCODE_TEXT
@@ -74,12 +79,15 @@ class Counters:
 
 
 class Runtime:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, clock: Clock = time.monotonic) -> None:
         self.spec = spec
+        self.clock = clock
+        # Every helper thread of this worker is started, stopped and joined here.
+        self.threads = Threads(clock)
         self.name = spec.stream.name
         self.conn = spec.stream.connection
         self.ctx = zmq.Context(io_threads=1)
-        self.uplink = Uplink(self.ctx, spec.uplink, spec.instance)   # reading thread only
+        self.uplink = Uplink(self.ctx, spec.uplink, spec.instance, self.conn.uplink_hwm)   # reading thread only
         self.counters = Counters()
         self.ws: websocket.WebSocket | None = None
         self.connected_at: float | None = None
@@ -87,9 +95,7 @@ class Runtime:
         self._end_reason: str | None = None
         self._signalled: int | None = None   # set by the signal handler, nothing else
         self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
-        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
-        self._watching = True
+        self._watching = True               # cleared only by tests that run a Runtime in-process
         self._wake_r, self._wake_w = os.pipe()
         self.extra_stats: dict[str, Any] = {}
         # () -> int, what ``idle`` counts: data messages, unless the worker
@@ -113,8 +119,9 @@ class Runtime:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
-        self._ticker.start()
-        self._watchdog.start()
+        self._ticker = self.threads.start("ticker", self._tick_loop, self._stop)
+        # Neither stopped nor joined: it bounds how long everything else may take.
+        self._watchdog = self.threads.start("watchdog", self._watch, joined=False)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signalled = signum
@@ -154,7 +161,7 @@ class Runtime:
                 time.sleep(ORPHAN_POLL_S)
             if os.getppid() != self.spec.parent_pid:
                 os._exit(procs.EXIT_ORPHAN)
-            now = time.monotonic()
+            now = self.clock()
             if stop_by is None and any(b in STOP_SIGNALS for b in woken):
                 stop_by = now + STOP_GRACE_S
                 self.end("terminated")
@@ -183,12 +190,16 @@ class Runtime:
             reason=reason,
             fatal=fatal,
             close_code=ended.close_code,
-            stats=self.stats(time.monotonic()),
+            stats=self.stats(self.clock()),
         )
         self._stop.set()
         if self.ws is not None:
             self.ws.shutdown()
         orphaned = os.getppid() != self.spec.parent_pid
+        self.threads.stop_all()
+        late = self.threads.join(0.0 if orphaned else THREAD_JOIN_S)
+        if late:
+            log.debug("threads still running at exit (they end with the process): %s", ", ".join(late))
         # With the parent alive, linger so our last frames and EXIT reach it;
         # with it gone, nobody will read them and lingering only delays exit.
         self.uplink.close(linger_ms=0 if orphaned else None)
@@ -223,7 +234,7 @@ class Runtime:
             raise ConnectionEnded(self._end_reason or f"connect failed: {exc.__class__.__name__}: {exc}") from None
         ws.settimeout(None)  # liveness is the pinger's job, not a socket timeout
         fastrecv.install(ws, before_block=self._before_block, max_frame=self.conn.max_frame)
-        self.connected_at = time.monotonic()
+        self.connected_at = self.clock()
         self.pinger.start(self.connected_at)
         if self._end_reason is not None:  # told to stop while connecting
             self.end(self._end_reason)
@@ -274,34 +285,24 @@ class Runtime:
     _last_change = 0.0
 
     def _tick_loop(self) -> None:
-        live = Uplink(self.ctx, self.spec.uplink, self.spec.instance)
+        live = Uplink(self.ctx, self.spec.uplink, self.spec.instance, self.conn.uplink_hwm)
         live.sock.setsockopt(zmq.LINGER, 0)
-        interval = self.conn.liveness_interval
-        next_live = time.monotonic()
+
+        def send_live(now: float) -> None:
+            live.control(Control.LIVE, stream=self.name, instance=self.spec.instance, stats=self.stats(now))
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_live:
-                    live.control(Control.LIVE, stream=self.name, instance=self.spec.instance,
-                                 stats=self.stats(now))
-                    next_live = now + interval
-                deadline = next_live
-                if self.ws is not None and self.connected_at is not None:
-                    self._keepalive(now)
-                    deadline = min(deadline, self.pinger.next_deadline())
-                self._stop.wait(max(0.0, deadline - time.monotonic()))
+            Ticker(self.conn.liveness_interval, self.pinger, live=send_live, ping=self._ping,
+                   timed_out=lambda: self.end("ping/pong timed out"),
+                   connected=lambda: self.ws is not None and self.connected_at is not None,
+                   stop=self._stop, clock=self.clock).run()
         finally:
             live.close()
 
-    def _keepalive(self, now: float) -> None:
-        due = self.pinger.poll(now)
-        if due == "timeout":
-            self.end("ping/pong timed out")
-        elif due is not None:
-            try:
-                self.ws.ping(due)
-            except (OSError, websocket.WebSocketException):
-                pass  # the reading thread sees the broken socket and reports it
+    def _ping(self, payload: bytes) -> None:
+        try:
+            self.ws.ping(payload)
+        except (OSError, websocket.WebSocketException):
+            pass  # the reading thread sees the broken socket and reports it
 
 
 def receive(rt: Runtime, ws: websocket.WebSocket, lost: str = "connection lost") -> tuple[bytes, int] | None:
@@ -353,11 +354,15 @@ def handle_other(rt: Runtime, payload: bytes) -> None:
     rt.counters.malformed += 1
 
 
-def read_event(rt: Runtime, ws: websocket.WebSocket,
-               normalise: Callable[[dict[str, Any]], Normalised]) -> tuple[int, dict[str, Any], Normalised] | None:
+def read_event(rt: Runtime, ws: websocket.WebSocket, normalise: Callable[[dict[str, Any]], Normalised],
+               wait: float | None = None) -> tuple[int, dict[str, Any], Normalised] | None:
     """One market-data frame, decoded and normalised: ``(recv_ns, event,
     normalised)``, or None after a control frame, a server notice or a
-    malformed message (``handle_other`` counts it)."""
+    malformed message (``handle_other`` counts it). ``wait``: None too if
+    nothing arrives within that many seconds (the caller has other work),
+    rather than block until a frame does."""
+    if wait is not None and not wait_readable(ws, wait):
+        return None
     got = receive(rt, ws)
     if got is None:
         return None

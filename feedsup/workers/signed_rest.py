@@ -9,6 +9,7 @@ import urllib.parse
 from typing import Any
 
 from feedsup import restlimit
+from feedsup.binance.account_normalise import SNAPSHOT_CALLS, SNAPSHOTS
 from feedsup.binance.rest import RECV_WINDOW_MS, SIGNED_WEIGHTS, classify_rejection
 from feedsup.credentials import Credentials
 from feedsup.workers import rest
@@ -43,6 +44,13 @@ class SignedRest:
     def for_worker(cls, rt: Runtime, creds: Credentials) -> "SignedRest":
         return cls(rt.spec.endpoint.rest_url, creds, rt.conn.connect_timeout,
                    restlimit.SharedBudget.for_spec(rt.spec))
+
+    def account_snapshot(self, market: str) -> dict[str, Any]:
+        """The account's balances and open orders, normalised, then the
+        exchange's time (asked last: when both answers were complete)."""
+        account, orders, server_time = SNAPSHOT_CALLS[market]
+        return SNAPSHOTS[market](self.signed("GET", account), self.signed("GET", orders),
+                                 self.call("GET", server_time))
 
     def signed(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.call(method, path, signed_query(params or {}, self.creds, now_ms()))

@@ -5,7 +5,7 @@ ZeroMQ sockets are not thread-safe, so the reading thread and the ticker
 thread each own a socket. Data, READY, STREAMING and EXIT go through the
 reader's socket, so the parent sees them in order; LIVE goes through the
 ticker's. The socket-reading thread never waits on IPC: a send that would
-block (the queue to a slow parent is full, ``SNDHWM`` messages) drops the
+block (the queue to a slow parent is full, ``uplink_hwm`` messages) drops the
 batch and counts it in ``drops`` (reported in the next liveness ping).
 
 Nothing is dropped silently: the uplink remembers, per topic, what it
@@ -24,21 +24,19 @@ message instead of hundreds. Every batch starts with the worker's instance
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 
 import msgpack
 import zmq
 
+from feedsup.config_model import Connection
 from feedsup.ipc import frames
 
-# Messages queued towards the parent. At full rate a message holds a full
-# batch (MAX_BATCH records), so this rides out a parent busy for about 2 s,
-# and holds the burst of a backfill's held frames; memory stays below
-# SNDHWM x MAX_BATCH x the record size. FEEDSUP_UPLINK_HWM overrides it
-# (tests that need a queue that fills fast).
-SNDHWM = 10_000
+# Messages queued towards the parent: the config's ``uplink_hwm`` (in the
+# launch spec), whose default rides out a parent busy for about 2 s at full
+# rate, a message holding a full batch (MAX_BATCH records).
+SNDHWM = Connection.uplink_hwm
 # On exit, give queued frames this long to reach the parent.
 LINGER_MS = 2000
 # A burst is sent in pieces of this many records: bigger batches bought a
@@ -51,17 +49,10 @@ MAX_RESEND = 1000
 LOSS_REASON = "uplink full: the parent fell behind"
 
 
-def default_hwm() -> int:
-    try:
-        return max(1, int(os.environ.get("FEEDSUP_UPLINK_HWM", SNDHWM)))
-    except ValueError:
-        return SNDHWM
-
-
 class Uplink:
-    def __init__(self, ctx: zmq.Context, endpoint: str, instance: int = 0, hwm: int | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, instance: int = 0, hwm: int = SNDHWM) -> None:
         self.sock = ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, hwm if hwm is not None else default_hwm())
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         self.sock.connect(endpoint)
         self.instance = instance
