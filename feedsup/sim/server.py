@@ -245,6 +245,13 @@ class SimCore:
             self._halt(p, sim_ms)
         elif kind == "outage":
             self._outage(p)
+        elif kind == "list":
+            fault.applied_to = []
+            p["listed"] = self.hub.list_symbol(p["symbol"])
+        elif kind == "delist":
+            fault.applied_to = []
+            p["stopped"] = self.hub.delist_symbol(p["symbol"])
+            fault.applied_to = [c.id for c in self.hub.connections.values() if set(c.streams) & set(p["stopped"])]
         log.info("fault %s %s on %s", kind, p, fault.applied_to or "no connection")
         return fault.as_dict()
 
