@@ -61,6 +61,9 @@ MAX_CONFIG_BYTES = 1 << 20
 # stale_after also takes 0 (off) and max_age stays below 24 h (checked apart).
 BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("feedsup", "pub_hwm"): (1, 10_000_000),
+    # exchangeInfo costs 20 weight on spot: every 5 s would be 4 % of the
+    # IP's 6000 per minute; a day covers any listing schedule. 0 = off.
+    ("feedsup", "universe_refresh"): (5.0, 86400.0),
     ("connection", "ping_interval"): (0.1, 3600.0),
     ("connection", "ping_timeout"): (0.1, 3600.0),
     ("connection", "stale_after"): (0.1, 86400.0),
@@ -96,7 +99,8 @@ _MAX_IPC_PATH = 107
 
 _TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream", "sink")
 _FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
-                 "curve_server_key_file", "curve_allowed_clients", "instance", "shard")
+                 "curve_server_key_file", "curve_allowed_clients", "instance", "shard",
+                 "universe_refresh")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
@@ -535,6 +539,8 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         "curve_allowed_clients": table.get("curve_allowed_clients", _array(_curve_public_key), ()),
         "instance": table.get("instance", _non_empty, default.instance),
         "shard": table.get("shard", _shard, ""),
+        "universe_refresh": table.get("universe_refresh", _duration("feedsup", "universe_refresh", zero=True),
+                                      default.universe_refresh),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")
