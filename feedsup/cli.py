@@ -135,7 +135,19 @@ def format_status(reply: dict[str, Any]) -> str:
             lines.append(f"  backfill {s.get('name', '?')}: {format_backfill(progress)}")
     lines.append(f"pid {reply.get('pid')}  up {reply.get('uptime', 0):.0f}s  published {reply.get('published')}"
                  f"  duplicates suppressed {reply.get('suppressed')}")
+    if isinstance(reply.get("sink"), dict):
+        lines.append(format_sink(reply["sink"]))
     return "\n".join(lines)
+
+
+def format_sink(sink: dict[str, Any]) -> str:
+    """The ``[sink.nats]`` line: where it is connected, what JetStream
+    acknowledged, what waits and what was dropped, the last error."""
+    where = (f"connected {sink['connected']}" if sink.get("connected")
+             else f"not connected ({', '.join(sink.get('servers') or ())})")
+    return (f"sink nats {sink.get('stream', '?')}: {where}  acked {_fmt(sink.get('acked'))}"
+            f"  pending {_fmt(sink.get('pending'))}  dropped {_fmt(sink.get('dropped'))}"
+            f"  last error: {sink.get('last_error') or '-'}")
 
 
 def format_backfill(p: dict[str, Any]) -> str:
