@@ -42,6 +42,9 @@ def run(path: str) -> None:
         from feedsup.universe import resolve
         try:
             config = resolve(config)
+        except ConfigError as exc:             # the expanded streams exceed the budget, say
+            click.echo(f"feedsup: config error: {exc}", err=True)
+            sys.exit(EX_CONFIG)
         except (OSError, ValueError) as exc:   # exchangeInfo unreachable or unreadable: retry later
             click.echo(f"feedsup: exchangeInfo for symbols = \"*\" failed: {exc}", err=True)
             sys.exit(69)
@@ -63,6 +66,17 @@ def check(path: str) -> None:
                 click.echo(f"feedsup: config error: {exc}", err=True)
                 sys.exit(EX_CONFIG)
     wild = f", {len(config.universes)} whole-market" if config.universes else ""
+    if config.universes:                 # count their connections too, if the exchange answers
+        from feedsup.universe import resolve
+        try:
+            expanded = resolve(config)
+        except ConfigError as exc:
+            click.echo(f"feedsup: config error: {exc}", err=True)
+            sys.exit(EX_CONFIG)
+        except (OSError, ValueError) as exc:
+            wild += f" not expanded: exchangeInfo failed: {exc}"
+        else:
+            wild += f": {len(expanded.streams)} connections"
     click.echo(f"{path}: ok ({len(config.streams)} streams{wild})")
 
 

@@ -443,7 +443,9 @@ def load_config(path: str) -> Config:
                      sink=load_sinks(top.raw.get("sink", {}), section("sink"), path))
     if _reaches_beyond_loopback(config):
         _check_connect_budget(restart, section("restart"))
-    _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
+    # A symbols = "*" stream takes at least one connection (universe.resolve
+    # counts them all once exchangeInfo says how many).
+    _check_budget_fits(len(streams) + len(universes), restart, section("restart").dot("connect_budget"))
     _check_account_exposure(config, section("feedsup"))
     return config
 
@@ -719,10 +721,22 @@ def _check_connect_budget(restart: Restart, at: _At) -> None:
             f"allows {BINANCE_CONNECT_LIMIT} per 5 minutes per IP")
 
 
-def _check_budget_fits(stream_count: int, restart: Restart, at: _At) -> None:
+def _check_budget_fits(stream_count: int, restart: Restart, at: _At, what: str = "") -> None:
     if stream_count > restart.connect_budget:
-        at.fail(f"{stream_count} streams need {stream_count} connections to start, "
+        at.fail(f"{what or f'{stream_count} streams need'} {stream_count} connections to start, "
                 f"more than the budget of {restart.connect_budget}")
+
+
+def check_expanded(config: Config) -> None:
+    """The checks of every stream together, once symbols = "*" streams are
+    expanded into their connections (``universe.resolve``): the connection
+    budget, and each topic published by one stream only."""
+    wild = f'{len(config.universes)} symbols = "*" stream(s) and the others need'
+    _check_budget_fits(len(config.streams), config.restart, _At(config.path, "restart").dot("connect_budget"),
+                       wild if config.universes else "")
+    owners: dict[str, str] = {}
+    for stream in config.streams:
+        _check_topics_unique(stream, owners, _At(config.path, f'stream "{stream.name}"'))
 
 
 # --- streams ----------------------------------------------------------------

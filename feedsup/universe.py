@@ -290,8 +290,28 @@ def split_wildcards(raw: object, at: Any, config: Any) -> tuple[object, tuple[Wi
         table = cfg._Table({k: item[k] for k in WILDCARD_KEYS if k in item}, where, WILDCARD_KEYS)
         quotes = table.get("quote_assets", cfg._array(cfg._non_empty), ())
         target = table.get("streams_per_connection", cfg._int_range(1, MAX_STREAMS[stream.market]), 0)
-        wild.append(Wildcard(replace(stream, symbols=()), tuple(q.upper() for q in quotes), target))
+        wildcard = Wildcard(replace(stream, symbols=()), tuple(q.upper() for q in quotes), target)
+        _check_disjoint(wildcard, wild, where)
+        wild.append(wildcard)
     return plain, tuple(wild)
+
+
+def _check_disjoint(w: Wildcard, earlier: list[Wildcard], at: Any) -> None:
+    """Two symbols = "*" streams that could publish one topic (same market,
+    channel, topic prefix and interval, quote assets in common) are refused,
+    as two configured streams with a shared symbol are."""
+    t = w.template
+    for other in earlier:
+        o = other.template
+        if (o.market, o.channel, o.topic_prefix) != (t.market, t.channel, t.topic_prefix):
+            continue
+        if t.channel == "kline" and not set(t.intervals) & set(o.intervals):
+            continue
+        if w.quote_assets and other.quote_assets and not set(w.quote_assets) & set(other.quote_assets):
+            continue
+        at.dot("topic_prefix").fail(
+            f'symbols = "*" here and in stream "{o.name}" publish the same topics; give one of them a '
+            f'topic_prefix or quote_assets the other does not have')
 
 
 def shard_converter(value: object, at: Any) -> str:
@@ -323,4 +343,8 @@ def resolve(config: Any, fetch: Any = fetch_exchange_info) -> Any:
                      w.quote_assets, shard, exclude=_taken(config, t))
         u.update(infos[t.market])
         streams += u.streams()
-    return replace(config, streams=tuple(streams))
+    from feedsup.config import check_expanded   # late: config builds on this module
+
+    expanded = replace(config, streams=tuple(streams))
+    check_expanded(expanded)
+    return expanded
