@@ -195,3 +195,18 @@ def test_a_removed_slot_wanted_again_while_stopping_restarts_with_the_new_config
     assert rows(policy)["all/1"]["state"] == "BACKOFF"
     (spawn,) = of(policy.tick(30.0), Spawn)
     assert spawn.stream == "all/1"
+
+
+def test_a_sink_treats_topics_added_while_running_as_never_seen():
+    """A listing's topics are new to JetStream: their first publish expects
+    an empty subject, as at a cold start (an A/B partner may store it first)."""
+    from feedsup.ipc import frames
+    from feedsup.sinks.config import NatsSink
+    from feedsup.sinks.nats import NatsSinkThread
+
+    sink = NatsSinkThread(NatsSink(servers=("nats://127.0.0.1:1",)), "a", ["aggTrade.AUSDT"])
+    sink.add_topics(["aggTrade.NEWUSDT"])
+    body = frames.encode_gap_body("aggTrade.NEWUSDT", "all/1", 0, None, None, "x")
+    sink.core.offer([(b"aggTrade.NEWUSDT", 5, 0, True, frames.with_seq(body, 1))])
+    (entry,) = sink.core.take(0.0)
+    assert entry.expect_empty and "aggTrade.NEWUSDT" in sink.topics

@@ -781,6 +781,8 @@ class Parent:
         its successor takes over)."""
         self._streams[stream.name] = stream
         names = topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
+        if self.sink is not None:
+            self.sink.add_topics([t for t in names if t not in self._topic_owner])
         for t in names:
             self._topic_owner[t] = stream.name
             self._owner_b[t.encode()] = stream.name
