@@ -303,6 +303,7 @@ class SimCore:
     def state(self) -> dict[str, Any]:
         return {"sim_time": self.hub.advance(), "speed": self.options.speed, "seed": self.options.seed,
                 "start_ms": self.options.start_ms, "symbols": sorted(self.hub.symbols),
+                "delisted": sorted(self.hub.delisted[SPOT]),
                 "uptime": round(time.monotonic() - self._started, 3), "connections": len(self.hub.connections)}
 
 

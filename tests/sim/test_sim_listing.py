@@ -45,6 +45,7 @@ def test_delisting_stops_streams_and_shows_break(sim, ws_factory):
     after = get(sim.control_url + "/state").body["sim_time"]
     assert fault["params"]["stopped"] == ["ethusdt@aggTrade"] and fault["applied_to"]
     assert statuses(sim)["ETHUSDT"] == "BREAK"
+    assert get(sim.control_url + "/state").body["delisted"] == ["ETHUSDT"]
     assert statuses(sim, "/fapi/v1/exchangeInfo")["ETHUSDT"] == "BREAK"
     only = get(sim.base_url + "/api/v3/exchangeInfo", symbol="ETHUSDT").body["symbols"]
     assert [e["status"] for e in only] == ["BREAK"]
