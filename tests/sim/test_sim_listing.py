@@ -74,3 +74,12 @@ def test_scenario_files_schedule_listings(tmp_path):
     path.write_text(json.dumps([{"at": 1, "kind": "delist"}]))
     with pytest.raises(ScenarioError, match="symbol"):
         load_scenario(path)
+
+
+def test_a_scheduled_listing_happens(make_sim):
+    from simhelpers import wait_until
+
+    sim = make_sim(scenario=({"at": 0, "kind": "list", "symbol": "NEWUSDT"},
+                             {"at": 0, "kind": "delist", "symbol": "ETHUSDT"}))
+    wait_until(lambda: statuses(sim).get("NEWUSDT") == "TRADING" and statuses(sim)["ETHUSDT"] == "BREAK",
+               what="the scheduled listing and delisting")
