@@ -81,3 +81,27 @@ def test_listing_and_delisting_handled_live(start_sim, start_feedsup):
     gone = [f for f in list(col.frames) if f["topic"] == f"aggTrade.{GONE}"]
     assert gone[-1] is notice or gone[-1]["seq"] == notice["seq"], "the notice is the topic's last word"
     assert "universe" in fs.log() and "action=rotate" in fs.log()
+
+
+@pytest.mark.timeout(120)
+def test_a_connection_removed_and_one_added_live(start_sim, start_feedsup):
+    """One symbol per connection: a delisting stops its connection for good
+    (it leaves status), a listing starts a new one; the others keep their pids."""
+    sim = start_sim(symbols=("AUSDT", "BUSDT", "CUSDT"), trade_rate=0.5, book_rate=0.1, speed=10)
+    stream = {"name": "all", "market": "spot", "channel": "aggTrade", "symbols": "*", "streams_per_connection": 1}
+    fs, col = start_feedsup(sim, [stream], collect=lambda fs: Collector(fs.pub, ("aggTrade.",)),
+                            feedsup={"universe_refresh": 5}, connection={"stale_after": 0})
+    before = wait_for(lambda: all_running(fs), 60, "three connections RUNNING")
+    assert sorted(before) == ["all/0", "all/1", "all/2"]
+
+    post(sim, kind="delist", symbol="CUSDT")
+    wait_for(lambda: (r := rows(fs)) is not None and sorted(r) == ["all/0", "all/1"], 40, "all/2 removed")
+    notice = next(f for f in list(col.frames) if f["topic"] == "aggTrade.CUSDT" and f.get("gap"))
+    assert notice["gap"]["reason"].startswith("delisted: CUSDT")
+
+    post(sim, kind="list", symbol="DUSDT")
+    col.wait_count(1, 40, "aggTrade.DUSDT")
+    after = wait_for(lambda: all_running(fs), 30, "three connections RUNNING again")
+    assert sorted(after) == ["all/0", "all/1", "all/2"] and after["all/2"]["pid"] != before["all/2"]["pid"]
+    assert [after[n]["pid"] for n in ("all/0", "all/1")] == [before[n]["pid"] for n in ("all/0", "all/1")]
+    assert "action=remove" in fs.log() and "action=add" in fs.log()
