@@ -210,3 +210,17 @@ def test_a_sink_treats_topics_added_while_running_as_never_seen():
     sink.core.offer([(b"aggTrade.NEWUSDT", 5, 0, True, frames.with_seq(body, 1))])
     (entry,) = sink.core.take(0.0)
     assert entry.expect_empty and "aggTrade.NEWUSDT" in sink.topics
+
+
+def test_remove_stream_in_backoff_while_a_rotated_out_worker_still_stops():
+    policy, inst = started(slot(0, "AUSDT"), slot(1, "BUSDT"))
+    (succ,) = of(policy.reconfigure(slot(1, "BUSDT", "CUSDT"), 1.0), Spawn)
+    policy.on_ready(succ.instance, 1.5)
+    policy.on_streaming(succ.instance, 2.0)           # inst["all/1"] retires, still running
+    policy.on_exit(succ.instance, 75, "connection closed", False, 2.5)
+    assert rows(policy)["all/1"]["state"] == "BACKOFF"
+    out = policy.remove_stream("all/1", "delisted", 2.6)
+    assert [(c.old, c.new) for c in of(out, StateChanged)] == [(State.BACKOFF, State.EXITED)]
+    assert not of(policy.tick(30.0), Spawn), "never restarted"
+    policy.on_exit(inst["all/1"], 0, "", False, 30.5)
+    assert list(rows(policy)) == ["all/0"]

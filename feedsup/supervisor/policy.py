@@ -497,6 +497,9 @@ class Policy:
             self._retire(rec, rec.successor, reason, now, out)
         for worker in self._workers_of(rec):
             self._terminate(rec, worker, reason, now, out)
+        if rec.active is None and rec.state in (State.BACKOFF, State.FATAL):
+            # No active worker to wait for (a retiring one may still exit).
+            out.append(rec.change_state(State.EXITED, reason))
         self._finish_removal(rec, out)
         return out
 
