@@ -39,13 +39,15 @@ def run(path: str) -> None:
     config = _load(path)
     logs.setup(config.log_format)
     if config.universes:                 # symbols = "*": this shard's symbols, from exchangeInfo
+        from feedsup.restlimit import BudgetUnavailable
+        from feedsup.supervisor.refresh import start_fetch
         from feedsup.universe import resolve
         try:
-            config = resolve(config)
+            config = resolve(config, fetch=start_fetch(config.state_file))
         except ConfigError as exc:             # the expanded streams exceed the budget, say
             click.echo(f"feedsup: config error: {exc}", err=True)
             sys.exit(EX_CONFIG)
-        except (OSError, ValueError) as exc:   # exchangeInfo unreachable or unreadable: retry later
+        except (OSError, ValueError, BudgetUnavailable) as exc:   # unreachable, unreadable, banned: retry later
             click.echo(f"feedsup: exchangeInfo for symbols = \"*\" failed: {exc}", err=True)
             sys.exit(69)
     sys.exit(Parent(config).run())

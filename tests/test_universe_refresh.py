@@ -65,3 +65,25 @@ def test_budgeted_fetch_gives_up_at_its_deadline(start_sim, tmp_path):
     with pytest.raises(TimeoutError, match="HTTP 503"):
         budgeted_fetch(Source("spot", sim.base_url, str(tmp_path)), start + 1.5, threading.Event())
     assert time.monotonic() - start < 5
+
+
+def test_run_at_start_honours_a_ban_a_previous_parent_met(start_sim, tmp_path):
+    """The start-time exchangeInfo of symbols = "*" goes through the shared
+    REST budget: during a saved 418 ban, ``feedsup run`` asks nothing and exits 69."""
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    sim = start_sim(symbols=("AUSDT", "BUSDT"))
+    budget = tmp_path / restlimit.budget_file("spot", sim.base_url)
+    budget.write_text(json.dumps({"window": -1, "used": 0, "paused_until": time.time() + 600, "banned": True}))
+    path = tmp_path / "f.toml"
+    path.write_text(f'[feedsup]\npub = "ipc://{tmp_path}/pub"\ncontrol = "ipc://{tmp_path}/ctl"\n'
+                    f'state_file = "{tmp_path}/state"\n'
+                    f'[binance.spot]\nrest_url = "{sim.base_url}"\nws_url = "{sim.ws_url}"\n'
+                    '[[stream]]\nname = "all"\nmarket = "spot"\nchannel = "trade"\nsymbols = "*"\n')
+    run = subprocess.run([sys.executable, "-m", "feedsup.cli", "run", "-c", str(path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 69 and "REST weight unavailable" in run.stderr, run.stderr
+    assert not [p for _, p in sim.core.rest_log if p.endswith("exchangeInfo")], "nothing asked during the ban"

@@ -53,9 +53,11 @@ class Answer:
 Fetch = Callable[[Source, float, threading.Event], dict[str, Any]]
 
 
-def budgeted_fetch(source: Source, deadline: float, stop: threading.Event) -> dict[str, Any]:
+def budgeted_fetch(source: Source, deadline: float, stop: threading.Event, retry: bool = True) -> dict[str, Any]:
     """GET exchangeInfo under the shared weight budget (a ban or a 429 is
-    honoured by everyone), retried with a doubling delay until ``deadline``."""
+    honoured by everyone), retried with a doubling delay until ``deadline``
+    (``retry`` False: one try, as ``feedsup run`` at start, whose exit 69
+    its supervisor retries)."""
     budget = restlimit.SharedBudget.for_market(source.budget_dir, source.market, rest_url=source.rest_url)
     path = EXCHANGE_INFO_PATH[source.market]
     delay, last = RETRY_INITIAL_S, "no attempt"
@@ -76,9 +78,9 @@ def budgeted_fetch(source: Source, deadline: float, stop: threading.Event) -> di
                     raise ValueError("exchangeInfo answer has no symbols list")
                 return body
             last = f"HTTP {status} {raw[:120]!r}"
-            if status in (418, 429):
+            if status in (418, 429) and retry:
                 continue        # the budget now holds everyone until Retry-After
-        if time.monotonic() + delay > deadline or stop.wait(delay):
+        if not retry or time.monotonic() + delay > deadline or stop.wait(delay):
             raise TimeoutError(f"gave up (last: {last})")
         delay = min(delay * 2, RETRY_MAX_S)
 
@@ -89,6 +91,15 @@ def _get(url: str, timeout: float) -> tuple[int, dict[str, str], bytes]:
             return resp.status, dict(resp.headers), resp.read(MAX_BODY)
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers or {}), err.read(4096)
+
+
+def start_fetch(state_file: str) -> Callable[[str, str], dict[str, Any]]:
+    """``universe.resolve``'s fetch for ``feedsup run``: one try, charged to
+    the budget the workers will share (so a ban a previous parent met holds)."""
+    def fetch(rest_url: str, market: str) -> dict[str, Any]:
+        source = Source(market, rest_url, restlimit.budget_dir(state_file, "", rest_url))
+        return budgeted_fetch(source, time.monotonic() + REQUEST_TIMEOUT_S, threading.Event(), retry=False)
+    return fetch
 
 
 class Refresher:
