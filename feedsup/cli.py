@@ -39,10 +39,15 @@ def run(path: str) -> None:
     config = _load(path)
     logs.setup(config.log_format)
     if config.universes:                 # symbols = "*": this shard's symbols, from exchangeInfo
+        from feedsup.restlimit import BudgetUnavailable
+        from feedsup.supervisor.refresh import start_fetch
         from feedsup.universe import resolve
         try:
-            config = resolve(config)
-        except (OSError, ValueError) as exc:   # exchangeInfo unreachable or unreadable: retry later
+            config = resolve(config, fetch=start_fetch(config.state_file))
+        except ConfigError as exc:             # the expanded streams exceed the budget, say
+            click.echo(f"feedsup: config error: {exc}", err=True)
+            sys.exit(EX_CONFIG)
+        except (OSError, ValueError, BudgetUnavailable) as exc:   # unreachable, unreadable, banned: retry later
             click.echo(f"feedsup: exchangeInfo for symbols = \"*\" failed: {exc}", err=True)
             sys.exit(69)
     sys.exit(Parent(config).run())
@@ -63,6 +68,17 @@ def check(path: str) -> None:
                 click.echo(f"feedsup: config error: {exc}", err=True)
                 sys.exit(EX_CONFIG)
     wild = f", {len(config.universes)} whole-market" if config.universes else ""
+    if config.universes:                 # count their connections too, if the exchange answers
+        from feedsup.universe import resolve
+        try:
+            expanded = resolve(config)
+        except ConfigError as exc:
+            click.echo(f"feedsup: config error: {exc}", err=True)
+            sys.exit(EX_CONFIG)
+        except (OSError, ValueError) as exc:
+            wild += f" not expanded: exchangeInfo failed: {exc}"
+        else:
+            wild += f": {len(expanded.streams)} connections"
     click.echo(f"{path}: ok ({len(config.streams)} streams{wild})")
 
 
@@ -135,7 +151,19 @@ def format_status(reply: dict[str, Any]) -> str:
             lines.append(f"  backfill {s.get('name', '?')}: {format_backfill(progress)}")
     lines.append(f"pid {reply.get('pid')}  up {reply.get('uptime', 0):.0f}s  published {reply.get('published')}"
                  f"  duplicates suppressed {reply.get('suppressed')}")
+    if isinstance(reply.get("sink"), dict):
+        lines.append(format_sink(reply["sink"]))
     return "\n".join(lines)
+
+
+def format_sink(sink: dict[str, Any]) -> str:
+    """The ``[sink.nats]`` line: where it is connected, what JetStream
+    acknowledged, what waits and what was dropped, the last error."""
+    where = (f"connected {sink['connected']}" if sink.get("connected")
+             else f"not connected ({', '.join(sink.get('servers') or ())})")
+    return (f"sink nats {sink.get('stream', '?')}: {where}  acked {_fmt(sink.get('acked'))}"
+            f"  pending {_fmt(sink.get('pending'))}  dropped {_fmt(sink.get('dropped'))}"
+            f"  last error: {sink.get('last_error') or '-'}")
 
 
 def format_backfill(p: dict[str, Any]) -> str:

@@ -61,6 +61,9 @@ MAX_CONFIG_BYTES = 1 << 20
 # stale_after also takes 0 (off) and max_age stays below 24 h (checked apart).
 BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("feedsup", "pub_hwm"): (1, 10_000_000),
+    # exchangeInfo costs 20 weight on spot: every 5 s would be 4 % of the
+    # IP's 6000 per minute; a day covers any listing schedule. 0 = off.
+    ("feedsup", "universe_refresh"): (5.0, 86400.0),
     ("connection", "ping_interval"): (0.1, 3600.0),
     ("connection", "ping_timeout"): (0.1, 3600.0),
     ("connection", "stale_after"): (0.1, 86400.0),
@@ -102,7 +105,8 @@ _MAX_IPC_PATH = 107
 
 _TOP_KEYS = ("feedsup", "binance", "connection", "restart", "stream", "sink")
 _FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
-                 "curve_server_key_file", "curve_allowed_clients", "instance", "shard")
+                 "curve_server_key_file", "curve_allowed_clients", "instance", "shard",
+                 "universe_refresh")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
     "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
@@ -442,7 +446,9 @@ def load_config(path: str) -> Config:
                      sink=load_sinks(top.raw.get("sink", {}), section("sink"), path))
     if _reaches_beyond_loopback(config):
         _check_connect_budget(restart, section("restart"))
-    _check_budget_fits(len(streams), restart, section("restart").dot("connect_budget"))
+    # A symbols = "*" stream takes at least one connection (universe.resolve
+    # counts them all once exchangeInfo says how many).
+    _check_budget_fits(len(streams) + len(universes), restart, section("restart").dot("connect_budget"))
     _check_account_exposure(config, section("feedsup"))
     return config
 
@@ -538,6 +544,8 @@ def _load_feedsup(raw: object, at: _At, config_path: str) -> dict[str, object]:
         "curve_allowed_clients": table.get("curve_allowed_clients", _array(_curve_public_key), ()),
         "instance": table.get("instance", _non_empty, default.instance),
         "shard": table.get("shard", _shard, ""),
+        "universe_refresh": table.get("universe_refresh", _duration("feedsup", "universe_refresh", zero=True),
+                                      default.universe_refresh),
     }
     if values["pub"] == values["control"]:
         at.dot("control").fail("must differ from pub")
@@ -716,10 +724,22 @@ def _check_connect_budget(restart: Restart, at: _At) -> None:
             f"allows {BINANCE_CONNECT_LIMIT} per 5 minutes per IP")
 
 
-def _check_budget_fits(stream_count: int, restart: Restart, at: _At) -> None:
+def _check_budget_fits(stream_count: int, restart: Restart, at: _At, what: str = "") -> None:
     if stream_count > restart.connect_budget:
-        at.fail(f"{stream_count} streams need {stream_count} connections to start, "
+        at.fail(f"{what or f'{stream_count} streams need'} {stream_count} connections to start, "
                 f"more than the budget of {restart.connect_budget}")
+
+
+def check_expanded(config: Config) -> None:
+    """The checks of every stream together, once symbols = "*" streams are
+    expanded into their connections (``universe.resolve``): the connection
+    budget, and each topic published by one stream only."""
+    wild = f'{len(config.universes)} symbols = "*" stream(s) and the others need'
+    _check_budget_fits(len(config.streams), config.restart, _At(config.path, "restart").dot("connect_budget"),
+                       wild if config.universes else "")
+    owners: dict[str, str] = {}
+    for stream in config.streams:
+        _check_topics_unique(stream, owners, _At(config.path, f'stream "{stream.name}"'))
 
 
 # --- streams ----------------------------------------------------------------

@@ -123,6 +123,7 @@ class Config:
     sink: object = None              # feedsup.sinks.config.NatsSink, or None: no [sink.nats]
     shard: str = ""                  # "k/n": this host's part of every symbols = "*" stream
     universes: tuple = ()            # feedsup.universe.Wildcard: symbols = "*" streams, expanded at run
+    universe_refresh: float = 300.0  # seconds between exchangeInfo re-reads for symbols = "*"; 0 = off
 
     def endpoint(self, market: str) -> Endpoint:
         return self.spot if market == "spot" else self.usdm

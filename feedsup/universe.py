@@ -156,6 +156,7 @@ class Universe:
     quote_assets: tuple[str, ...] = ()
     shard: Shard = ALL
     slots: Slots = None             # type: ignore[assignment]
+    exclude: frozenset[str] = frozenset()   # symbols a configured stream already carries on these topics
 
     def __post_init__(self) -> None:
         self.slots = list(self.slots or [])
@@ -166,7 +167,7 @@ class Universe:
         An empty selection (a failed or truncated answer) changes nothing:
         dropping the whole market on one bad response would be worse than
         keeping yesterday's list."""
-        symbols = select(info, self.quote_assets, shard=self.shard)
+        symbols = [s for s in select(info, self.quote_assets, shard=self.shard) if s not in self.exclude]
         if not symbols:
             return []
         old = self.slots
@@ -177,6 +178,80 @@ class Universe:
 
     def streams(self) -> list[Stream]:
         return expand(self.template, self.slots)
+
+    def stream(self, slot: int) -> Stream:
+        return replace(self.template, name=f"{self.template.name}/{slot}", symbols=self.slots[slot])
+
+
+# -- what the parent does about a change: pure decisions ----------------------------
+
+@dataclass(frozen=True)
+class AddSlot:
+    """A new connection: start a worker for it (the others keep running)."""
+    stream: Stream
+
+
+@dataclass(frozen=True)
+class ReplaceSlot:
+    """A connection's symbols changed: rotate its worker (make before break)
+    to one with ``stream``'s symbols; ``delisted`` symbols get a final notice."""
+    stream: Stream
+    listed: tuple[str, ...]
+    delisted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemoveSlot:
+    """Every symbol of a connection is gone: stop its worker for good; its
+    symbols get a final notice."""
+    name: str
+    delisted: tuple[str, ...]
+
+
+SlotAction = AddSlot | ReplaceSlot | RemoveSlot
+
+
+def plan(universe: Universe, changes: Iterable[Change]) -> list[SlotAction]:
+    """What to do about ``universe.update``'s changes, connection by
+    connection. Only the connections named are touched: every other worker
+    keeps running. A symbol that leaves a connection has left the universe
+    (``assign`` never moves a symbol), so it is delisted (or filtered out)."""
+    out: list[SlotAction] = []
+    for change in changes:
+        gone = tuple(s for s in change.old if s not in change.new)
+        if not change.new:
+            out.append(RemoveSlot(change.stream, gone))
+            continue
+        stream = replace(universe.template, name=change.stream, symbols=change.new)
+        if not change.old:
+            out.append(AddSlot(stream))
+        else:
+            out.append(ReplaceSlot(stream, tuple(s for s in change.new if s not in change.old), gone))
+    return out
+
+
+def universes_of(config: Any) -> list[Universe]:
+    """The live ``Universe`` of each wildcard stream of a resolved config
+    (``resolve``): its slots are the expanded ``name/i`` streams."""
+    if not config.universes:
+        return []
+    shard = parse_shard(config.shard) if config.shard else ALL
+    out = []
+    for w in config.universes:
+        t = w.template
+        prefix = t.name + "/"
+        by_slot = {int(s.name[len(prefix):]): s.symbols for s in config.streams
+                   if s.name.startswith(prefix) and s.name[len(prefix):].isdigit()}
+        slots = [by_slot.get(i, ()) for i in range(max(by_slot, default=-1) + 1)]
+        out.append(Universe(t, per_connection(t.market, t.channel, len(t.intervals), w.streams_per_connection),
+                            w.quote_assets, shard, slots, _taken(config, t)))
+    return out
+
+
+def _taken(config: Any, t: Stream) -> frozenset[str]:
+    """Symbols configured streams (names without "/") carry on ``t``'s topics."""
+    return frozenset(sym for s in config.streams if "/" not in s.name and s.market == t.market
+                     and s.channel == t.channel and s.topic_prefix == t.topic_prefix for sym in s.symbols)
 
 
 # -- config: [[stream]] with symbols = "*", [feedsup] shard -------------------------
@@ -215,8 +290,28 @@ def split_wildcards(raw: object, at: Any, config: Any) -> tuple[object, tuple[Wi
         table = cfg._Table({k: item[k] for k in WILDCARD_KEYS if k in item}, where, WILDCARD_KEYS)
         quotes = table.get("quote_assets", cfg._array(cfg._non_empty), ())
         target = table.get("streams_per_connection", cfg._int_range(1, MAX_STREAMS[stream.market]), 0)
-        wild.append(Wildcard(replace(stream, symbols=()), tuple(q.upper() for q in quotes), target))
+        wildcard = Wildcard(replace(stream, symbols=()), tuple(q.upper() for q in quotes), target)
+        _check_disjoint(wildcard, wild, where)
+        wild.append(wildcard)
     return plain, tuple(wild)
+
+
+def _check_disjoint(w: Wildcard, earlier: list[Wildcard], at: Any) -> None:
+    """Two symbols = "*" streams that could publish one topic (same market,
+    channel, topic prefix and interval, quote assets in common) are refused,
+    as two configured streams with a shared symbol are."""
+    t = w.template
+    for other in earlier:
+        o = other.template
+        if (o.market, o.channel, o.topic_prefix) != (t.market, t.channel, t.topic_prefix):
+            continue
+        if t.channel == "kline" and not set(t.intervals) & set(o.intervals):
+            continue
+        if w.quote_assets and other.quote_assets and not set(w.quote_assets) & set(other.quote_assets):
+            continue
+        at.dot("topic_prefix").fail(
+            f'symbols = "*" here and in stream "{o.name}" publish the same topics; give one of them a '
+            f'topic_prefix or quote_assets the other does not have')
 
 
 def shard_converter(value: object, at: Any) -> str:
@@ -239,15 +334,17 @@ def resolve(config: Any, fetch: Any = fetch_exchange_info) -> Any:
         return config
     shard = parse_shard(config.shard) if config.shard else ALL
     infos: dict[str, dict[str, Any]] = {}
-    taken = {(s.market, s.channel, s.topic_prefix, sym) for s in config.streams for sym in s.symbols}
     streams = list(config.streams)
     for w in config.universes:
         t = w.template
         if t.market not in infos:
             infos[t.market] = fetch(config.endpoint(t.market).rest_url, t.market)
         u = Universe(t, per_connection(t.market, t.channel, len(t.intervals), w.streams_per_connection),
-                     w.quote_assets, shard)
-        u.update({"symbols": [e for e in infos[t.market].get("symbols", [])
-                              if (t.market, t.channel, t.topic_prefix, e.get("symbol")) not in taken]})
+                     w.quote_assets, shard, exclude=_taken(config, t))
+        u.update(infos[t.market])
         streams += u.streams()
-    return replace(config, streams=tuple(streams))
+    from feedsup.config import check_expanded   # late: config builds on this module
+
+    expanded = replace(config, streams=tuple(streams))
+    check_expanded(expanded)
+    return expanded

@@ -128,7 +128,7 @@ def check_within_bounds(config: Config) -> None:
             obj = stream.connection if section == "connection" else tables[section]
             value = getattr(obj, key)
             assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
-            assert value == 0 and key == "stale_after" or low <= value <= high, (key, value)
+            assert value == 0 and key in ("stale_after", "universe_refresh") or low <= value <= high, (key, value)
         for text in (config.pub, config.control, config.state_file, stream.key_file):
             assert "\0" not in text
 

@@ -223,3 +223,43 @@ def test_status_table_shows_a_running_backfill():
             in text.splitlines())
     assert "  backfill kl: kline.BTCUSDT.1m, 10 rows fetched, end not known yet" in text.splitlines()
     assert "backfill book" not in text
+
+
+def test_status_table_shows_the_sink():
+    from feedsup.cli import format_status
+
+    reply = {"pid": 1, "uptime": 5, "published": 10, "suppressed": 0, "streams": [
+        {"name": "aggs", "state": "RUNNING", "pid": 7, "stats": {}}]}
+    assert "sink" not in format_status(reply) and "sink" not in format_status({**reply, "sink": None})
+    sink = {"servers": ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"], "stream": "FEEDSUP",
+            "connected": "nats://127.0.0.1:4223", "acked": 1200, "duplicates": 3, "pending": 17, "inflight": 5,
+            "dropped": 2, "gaps": 1, "failures": 4, "last_error": "timeout waiting for ack"}
+    lines = format_status({**reply, "sink": sink}).splitlines()
+    assert ("sink nats FEEDSUP: connected nats://127.0.0.1:4223  acked 1200  pending 17  dropped 2"
+            "  last error: timeout waiting for ack") in lines
+    down = {**sink, "connected": None, "last_error": None}
+    assert ("sink nats FEEDSUP: not connected (nats://127.0.0.1:4222, nats://127.0.0.1:4223)  acked 1200"
+            "  pending 17  dropped 2  last error: -") in format_status({**reply, "sink": down}).splitlines()
+
+
+def test_status_command_shows_an_unreachable_sink(start_sim, tmp_path):
+    """``feedsup status`` (the table) of a parent whose [sink.nats] cannot be
+    reached: the sink line says so, with what waits for JetStream."""
+    pytest.importorskip("nats")
+    from feedsup.sinks.cluster import free_ports
+
+    sim = start_sim(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=20)
+    config = write_config(tmp_path, sim, [STREAMS[0]])
+    (port,) = free_ports(1)
+    config.write_text(config.read_text() + f'[sink.nats]\nservers = ["nats://127.0.0.1:{port}"]\n')
+    fs = Feedsup(config, tmp_path)
+    try:
+        def sink_line() -> str | None:
+            out = feedsup("status", "--control", fs.control, timeout=10)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("sink nats")), None)
+            return line if line and " pending 0 " not in line + " " else None
+        line = wait_for(sink_line, 40, "the sink line with frames pending")
+        assert line.startswith(f"sink nats FEEDSUP: not connected (nats://127.0.0.1:{port})  acked 0  pending ")
+        assert "dropped 0" in line and "last error: " in line
+    finally:
+        fs.close()

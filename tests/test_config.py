@@ -86,7 +86,8 @@ def test_example_shows_every_key_with_its_default():
     text = EXAMPLE.read_text()
     keys = [f.name for dataclass in (Connection, Restart) for f in fields(dataclass)]
     keys += ["pub", "control", "log_format", "metrics_port", "pub_hwm", "state_file",
-             "curve_server_key_file", "curve_allowed_clients", "ws_url", "rest_url", "ws_api_url"]
+             "curve_server_key_file", "curve_allowed_clients", "ws_url", "rest_url", "ws_api_url",
+             "shard", "universe_refresh"]
     for key in keys:
         # "#key = " marks a key whose default cannot be written literally (or
         # which is off by default); the "# key = " stream examples are

@@ -333,3 +333,15 @@ def test_serves_on_ipv6_loopback():
         assert 'feedsup_messages_total{stream="s1"} 3.0' in text
     finally:
         m.stop()
+
+
+def test_a_stream_removed_while_running_shows_exited(metrics):
+    """A connection of a symbols = "*" stream stopped for good (every symbol
+    delisted) leaves status; its state gauge must not stay at STOPPING."""
+    metrics.update(status(row("all/0", "RUNNING", msgs=0), row("all/1", "STOPPING", msgs=0)))
+    metrics.update(status(row("all/0", "RUNNING", msgs=0)))
+    s = scrape(metrics)
+    for state in STATES:
+        assert value(s, "feedsup_stream_state", stream="all/1", state=state) == (state == "EXITED")
+        assert value(s, "feedsup_stream_state", stream="all/0", state=state) == (state == "RUNNING")
+    assert math.isnan(value(s, "feedsup_last_message_age_seconds", stream="all/1"))

@@ -170,3 +170,84 @@ def test_run_exits_69_when_exchange_info_is_unreachable(tmp_path):
     run = subprocess.run([sys.executable, "-m", "feedsup.cli", "run", "-c", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 69 and "exchangeInfo" in run.stderr
+
+
+# -- config checks count the expanded streams -----------------------------------------
+
+PLAIN = '[[stream]]\nname = "p"\nmarket = "spot"\nchannel = "aggTrade"\nsymbols = ["BTCUSDT"]\n'
+
+
+def wild(name: str, channel: str, quotes: str = "") -> str:
+    """A symbols = "*" stream; no ``quotes``: any quote asset."""
+    text = f'[[stream]]\nname = "{name}"\nmarket = "spot"\nchannel = "{channel}"\nsymbols = "*"\n'
+    return text + (f"quote_assets = {quotes}\n" if quotes else "")
+
+
+def load_text(tmp_path, text):
+    from feedsup.config import load_config
+
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    return load_config(str(path))
+
+
+def config_error(tmp_path, text):
+    from feedsup.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    return caught.value
+
+
+def test_two_whole_market_streams_on_the_same_topics_are_refused(tmp_path):
+    a = wild("a", "aggTrade", '["USDT"]')
+    err = config_error(tmp_path, a + wild("b", "aggTrade"))
+    assert err.key == 'stream "b".topic_prefix' and 'stream "a"' in err.reason
+    # other quote assets, another channel or a topic_prefix: no shared topic
+    load_text(tmp_path, a + wild("b", "aggTrade", '["BTC"]'))
+    load_text(tmp_path, a + wild("b", "trade"))
+    load_text(tmp_path, a + wild("b", "aggTrade") + 'topic_prefix = "x."\n')
+
+
+def test_a_whole_market_stream_counts_toward_the_connection_budget_at_load(tmp_path):
+    text = "[restart]\nconnect_budget = 1\nbudget_window = 300\n" + PLAIN + wild("a", "trade")
+    err = config_error(tmp_path, text)
+    assert err.key == "restart.connect_budget" and "2 connections" in err.reason
+
+
+def test_resolve_counts_the_expanded_connections_against_the_budget(tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from feedsup.config import ConfigError
+    from feedsup.universe import resolve
+
+    config = load_text(tmp_path, "[restart]\nconnect_budget = 3\nbudget_window = 300\n"
+                       + wild("all", "trade", '["USDT"]') + "streams_per_connection = 10\n")
+    body = info(*[(f"S{i:02d}USDT", "USDT", "TRADING") for i in range(30)])
+    assert [s.name for s in resolve(config, fetch=lambda url, market: body).streams] == ["all/0", "all/1", "all/2"]
+    more = info(*[(f"S{i:02d}USDT", "USDT", "TRADING") for i in range(31)])
+    with pytest.raises(ConfigError) as caught:
+        resolve(config, fetch=lambda url, market: more)
+    assert caught.value.key == "restart.connect_budget" and "4 connections" in caught.value.reason
+    assert 'symbols = "*"' in caught.value.reason
+    assert resolve(dc_replace(config, restart=dc_replace(config.restart, connect_budget=4)),
+                   fetch=lambda url, market: more).streams[-1].name == "all/3"
+
+
+def test_check_resolves_whole_market_streams_when_the_exchange_answers(start_sim, tmp_path):
+    import subprocess
+    import sys
+
+    sim = start_sim(symbols=tuple(f"S{i:02d}USDT" for i in range(30)))
+    text = (f'[binance.spot]\nrest_url = "{sim.base_url}"\nws_url = "{sim.ws_url}"\n'
+            "[restart]\nconnect_budget = 2\nbudget_window = 300\n"
+            + wild("all", "trade", '["USDT"]') + "streams_per_connection = 10\n")
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "feedsup.cli", "check", "-c", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 78 and "restart.connect_budget" in out.stderr and "3 connections" in out.stderr
+    path.write_text(text.replace("connect_budget = 2", "connect_budget = 3"))
+    out = subprocess.run([sys.executable, "-m", "feedsup.cli", "check", "-c", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "3 connections" in out.stdout, out.stdout + out.stderr

@@ -5,7 +5,8 @@ GET    /_sim/faults        active lasting faults
 DELETE /_sim/faults[/id]   clear all (or one)
 GET    /_sim/connections   live connections
 GET    /_sim/book          ?market=spot|usdm&symbol=BTCUSDT: the full book (truth)
-GET    /_sim/state         simulated time, seed, speed, symbols
+GET    /_sim/state         simulated time, seed, speed, symbols (and delisted ones)
+POST   /_sim/faults        {"kind": "list" | "delist", "symbol": "NEWUSDT"}: a listing or delisting
 POST   /_sim/balance       {"market": "spot"|"usdm", "asset": "USDT", "delta": "100"}: deposit/withdraw
 """
 

@@ -30,11 +30,11 @@ def spot_rate_limits(options: SimOptions) -> list[dict[str, Any]]:
     ]
 
 
-def spot_symbol(m: SymbolMarket) -> dict[str, Any]:
+def spot_symbol(m: SymbolMarket, status: str = "TRADING") -> dict[str, Any]:
     s = m.spec
     tick, step = _unit(s.price_decimals, 8), _unit(s.qty_decimals, 8)
     return {
-        "symbol": s.symbol, "status": "TRADING", "baseAsset": s.base, "baseAssetPrecision": 8,
+        "symbol": s.symbol, "status": status, "baseAsset": s.base, "baseAssetPrecision": 8,
         "quoteAsset": s.quote, "quotePrecision": 8, "quoteAssetPrecision": 8, "baseCommissionPrecision": 8,
         "quoteCommissionPrecision": 8, "orderTypes": _SPOT_ORDER_TYPES, "icebergAllowed": False,
         "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False,
@@ -53,17 +53,23 @@ def spot_symbol(m: SymbolMarket) -> dict[str, Any]:
     }
 
 
-def spot_exchange_info(options: SimOptions, markets: list[SymbolMarket], now_ms: int) -> dict[str, Any]:
+def spot_exchange_info(options: SimOptions, markets: list[SymbolMarket], now_ms: int,
+                       delisted: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``delisted``: symbols listed with status BREAK (trading stopped)."""
     return {"timezone": "UTC", "serverTime": now_ms, "rateLimits": spot_rate_limits(options),
-            "exchangeFilters": [], "symbols": [spot_symbol(m) for m in markets]}
+            "exchangeFilters": [], "symbols": [spot_symbol(m, _status(m, delisted)) for m in markets]}
 
 
-def futures_symbol(m: SymbolMarket, onboard_ms: int) -> dict[str, Any]:
+def _status(m: SymbolMarket, delisted: frozenset[str]) -> str:
+    return "BREAK" if m.spec.symbol in delisted else "TRADING"
+
+
+def futures_symbol(m: SymbolMarket, onboard_ms: int, status: str = "TRADING") -> dict[str, Any]:
     s = m.spec
     tick, step = _unit(s.price_decimals, s.price_decimals), _unit(m.qty_decimals, m.qty_decimals)
     return {
         "symbol": s.symbol, "pair": s.symbol, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
-        "onboardDate": onboard_ms, "status": "TRADING", "maintMarginPercent": "2.5000",
+        "onboardDate": onboard_ms, "status": status, "maintMarginPercent": "2.5000",
         "requiredMarginPercent": "5.0000", "baseAsset": s.base, "quoteAsset": s.quote, "marginAsset": s.quote,
         "pricePrecision": s.price_decimals, "quantityPrecision": m.qty_decimals, "baseAssetPrecision": 8,
         "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [], "triggerProtect": "0.0500",
@@ -81,7 +87,8 @@ def futures_symbol(m: SymbolMarket, onboard_ms: int) -> dict[str, Any]:
     }
 
 
-def futures_exchange_info(options: SimOptions, markets: list[SymbolMarket], now_ms: int) -> dict[str, Any]:
+def futures_exchange_info(options: SimOptions, markets: list[SymbolMarket], now_ms: int,
+                          delisted: frozenset[str] = frozenset()) -> dict[str, Any]:
     return {
         "timezone": "UTC", "serverTime": now_ms, "futuresType": "U_MARGINED",
         "rateLimits": [
@@ -93,5 +100,5 @@ def futures_exchange_info(options: SimOptions, markets: list[SymbolMarket], now_
         "exchangeFilters": [],
         "assets": [{"asset": q, "marginAvailable": True, "autoAssetExchange": "-10000"}
                    for q in sorted({m.spec.quote for m in markets})],
-        "symbols": [futures_symbol(m, options.start_ms) for m in markets],
+        "symbols": [futures_symbol(m, options.start_ms, _status(m, delisted)) for m in markets],
     }

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-INSTANT = frozenset({"drop", "close", "malformed", "server_shutdown", "lifetime", "expire_listen_key"})
+INSTANT = frozenset({"drop", "close", "malformed", "server_shutdown", "lifetime", "expire_listen_key",
+                     "list", "delist"})
 LASTING = frozenset({"stall", "data_stall", "latency", "refuse", "rest_error", "halt", "rest_lag", "outage"})
 KINDS = INSTANT | LASTING
 MALFORMED_VARIANTS = ("invalid_json", "unknown_event", "truncated", "oversized", "id_jump")
@@ -100,6 +101,11 @@ def validate(kind: str, target: Any, params: dict[str, Any]) -> dict[str, Any]:
             raise FaultError("halt symbol must be a symbol name (or absent: every symbol)")
         if symbol is not None:
             p["symbol"] = symbol.upper()
+    elif kind in ("list", "delist"):
+        symbol = p.get("symbol")
+        if not isinstance(symbol, str) or not symbol.isalnum() or not 2 <= len(symbol) <= 20:
+            raise FaultError(f"{kind} needs symbol: 2-20 letters and digits, such as NEWUSDT")
+        p["symbol"] = symbol.upper()
     elif kind == "rest_lag":
         _number(p, "ms", None)
         if p.get("ms") is None:

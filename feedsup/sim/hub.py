@@ -34,6 +34,10 @@ class Hub:
             }
             for market in (SPOT, USDM)
         }
+        # Delisted markets (the ``delist`` fault): out of ``markets`` (no
+        # trading, no streams, REST "Invalid symbol"), listed by exchangeInfo
+        # with status BREAK, as Binance does after a delisting.
+        self.delisted: dict[str, dict[str, SymbolMarket]] = {SPOT: {}, USDM: {}}
         self.feeds: dict[tuple[str, str], Feed] = {}
         self.subscribers: dict[tuple[str, str], set[Connection]] = defaultdict(set)
         self.connections: dict[int, Connection] = {}
@@ -53,6 +57,47 @@ class Hub:
 
     def market(self, market: str, symbol: str) -> SymbolMarket | None:
         return self.markets[market].get(symbol.upper())
+
+    # -- listings and delistings (the ``list`` and ``delist`` faults) ----------------
+
+    def list_symbol(self, symbol: str) -> bool:
+        """A new listing (or a delisted symbol back to TRADING), on spot and
+        USD-M: exchangeInfo lists it, streams and REST serve it from now on.
+        False if it is listed already."""
+        symbol = symbol.upper()
+        if symbol in self.symbols:
+            return False
+        now = self.advance()
+        o = self.options
+        for market in (SPOT, USDM):
+            m = self.delisted[market].pop(symbol, None)
+            if m is None:
+                m = SymbolMarket(spec_for(symbol), market, o.seed, now, o.trade_rate, o.book_rate,
+                                 o.book_levels, o.history)
+            m.advance(now)
+            self.markets[market][symbol] = m
+        self.symbols = self.symbols | {symbol}
+        return True
+
+    def delist_symbol(self, symbol: str) -> list[str]:
+        """A delisting, on spot and USD-M: exchangeInfo shows status BREAK,
+        the symbol's streams stop (connections stay open and subscribed,
+        silent on them, as on Binance), REST answers "Invalid symbol".
+        Returns the stopped streams' names."""
+        symbol = symbol.upper()
+        if symbol not in self.symbols:
+            return []
+        self.advance()
+        self.symbols = self.symbols - {symbol}
+        for market in (SPOT, USDM):
+            self.delisted[market][symbol] = self.markets[market].pop(symbol)
+        stopped = []
+        for key in list(self.feeds):
+            spec = parse_stream(key[1], key[0], frozenset({symbol}))
+            if spec is not None and spec.symbol == symbol:
+                del self.feeds[key]
+                stopped.append(key[1])
+        return sorted(stopped)
 
     # -- subscriptions ----------------------------------------------------------------
 

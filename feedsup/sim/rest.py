@@ -72,19 +72,22 @@ def server_time(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
 
 def exchange_info(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
     now = hub.advance()
-    markets = list(hub.markets[market].values())
+    # Delisted symbols stay listed, with status BREAK (the ``delist`` fault).
+    delisted = hub.delisted[market]
+    markets = sorted([*hub.markets[market].values(), *delisted.values()], key=lambda m: m.spec.symbol)
     wanted = _wanted_symbols(q)
     if wanted is not None:
         chosen = []
         for s in wanted:
-            m = hub.market(market, s)
+            m = hub.market(market, s) or delisted.get(s.upper())
             if m is None:
                 raise RestError(400, -1121, "Invalid symbol.")
             chosen.append(m)
         markets = chosen
+    broken = frozenset(delisted)
     if market == SPOT:
-        return spot_exchange_info(hub.options, markets, now)
-    return futures_exchange_info(hub.options, markets, now)
+        return spot_exchange_info(hub.options, markets, now, broken)
+    return futures_exchange_info(hub.options, markets, now, broken)
 
 
 def _wanted_symbols(q: Mapping[str, str]) -> list[str] | None:

@@ -245,6 +245,13 @@ class SimCore:
             self._halt(p, sim_ms)
         elif kind == "outage":
             self._outage(p)
+        elif kind == "list":
+            fault.applied_to = []
+            p["listed"] = self.hub.list_symbol(p["symbol"])
+        elif kind == "delist":
+            fault.applied_to = []
+            p["stopped"] = self.hub.delist_symbol(p["symbol"])
+            fault.applied_to = [c.id for c in self.hub.connections.values() if set(c.streams) & set(p["stopped"])]
         log.info("fault %s %s on %s", kind, p, fault.applied_to or "no connection")
         return fault.as_dict()
 
@@ -296,6 +303,7 @@ class SimCore:
     def state(self) -> dict[str, Any]:
         return {"sim_time": self.hub.advance(), "speed": self.options.speed, "seed": self.options.seed,
                 "start_ms": self.options.start_ms, "symbols": sorted(self.hub.symbols),
+                "delisted": sorted(self.hub.delisted[SPOT]),
                 "uptime": round(time.monotonic() - self._started, 3), "connections": len(self.hub.connections)}
 
 

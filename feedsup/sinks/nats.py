@@ -73,6 +73,15 @@ class NatsSinkThread:
 
     # -- parent thread ---------------------------------------------------------
 
+    def add_topics(self, topics: list[str]) -> None:
+        """Topics that appear while running (a listing on a symbols = "*"
+        stream): JetStream holds nothing for them, so as at a cold start the
+        first publish of each expects an empty subject (a partner may be first)."""
+        with self._lock:
+            new = [t for t in topics if t not in self.topics]
+            self.topics += new
+            self.core.set_fresh(t.encode() for t in new)
+
     def start(self) -> None:
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._main, name="feedsup-sink-nats", daemon=True)

@@ -46,6 +46,14 @@ def on_loss(channel: str, topics: Iterable[str], open_gaps: Mapping[bytes, Gap],
     return out
 
 
+def on_delisting(topics: Iterable[str], last_ms: Callable[[bytes], int | None], reason: str) -> list[Announce]:
+    """A symbol left a ``symbols = "*"`` stream's universe (delisted): the
+    last word on each of its topics, whatever the channel. The gap stays
+    open: nothing follows unless the symbol is listed again, whose first
+    frame then closes it."""
+    return [Announce(t, {"from_ms": last_ms(t.encode()), "to_ms": None, "reason": reason}, True) for t in topics]
+
+
 def closed(gap: Gap, recv_ns: int) -> Gap:
     """An open gap ended by a regular frame received at ``recv_ns``."""
     return {**gap, "to_ms": recv_ns // 1_000_000}

@@ -128,6 +128,7 @@ class Metrics:
         self._stopping = threading.Event()
         self._totals = MonotonicTotals()
         self._known_streams: set[str] = set()
+        self._shown: set[str] = set()      # streams of the last status snapshot
         self._published_seen = 0.0
         self._suppressed_seen = 0.0
         self._refused_seen = 0.0
@@ -206,6 +207,12 @@ class Metrics:
             rows = status.get("streams") or []
             for row in rows:
                 self._update_stream(row)
+            # A stream removed while running (a connection of a symbols = "*"
+            # stream whose symbols were all delisted) ended EXITED.
+            shown = {str(row.get("name")) for row in rows}
+            for gone in self._shown - shown:
+                self._update_stream({"name": gone, "state": "EXITED", "instance": None})
+            self._shown = shown
             if rows:
                 _set_if_number(self.budget, rows[0].get("budget_remaining"))
             _set_if_number(self.uptime, status.get("uptime"))

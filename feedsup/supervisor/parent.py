@@ -27,11 +27,11 @@ from typing import Any
 import msgpack
 import zmq
 
-from feedsup import curve, endpoints, logs
+from feedsup import curve, endpoints, logs, universe
 from feedsup.config import ANY_PORT, Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
-from feedsup.supervisor import control, fdlimit, gaps, policy as pol, state as saved
+from feedsup.supervisor import control, fdlimit, gaps, policy as pol, refresh, state as saved
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
@@ -129,6 +129,10 @@ class Parent:
             self.sink = NatsSinkThread(config.sink, config.instance or socket.gethostname(), list(self._topic_owner))
         self._seeded = False
         self._sink_batch: list[Any] = []    # frames published, in order, not yet handed to the sink
+        # symbols = "*" streams: their live universes, and the thread that
+        # re-reads exchangeInfo for them (listings and delistings).
+        self._universes = universe.universes_of(config)
+        self._refresher = self._make_refresher()
 
     # -- public surface used by control commands ------------------------------
 
@@ -190,6 +194,8 @@ class Parent:
         self.pub = pub
         if self.sink is not None:
             self.sink.start()
+        if self._refresher is not None:
+            self._refresher.start()
         old_handlers = self._install_signals()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -213,6 +219,8 @@ class Parent:
                     self._serve_control(ctl)
                 code = self._housekeeping()
         finally:
+            if self._refresher is not None:
+                self._refresher.stop()
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
@@ -667,6 +675,8 @@ class Parent:
             self._signalled = None
             actions += self.policy.request_stop(now)
         actions += self._reap(now)
+        if self._refresher is not None and self._refresher.pending:
+            actions += self._refresh_universes(now)
         actions += self.policy.tick(now)
         if self._sink_batch:
             self._flush_sink()
@@ -725,6 +735,78 @@ class Parent:
                 logs.event(log, "exit", code=action.code, reason=action.reason)
                 code = action.code
         return code
+
+    # -- symbols = "*": listings and delistings while running ------------------------
+
+    def _make_refresher(self) -> refresh.Refresher | None:
+        if not self._universes or self.config.universe_refresh <= 0:
+            return None
+        sources = []
+        for market in dict.fromkeys(u.template.market for u in self._universes):
+            rest_url = self.config.endpoint(market).rest_url
+            sources.append(refresh.Source(market, rest_url,
+                                          restlimit.budget_dir(self.config.state_file, self.rundir, rest_url)))
+        return refresh.Refresher(sources, self.config.universe_refresh)
+
+    def _refresh_universes(self, now: float) -> list[Any]:
+        """New exchangeInfo answers: carry out ``universe.plan``'s decisions.
+        Only the connections whose symbols changed are touched."""
+        actions: list[Any] = []
+        for answer in self._refresher.take():
+            if answer.body is None:
+                continue            # logged by the thread; retried next period
+            for u in self._universes:
+                if u.template.market != answer.market:
+                    continue
+                try:
+                    steps = universe.plan(u, u.update(answer.body))
+                except Exception as exc:     # a body we cannot read must not take the parent down
+                    logs.event(log, "exchangeInfo unusable", logging.WARNING, error=repr(exc)[:300])
+                    continue
+                for step in steps:
+                    try:
+                        actions += self._carry_out(u, step, now)
+                    except (pol.UnknownStream, ValueError) as exc:   # a slot still stopping
+                        logs.event(log, "universe change skipped", logging.WARNING, error=str(exc))
+        return actions
+
+    def _carry_out(self, u: universe.Universe, step: Any, now: float) -> list[Any]:
+        if isinstance(step, universe.RemoveSlot):
+            logs.event(log, "universe", stream=step.name, action="remove", delisted=",".join(step.delisted))
+            self._announce_delisted(step.name, u.template, step.delisted)
+            return self.policy.remove_stream(step.name, "delisted: every symbol left", now)
+        self._adopt(step.stream)
+        if isinstance(step, universe.AddSlot):
+            logs.event(log, "universe", stream=step.stream.name, action="add", listed=",".join(step.stream.symbols))
+            return self.policy.add_stream(step.stream, now)
+        logs.event(log, "universe", stream=step.stream.name, action="rotate", listed=",".join(step.listed),
+                   delisted=",".join(step.delisted))
+        self._announce_delisted(step.stream.name, u.template, step.delisted)
+        return self.policy.reconfigure(step.stream, now)
+
+    def _adopt(self, stream: Any) -> None:
+        """A stream's new config: its new topics become its own. Topics it
+        had stay allowed to it (its current worker may still send them until
+        its successor takes over)."""
+        self._streams[stream.name] = stream
+        names = topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
+        if self.sink is not None:
+            self.sink.add_topics([t for t in names if t not in self._topic_owner])
+        for t in names:
+            self._topic_owner[t] = stream.name
+            self._owner_b[t.encode()] = stream.name
+        # In place: _drain holds this dict as a local.
+        self._owned[stream.name] = self._owned.get(stream.name, frozenset()) | {t.encode() for t in names}
+        self._origins.add(stream, self.config.endpoint(stream.market))
+
+    def _announce_delisted(self, stream_name: str, template: Any, symbols: tuple[str, ...]) -> None:
+        for symbol in symbols:
+            names = topics.stream_topics(template.channel, (symbol,), template.intervals, template.topic_prefix)
+            reason = f"delisted: {symbol} is no longer TRADING in exchangeInfo"
+            for topic, gap, _ in gaps.on_delisting(names, self._last_ms, reason):
+                tb = topic.encode()
+                self.open_gaps[tb] = gap
+                self._publish(tb, frames.encode_gap_body(topic, stream_name, time.time_ns(), **gap))
 
     def _supersede(self, inst: int) -> None:
         self._superseded[inst] = None

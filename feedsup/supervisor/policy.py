@@ -45,6 +45,9 @@ BUDGET_EXHAUSTED = "connect budget exhausted"
 LIVENESS_TIMEOUT = "liveness timeout"
 START_TIMEOUT = "start timeout"
 RESTART_REQUESTED = "restart requested"
+# The rotation reason of a worker whose stream's symbols changed (a listing
+# or delisting of a symbols = "*" stream, feedsup/universe.py).
+RECONFIGURED = "symbols changed"
 
 # A new process needs time (interpreter start, imports) before its ticker
 # can send the first liveness ping: allowed this on top of liveness_timeout,
@@ -245,6 +248,7 @@ class _Worker:
     term_at: float | None = None
     killed: bool = False
     rotate_early: float = 0.0    # how much sooner than max_age this worker rotates
+    version: int = 0             # its stream's config version when it was spawned
 
     @property
     def terminating(self) -> bool:
@@ -272,6 +276,10 @@ class _StreamRecord:
     # Rotation of the current active worker; reset whenever the active worker changes.
     rotate_retry_at: float | None = None
     rotation_blocked: bool = False
+    # Bumped by ``reconfigure``: an active worker of an older version is
+    # rotated (make-before-break) to one spawned with the new config.
+    version: int = 0
+    removed: str = ""                      # ``remove_stream``'s reason: goes away once its workers exit
 
     @property
     def name(self) -> str:
@@ -390,13 +398,14 @@ class Policy:
             self._successor_failed(rec, worker, verdict.reason, isinstance(verdict, Fatal), now)
         elif worker.role is Role.ACTIVE:
             self._active_exited(rec, verdict, now, out)
+        self._finish_removal(rec, out)
         self._check_exit(out)
         return out
 
     def request_restart(self, stream: str, now: float) -> list[Action]:
         """The operator's restart: no backoff, not a failure, clears FATAL."""
         rec = self._streams.get(stream)
-        if rec is None:
+        if rec is None or rec.removed:
             raise UnknownStream(stream)
         out: list[Action] = []
         if self._stopping or not self._started:
@@ -436,6 +445,70 @@ class Policy:
                 out.append(rec.change_state(State.EXITED, "shutdown"))
         self._check_exit(out)
         return out
+
+    # --- streams added, changed and removed while running (symbols = "*") ----
+
+    def add_stream(self, stream: Stream, now: float) -> list[Action]:
+        """A new stream (a new connection of a whole-market stream): started
+        now if the others are, budget permitting."""
+        rec = self._streams.get(stream.name)
+        if rec is not None:
+            if not rec.removed:
+                raise ValueError(f"duplicate stream name {stream.name!r}")
+            # Removed, its worker still stopping, and wanted again: keep it;
+            # the stopping worker's exit restarts it with the new config.
+            rec.removed = ""
+            return self.reconfigure(stream, now)
+        rec = _StreamRecord(config=stream, backoff=self._new_backoff(self._rng),
+                            rotation_backoff=self._new_backoff(self._rng))
+        self._streams[stream.name] = rec
+        out: list[Action] = []
+        if self._started and not self._stopping:
+            self._start_active(rec, "added", now, out)
+        return out
+
+    def reconfigure(self, stream: Stream, now: float) -> list[Action]:
+        """New config (symbols) for a stream: its running worker is rotated,
+        make before break, to one spawned with it; a worker not running yet
+        is rotated once it is. Every other stream is left alone. The caller
+        must spawn with the new config from now on."""
+        rec = self._streams.get(stream.name)
+        if rec is None or rec.removed:
+            raise UnknownStream(stream.name)
+        rec.config = stream
+        rec.version += 1
+        rec.rotation_blocked = False     # a new config: a fatal rotation may pass now
+        rec.rotate_retry_at = None
+        out: list[Action] = []
+        self._maybe_rotate(rec, now, out)
+        return out
+
+    def remove_stream(self, stream: str, reason: str, now: float) -> list[Action]:
+        """Stop a stream for good (every symbol of a connection delisted):
+        TERM its workers, forget it once they exited."""
+        rec = self._streams.get(stream)
+        if rec is None or rec.removed:
+            raise UnknownStream(stream)
+        rec.removed = reason
+        rec.retry_at = None
+        rec.manual_restart = False
+        out: list[Action] = []
+        if rec.successor is not None:
+            self._retire(rec, rec.successor, reason, now, out)
+        for worker in self._workers_of(rec):
+            self._terminate(rec, worker, reason, now, out)
+        if rec.active is None and rec.state in (State.BACKOFF, State.FATAL):
+            # No active worker to wait for (a retiring one may still exit).
+            out.append(rec.change_state(State.EXITED, reason))
+        self._finish_removal(rec, out)
+        return out
+
+    def _finish_removal(self, rec: _StreamRecord, out: list[Action]) -> None:
+        if not rec.removed or rec.active is not None or self._workers_of(rec):
+            return
+        if rec.state is not State.EXITED:
+            out.append(rec.change_state(State.EXITED, rec.removed))
+        del self._streams[rec.name]
 
     def tick(self, now: float) -> list[Action]:
         """Enforce timeouts, end backoffs, start due rotations."""
@@ -485,7 +558,8 @@ class Policy:
             return None
         # last_live in the future: the spawn allowance before the first ping.
         worker = _Worker(self._next_instance, rec.name, role, spawned_at=now, last_live=now + SPAWN_ALLOWANCE_S,
-                         rotate_early=self._rng.uniform(0.0, MAX_AGE_SPREAD * rec.config.connection.max_age))
+                         rotate_early=self._rng.uniform(0.0, MAX_AGE_SPREAD * rec.config.connection.max_age),
+                         version=rec.version)
         self._next_instance += 1
         self._workers[worker.instance] = worker
         out.append(Spawn(rec.name, worker.instance, reason))
@@ -578,6 +652,8 @@ class Policy:
         rec.last_reason = cause
         if self._stopping:
             out.append(rec.change_state(State.EXITED, "shutdown"))
+        elif rec.removed:
+            out.append(rec.change_state(State.EXITED, rec.removed))
         elif rec.manual_restart:
             rec.manual_restart = False
             self._start_active(rec, RESTART_REQUESTED, now, out)
@@ -629,7 +705,7 @@ class Policy:
             or rec.rotation_blocked
         ):
             return None
-        if active.shutdown_notice:
+        if active.shutdown_notice or active.version < rec.version:
             due = active.ready_at
         else:
             due = active.ready_at + rec.config.connection.max_age - active.rotate_early
@@ -642,7 +718,8 @@ class Policy:
         due = self._rotation_due_at(rec)
         if due is None or due > now:
             return
-        why = SERVER_SHUTDOWN if rec.active.shutdown_notice else "max_age"
+        why = (SERVER_SHUTDOWN if rec.active.shutdown_notice
+               else RECONFIGURED if rec.active.version < rec.version else "max_age")
         successor = self._spawn(rec, Role.SUCCESSOR, f"rotation ({why})", now, out)
         if successor is None:
             rec.rotate_retry_at = self._budget.next_free(now)

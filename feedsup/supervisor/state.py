@@ -24,6 +24,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timezone
 
 import msgpack
@@ -74,16 +75,20 @@ class Origins:
         self._topics: dict[str, tuple[Origin, str, str]] = {}   # topic -> (origin, channel, interval)
         self._accounts: dict[str, Origin] = {}                   # account stream name -> origin
         for s in config.streams:
-            endpoint = config.endpoint(s.market)
-            if s.channel == "account":
-                data_url = endpoint.ws_api_url if s.market == "spot" else endpoint.ws_url
-                self._accounts[s.name] = (s.market, data_url, endpoint.rest_url)
-                continue
-            origin = (s.market, endpoint.ws_url, endpoint.rest_url)
-            for symbol in s.symbols:
-                for interval in (s.intervals or ("",)):
-                    topic = symbol_topic(s.channel, symbol, interval, s.topic_prefix)
-                    self._topics[topic] = (origin, s.channel, interval)
+            self.add(s, config.endpoint(s.market))
+
+    def add(self, s: Any, endpoint: Any) -> None:
+        """The topics of stream ``s`` (also one added while running: a new
+        connection or listing of a symbols = "*" stream)."""
+        if s.channel == "account":
+            data_url = endpoint.ws_api_url if s.market == "spot" else endpoint.ws_url
+            self._accounts[s.name] = (s.market, data_url, endpoint.rest_url)
+            return
+        origin = (s.market, endpoint.ws_url, endpoint.rest_url)
+        for symbol in s.symbols:
+            for interval in (s.intervals or ("",)):
+                topic = symbol_topic(s.channel, symbol, interval, s.topic_prefix)
+                self._topics[topic] = (origin, s.channel, interval)
 
     def of(self, topic: str) -> Origin | None:
         found = self._topics.get(topic)
