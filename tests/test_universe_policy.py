@@ -207,7 +207,7 @@ def test_a_sink_treats_topics_added_while_running_as_never_seen():
     sink = NatsSinkThread(NatsSink(servers=("nats://127.0.0.1:1",)), "a", ["aggTrade.AUSDT"])
     sink.add_topics(["aggTrade.NEWUSDT"])
     body = frames.encode_gap_body("aggTrade.NEWUSDT", "all/1", 0, None, None, "x")
-    sink.core.offer([(b"aggTrade.NEWUSDT", 5, 0, True, frames.with_seq(body, 1))])
+    sink.core.offer([(b"aggTrade.NEWUSDT", 5, 0, True, frames.with_seq(body, 1, 1))])
     (entry,) = sink.core.take(0.0)
     assert entry.expect_empty and "aggTrade.NEWUSDT" in sink.topics
 
