@@ -1,0 +1,172 @@
+"""The I/O around ``fdguard``: count the parent's descriptors, close and
+reopen its TCP endpoints.
+
+The count must follow a flood promptly but cost nothing per message: a
+ZeroMQ socket monitor on each TCP-bound socket reports every accepted and
+every dropped connection (its socket sits in the parent's poller, so an
+accept wakes the loop), and ``/proc/self/fd`` is listed once a second
+(five times a second near or above the marks) to correct the estimate:
+connections closed by an unbind, and descriptors opened elsewhere, raise no
+event. ipc endpoints are not watched: they are 0600 in a private folder,
+so only the owner can flood them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from feedsup import logs
+from feedsup.supervisor import fdguard
+from feedsup.supervisor.fdguard import Change
+
+log = logging.getLogger("feedsup.parent")
+
+SCAN_PERIOD_S = 1.0
+SCAN_PERIOD_NEAR_S = 0.2
+EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+# The monitor's sender is a PAIR whose send blocks libzmq's I/O thread when
+# the pipe is full; a deep receive queue (events are a few bytes, and at most
+# one accept per descriptor) means it never fills while the loop runs.
+MONITOR_RCVHWM = 100_000
+EVENTS_PER_CALL = 10_000
+_EVENT = struct.Struct("=HI")   # monitor event v1, first frame: event, value
+# What /proc/sys/fs/nr_open defaults to: the real ceiling of an unlimited soft limit.
+NR_OPEN_DEFAULT = 1 << 20
+
+
+def count_open_fds() -> int:
+    """Descriptors open in this process (the listing's own not counted);
+    0 without /proc, which leaves the guard to the monitors' counts."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1
+    except OSError:
+        return 0
+
+
+def fd_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY:
+        return soft
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return NR_OPEN_DEFAULT
+
+
+class FdWatch:
+    """Watches the parent's descriptors; closes ``sockets``' TCP endpoints
+    while they run short (``fdguard``), and reopens them."""
+
+    def __init__(self, ctx: zmq.Context, sockets: Sequence[zmq.Socket],
+                 guard: fdguard.FdGuard | None = None, limit: int | None = None) -> None:
+        self.guard = guard or fdguard.FdGuard()
+        self.limit = fd_limit() if limit is None else limit
+        self._tcp: list[tuple[zmq.Socket, str]] = []
+        self.monitors: list[zmq.Socket] = []
+        for sock in sockets:
+            endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if endpoint.startswith("tcp://"):
+                addr = f"inproc://feedsup-fdwatch-{id(self)}-{len(self._tcp)}"
+                sock.monitor(addr, EVENTS)
+                mon = ctx.socket(zmq.PAIR)
+                mon.setsockopt(zmq.RCVHWM, MONITOR_RCVHWM)
+                mon.setsockopt(zmq.LINGER, 0)
+                mon.connect(addr)
+                self._tcp.append((sock, endpoint))
+                self.monitors.append(mon)
+        self._bound = {endpoint for _, endpoint in self._tcp}
+        self._scanned = count_open_fds()
+        self._delta = 0                 # accepted minus dropped since the scan
+        self._next_scan = 0.0
+
+    @property
+    def open(self) -> int:
+        return self._scanned + self._delta
+
+    def on_events(self, now: float, streams: int) -> None:
+        """Read the monitors' events (a monitor socket polled readable)."""
+        for mon in self.monitors:
+            for _ in range(EVENTS_PER_CALL):
+                try:
+                    head, _endpoint = mon.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ValueError:      # not two frames: not an event of ours
+                    continue
+                event = _EVENT.unpack_from(head)[0] if len(head) >= _EVENT.size else 0
+                if event == zmq.EVENT_ACCEPTED:
+                    self._delta += 1
+                elif event == zmq.EVENT_DISCONNECTED:
+                    self._delta -= 1
+        self._decide(now, streams)
+
+    def tick(self, now: float, streams: int) -> None:
+        """Housekeeping: rescan when due, and decide."""
+        if now < self._next_scan:
+            return
+        self._scanned, self._delta = count_open_fds(), 0
+        near = self.guard.refusing or self.open >= fdguard.marks(self.limit, streams).low
+        self._next_scan = now + (SCAN_PERIOD_NEAR_S if near else SCAN_PERIOD_S)
+        self._decide(now, streams)
+
+    def _decide(self, now: float, streams: int) -> None:
+        if not self._tcp:
+            return
+        change = self.guard.decide(self.open, self.limit, streams, now)
+        if change is Change.REFUSE:
+            self._refuse(now)
+        elif change is Change.ACCEPT:
+            self._accept(now)
+
+    def _refuse(self, now: float) -> None:
+        for sock, endpoint in self._tcp:
+            if endpoint in self._bound:
+                self._bound.discard(endpoint)
+                sock.unbind(endpoint)   # closes its connections too: their descriptors come back
+        self._next_scan = now           # count what the unbind gave back
+        logs.event(log, "tcp refusing", logging.WARNING, endpoints=",".join(e for _, e in self._tcp),
+                   open_fds=self.open, limit=self.limit, refusals=self.guard.refusals,
+                   hold_s=self.guard.hold, reason=self.guard.reason)
+
+    def _accept(self, now: float) -> None:
+        for sock, endpoint in self._tcp:
+            if endpoint in self._bound:
+                continue
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:     # the port taken meanwhile: try again after a hold
+                self.guard.retry_later(now)
+                logs.event(log, "tcp rebind failed", logging.WARNING, endpoint=endpoint, error=str(exc))
+                return
+            self._bound.add(endpoint)
+        logs.event(log, "tcp accepting", open_fds=self.open, limit=self.limit)
+
+    def status(self) -> dict[str, Any]:
+        return {"fds": {"open": self.open, "limit": self.limit},
+                "tcp_refusing": self.guard.reason if self.guard.refusing else None,
+                "tcp_refusals": self.guard.refusals}
+
+    def close(self) -> None:
+        for (sock, _), mon in zip(self._tcp, self.monitors):
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            mon.close(linger=0)
+        self.monitors = []
+
+
+
+def status_of(watch: FdWatch | None) -> dict[str, Any]:
+    """The status fields, also before the parent's sockets are bound."""
+    if watch is None:
+        return {"fds": None, "tcp_refusing": None, "tcp_refusals": 0}
+    return watch.status()
