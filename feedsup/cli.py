@@ -135,6 +135,9 @@ def format_status(reply: dict[str, Any]) -> str:
             lines.append(f"  backfill {s.get('name', '?')}: {format_backfill(progress)}")
     lines.append(f"pid {reply.get('pid')}  up {reply.get('uptime', 0):.0f}s  published {reply.get('published')}"
                  f"  duplicates suppressed {reply.get('suppressed')}")
+    if reply.get("tcp_refusing"):
+        lines.append(f"tcp endpoints closed to new connections: {reply['tcp_refusing']}"
+                     f" (closed {reply.get('tcp_refusals')} times)")
     return "\n".join(lines)
 
 
