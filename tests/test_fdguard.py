@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from feedsup.supervisor.fdguard import (
-    CALM_S, MAX_HOLD_S, MIN_HOLD_S, Change, FdGuard, Marks, marks, needed, reason,
+    CALM_S, MAX_HOLD_S, MIN_HOLD_S, Change, FdGuard, Marks, marks, needed, quiet_rate, reason,
 )
 
 R, A = Change.REFUSE, Change.ACCEPT
@@ -63,16 +63,16 @@ def test_the_hold_is_capped():
         assert guard.decide(1000, 256, 1, now) is R
         now += guard.hold
         assert guard.decide(0, 256, 1, now) is A
-    assert guard.hold == MAX_HOLD_S and guard.refusals == 20
+    assert guard.hold == MAX_HOLD_S and guard.closures == 20
 
 
 def test_status_fields_say_why():
     guard = FdGuard()
     guard.decide(170, 256, 1, 0)
-    assert guard.refusing and guard.refusals == 1
+    assert guard.refusing and guard.closures == 1
     assert guard.reason == "170 of 256 file descriptors open; 98 are kept free for workers, control and metrics"
     guard.decide(10, 256, 1, 5)
-    assert not guard.refusing and guard.reason is None and guard.refusals == 1
+    assert not guard.refusing and guard.reason is None and guard.closures == 1
 
 
 def test_a_limit_too_low_refuses_for_good_and_says_so():
@@ -87,13 +87,13 @@ def test_a_failed_rebind_stays_refusing_for_another_hold_uncounted():
     guard.decide(200, 256, 1, 0)
     assert guard.decide(10, 256, 1, 1) is A
     guard.retry_later(1)
-    assert guard.refusing and guard.refusals == 1 and "retrying" in guard.reason
+    assert guard.refusing and guard.closures == 1 and "retrying" in guard.reason
     assert guard.decide(10, 256, 1, 1.5) is None
     assert guard.decide(10, 256, 1, 1 + guard.hold) is A
 
 
 @given(st.integers(16, 1 << 20), st.integers(0, 300),
-       st.lists(st.tuples(st.integers(0, 1 << 21), st.floats(0, 10)), max_size=50))
+       st.lists(st.tuples(st.integers(0, 1 << 21), st.floats(0, 10), st.integers(0, 5000)), max_size=50))
 def test_refuses_at_the_high_mark_and_never_starts_below_it(limit, streams, steps):
     """Whatever the sequence: a refusal only ever starts at or above the high
     mark, the guard is refusing after any count at or above it, and it only
@@ -101,10 +101,10 @@ def test_refuses_at_the_high_mark_and_never_starts_below_it(limit, streams, step
     guard, now = FdGuard(), 0.0
     m = marks(limit, streams)
     assert m.low < m.high
-    for open_fds, dt in steps:
+    for open_fds, dt, attempts in steps:
         now += dt
         was = guard.refusing
-        change = guard.decide(open_fds, limit, streams, now)
+        change = guard.decide(open_fds, limit, streams, now, attempts)
         if change is R:
             assert not was and open_fds >= m.high
         if change is A:
@@ -113,3 +113,18 @@ def test_refuses_at_the_high_mark_and_never_starts_below_it(limit, streams, step
             assert guard.refusing
         if not was and open_fds < m.high:
             assert not guard.refusing and change is None
+
+
+def test_refused_attempts_faster_than_the_loop_can_follow_keep_the_port_closed():
+    guard = FdGuard()
+    assert quiet_rate(256) == 320                # 32 descriptors of overshoot, 0.1 s to react
+    assert guard.decide(200, 256, 1, 0) is R
+    assert guard.decide(20, 256, 1, 0.5, attempts=300) is None
+    assert guard.decide(20, 256, 1, 1.0, attempts=300) is None      # 600 in the last second
+    assert guard.decide(20, 256, 1, 1.6, attempts=100) is None      # 400 in the last second
+    assert guard.decide(20, 256, 1, 2.1) is A                        # 100: slow enough
+    assert guard.refused == 700
+    # A few subscribers retrying every 100 ms do not keep it closed.
+    assert guard.decide(200, 256, 1, 100) is R
+    assert guard.decide(20, 256, 1, 100.5, attempts=150) is None
+    assert guard.decide(20, 256, 1, 101, attempts=150) is A

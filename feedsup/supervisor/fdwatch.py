@@ -9,13 +9,19 @@ accept wakes the loop), and ``/proc/self/fd`` is listed once a second
 connections closed by an unbind, and descriptors opened elsewhere, raise no
 event. ipc endpoints are not watched: they are 0600 in a private folder,
 so only the owner can flood them.
+
+While an endpoint is closed, a ``Sentinel`` holds its port: it accepts and
+closes at once, so the parent sees how fast connections are still attempted
+(``fdguard`` reopens only once that is slow) at a cost of one descriptor.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
+import socket
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -37,17 +43,21 @@ EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MONITOR_RCVHWM = 100_000
 EVENTS_PER_CALL = 10_000
 _EVENT = struct.Struct("=HI")   # monitor event v1, first frame: event, value
+# The sentinel's accept queue, and the most it accepts and closes per scan.
+SENTINEL_BACKLOG = 1024
+SENTINEL_DRAIN = 1024
 # What /proc/sys/fs/nr_open defaults to: the real ceiling of an unlimited soft limit.
 NR_OPEN_DEFAULT = 1 << 20
 
 
-def count_open_fds() -> int:
-    """Descriptors open in this process (the listing's own not counted);
-    0 without /proc, which leaves the guard to the monitors' counts."""
+def count_open_fds(limit: int = 0) -> int:
+    """Descriptors open in this process (the listing's own not counted):
+    ``limit`` when none is left to list them; 0 without /proc, which leaves
+    the guard to the monitors' counts."""
     try:
         return len(os.listdir("/proc/self/fd")) - 1
-    except OSError:
-        return 0
+    except OSError as exc:
+        return limit if exc.errno in (errno.EMFILE, errno.ENFILE) else 0
 
 
 def fd_limit() -> int:
@@ -59,6 +69,71 @@ def fd_limit() -> int:
             return int(f.read())
     except (OSError, ValueError):
         return NR_OPEN_DEFAULT
+
+
+class Sentinel:
+    """Holds a TCP port while libzmq does not listen on it: every connection
+    is accepted and closed at once, and counted as a refused attempt."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.address = tcp_address(endpoint)
+        self.sock: socket.socket | None = None
+
+    def open(self) -> bool:
+        """Listen, if not yet; False while the port is not free (libzmq
+        closes its listener in its own thread, a moment after the unbind)."""
+        if self.sock is not None or self.address is None:
+            return self.sock is not None
+        family, addr = self.address
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:             # EMFILE: try again at the next tick
+            return False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as libzmq does
+            sock.setblocking(False)
+            sock.bind(addr)
+            sock.listen(SENTINEL_BACKLOG)
+        except OSError:
+            sock.close()
+            return False
+        self.sock = sock
+        return True
+
+    def drain(self) -> int:
+        """Accept and close what is queued (at most SENTINEL_DRAIN); how many."""
+        if self.sock is None:
+            return 0
+        n = 0
+        for n in range(SENTINEL_DRAIN):
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:         # EAGAIN: none left; EMFILE: counted at the next scan
+                return n
+            conn.close()
+        return n + 1
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def tcp_address(endpoint: str) -> tuple[int, tuple[Any, ...]] | None:
+    """(family, address) of a ``tcp://`` endpoint as ZMQ_LAST_ENDPOINT gives
+    it (numeric host); None for anything else."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, (host, int(port))
+    return (socket.AF_INET, ("", int(port))) if host == "*" else None
 
 
 class FdWatch:
@@ -83,7 +158,8 @@ class FdWatch:
                 self._tcp.append((sock, endpoint))
                 self.monitors.append(mon)
         self._bound = {endpoint for _, endpoint in self._tcp}
-        self._scanned = count_open_fds()
+        self._sentinels = [Sentinel(endpoint) for _, endpoint in self._tcp]
+        self._scanned = count_open_fds(self.limit)
         self._delta = 0                 # accepted minus dropped since the scan
         self._next_scan = 0.0
 
@@ -110,17 +186,20 @@ class FdWatch:
 
     def tick(self, now: float, streams: int) -> None:
         """Housekeeping: rescan when due, and decide."""
+        if self.guard.refusing:
+            for sentinel in self._sentinels:
+                sentinel.open()     # until it gets the port: cheap, and only while refusing
         if now < self._next_scan:
             return
-        self._scanned, self._delta = count_open_fds(), 0
+        self._scanned, self._delta = count_open_fds(self.limit), 0
         near = self.guard.refusing or self.open >= fdguard.marks(self.limit, streams).low
         self._next_scan = now + (SCAN_PERIOD_NEAR_S if near else SCAN_PERIOD_S)
-        self._decide(now, streams)
+        self._decide(now, streams, sum(sentinel.drain() for sentinel in self._sentinels))
 
-    def _decide(self, now: float, streams: int) -> None:
+    def _decide(self, now: float, streams: int, attempts: int = 0) -> None:
         if not self._tcp:
             return
-        change = self.guard.decide(self.open, self.limit, streams, now)
+        change = self.guard.decide(self.open, self.limit, streams, now, attempts)
         if change is Change.REFUSE:
             self._refuse(now)
         elif change is Change.ACCEPT:
@@ -133,10 +212,12 @@ class FdWatch:
                 sock.unbind(endpoint)   # closes its connections too: their descriptors come back
         self._next_scan = now           # count what the unbind gave back
         logs.event(log, "tcp refusing", logging.WARNING, endpoints=",".join(e for _, e in self._tcp),
-                   open_fds=self.open, limit=self.limit, refusals=self.guard.refusals,
+                   open_fds=self.open, limit=self.limit, closures=self.guard.closures,
                    hold_s=self.guard.hold, reason=self.guard.reason)
 
     def _accept(self, now: float) -> None:
+        for sentinel in self._sentinels:
+            sentinel.close()
         for sock, endpoint in self._tcp:
             if endpoint in self._bound:
                 continue
@@ -147,14 +228,16 @@ class FdWatch:
                 logs.event(log, "tcp rebind failed", logging.WARNING, endpoint=endpoint, error=str(exc))
                 return
             self._bound.add(endpoint)
-        logs.event(log, "tcp accepting", open_fds=self.open, limit=self.limit)
+        logs.event(log, "tcp accepting", open_fds=self.open, limit=self.limit, refused=self.guard.refused)
 
     def status(self) -> dict[str, Any]:
         return {"fds": {"open": self.open, "limit": self.limit},
                 "tcp_refusing": self.guard.reason if self.guard.refusing else None,
-                "tcp_refusals": self.guard.refusals}
+                "tcp_closures": self.guard.closures, "tcp_refused": self.guard.refused}
 
     def close(self) -> None:
+        for sentinel in self._sentinels:
+            sentinel.close()
         for (sock, _), mon in zip(self._tcp, self.monitors):
             try:
                 sock.disable_monitor()
@@ -164,9 +247,8 @@ class FdWatch:
         self.monitors = []
 
 
-
 def status_of(watch: FdWatch | None) -> dict[str, Any]:
     """The status fields, also before the parent's sockets are bound."""
     if watch is None:
-        return {"fds": None, "tcp_refusing": None, "tcp_refusals": 0}
+        return {"fds": None, "tcp_refusing": None, "tcp_closures": 0, "tcp_refused": 0}
     return watch.status()
