@@ -209,7 +209,10 @@ class FdWatch:
         for sock, endpoint in self._tcp:
             if endpoint in self._bound:
                 self._bound.discard(endpoint)
-                sock.unbind(endpoint)   # closes its connections too: their descriptors come back
+                try:
+                    sock.unbind(endpoint)   # closes its connections too: their descriptors come back
+                except zmq.ZMQError as exc:     # never expected; never worth the parent
+                    logs.event(log, "tcp unbind failed", logging.WARNING, endpoint=endpoint, error=str(exc))
         self._next_scan = now           # count what the unbind gave back
         logs.event(log, "tcp refusing", logging.WARNING, endpoints=",".join(e for _, e in self._tcp),
                    open_fds=self.open, limit=self.limit, closures=self.guard.closures,
