@@ -145,13 +145,14 @@ def test_a_tcp_flood_with_a_low_hard_limit_leaves_the_parent_serving(limited):
     try:
         col.wait_count(5, 10)
         pid = first["pid"]
+        closed = 0
         for round in (1, 2):
             flooding = flood()
             # Either the parent runs out of descriptors (it used to, and the
             # next ipc accept, a control request, aborted it) or it closes
             # its TCP endpoint before that.
             reply = wait_for(lambda: open_fds(proc.pid) >= LIMIT - 4 or proc.poll() is not None or (
-                lambda r: r if r and r.get("tcp_closures", 0) >= round else None)(_ok(control)),
+                lambda r: r if r and r.get("tcp_closures", 0) > closed else None)(_ok(control)),
                 20, "the flood to fill the parent or be refused")
             # A control request is an ipc accept in the parent.
             reply = wait_for(lambda: proc.poll() is not None or _ok(control), 10, "a status answer")
@@ -166,18 +167,19 @@ def test_a_tcp_flood_with_a_low_hard_limit_leaves_the_parent_serving(limited):
             pid = row["pid"]
             # The flood goes on: the port stays closed to it, and the
             # attempts are counted.
-            wait_for(lambda: status(control)["tcp_refused"] >= 100, 10, "refused attempts counted")
-            assert status(control)["tcp_refusing"] is not None
+            wait_for(lambda: (_ok(control) or {}).get("tcp_refused", 0) >= 100 * round, 10, "refused attempts counted")
+            wait_for(lambda: (_ok(control) or {}).get("tcp_refusing"), 10, "the endpoint still closed")
             assert open_fds(proc.pid) < LIMIT - 8, "the parent kept descriptors free"
             flooding.close()
             # The flood gone, the endpoint accepts again and the subscriber
             # (reconnecting by itself) gets frames from the new worker.
-            wait_for(lambda: status(control)["tcp_refusing"] is None, 30, "TCP accepted again")
+            closed = wait_for(lambda: (lambda r: r and r["tcp_refusing"] is None and r["tcp_closures"])(_ok(control)),
+                              30, "TCP accepted again")
             col.wait_more(30, more=5)
             print(f"flood {round}: {flooding.opened} connections attempted")
         final = status(control)
         assert final["streams"][0]["state"] == "RUNNING"
-        assert final["tcp_closures"] == 2 and final["tcp_refused"] >= 200
+        assert final["tcp_closures"] >= 2 and final["tcp_refused"] >= 200
         assert proc.poll() is None
     finally:
         col.close()
