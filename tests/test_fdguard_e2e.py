@@ -23,7 +23,7 @@ import threading
 import pytest
 
 from feedsup.ipc.client import request
-from feedsup.procs import stop
+from feedsup.procs import rss_mb, stop
 from feedsup.supervisor.fdlimit import raise_fd_limit
 from harness import REPO, Collector, tied, wait_for, write_config
 
@@ -144,6 +144,7 @@ def test_a_tcp_flood_with_a_low_hard_limit_leaves_the_parent_serving(limited):
     col = Collector(f"tcp://127.0.0.1:{pub}", ("aggTrade.",))
     try:
         col.wait_count(5, 10)
+        rss_before = rss_mb(proc.pid)
         pid = first["pid"]
         closed = 0
         for round in (1, 2):
@@ -151,11 +152,12 @@ def test_a_tcp_flood_with_a_low_hard_limit_leaves_the_parent_serving(limited):
             # Either the parent runs out of descriptors (it used to, and the
             # next ipc accept, a control request, aborted it) or it closes
             # its TCP endpoint before that.
-            reply = wait_for(lambda: open_fds(proc.pid) >= LIMIT - 4 or proc.poll() is not None or (
+            wait_for(lambda: open_fds(proc.pid) >= LIMIT - 4 or proc.poll() is not None or (
                 lambda r: r if r and r.get("tcp_closures", 0) > closed else None)(_ok(control)),
                 20, "the flood to fill the parent or be refused")
             # A control request is an ipc accept in the parent.
-            reply = wait_for(lambda: proc.poll() is not None or _ok(control), 10, "a status answer")
+            reply = wait_for(lambda: proc.poll() is not None or (lambda r: r if r and r["tcp_refusing"] else None)(
+                _ok(control)), 10, "a status answer saying why tcp is refused")
             assert proc.poll() is None, "the parent died under the flood"
             assert reply["fds"]["limit"] == LIMIT and "file descriptors open" in reply["tcp_refusing"]
             # A new worker connects its uplink over ipc while the flood goes on.
@@ -181,6 +183,8 @@ def test_a_tcp_flood_with_a_low_hard_limit_leaves_the_parent_serving(limited):
         assert final["streams"][0]["state"] == "RUNNING"
         assert final["tcp_closures"] >= 2 and final["tcp_refused"] >= 200
         assert proc.poll() is None
+        print(f"parent RSS {rss_before:.1f} -> {rss_mb(proc.pid):.1f} MB")
+        assert rss_mb(proc.pid) - rss_before < 50, "a flood must not grow the parent's memory"
     finally:
         col.close()
 
