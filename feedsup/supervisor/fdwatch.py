@@ -38,8 +38,9 @@ SCAN_PERIOD_S = 1.0
 SCAN_PERIOD_NEAR_S = 0.2
 EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 # The monitor's sender is a PAIR whose send blocks libzmq's I/O thread when
-# the pipe is full; a deep receive queue (events are a few bytes, and at most
-# one accept per descriptor) means it never fills while the loop runs.
+# the pipe is full; a deep receive queue means it never fills while the loop
+# runs (events are a few bytes, and between two reads there are at most as
+# many accepts as free descriptors, plus the disconnects).
 MONITOR_RCVHWM = 100_000
 EVENTS_PER_CALL = 10_000
 _EVENT = struct.Struct("=HI")   # monitor event v1, first frame: event, value

@@ -184,8 +184,11 @@ class Parent:
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
         self.pub = pub
-        self._fdwatch = FdWatch(ctx, (pub, ctl))
-        fd_events = frozenset(self._fdwatch.monitors)
+        try:
+            self._fdwatch = FdWatch(ctx, (pub, ctl))
+        except (zmq.ZMQError, OSError) as exc:     # unguarded, but running
+            logs.event(log, "fd watch not started", logging.WARNING, error=str(exc))
+        fd_events = frozenset(self._fdwatch.monitors if self._fdwatch is not None else ())
         if self.sink is not None:
             self.sink.start()
         old_handlers = self._install_signals()
@@ -215,7 +218,8 @@ class Parent:
                     self._fdwatch.on_events(time.monotonic(), len(self._streams))
                 code = self._housekeeping()
         finally:
-            self._fdwatch.close()
+            if self._fdwatch is not None:
+                self._fdwatch.close()
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
