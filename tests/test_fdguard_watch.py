@@ -146,8 +146,9 @@ def test_status_table_says_why_tcp_connections_are_refused():
     reply = {"pid": 1, "uptime": 5, "published": 10, "suppressed": 0, "streams": [],
              "tcp_refusing": "170 of 256 file descriptors open; 98 are kept free for workers, control and metrics",
              "tcp_closures": 2, "tcp_refused": 900}
-    assert ("tcp endpoints closed to new connections: 170 of 256 file descriptors open; 98 are kept free "
-            "for workers, control and metrics (closed 2 times, 900 attempts refused)") in format_status(reply).splitlines()
+    line = ("tcp endpoints closed to new connections: 170 of 256 file descriptors open; 98 are kept free "
+            "for workers, control and metrics (closed 2 times, 900 attempts refused)")
+    assert line in format_status(reply).splitlines()
     assert "tcp endpoints" not in format_status({**reply, "tcp_refusing": None})
 
 
