@@ -44,6 +44,7 @@ EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 MONITOR_RCVHWM = 100_000
 EVENTS_PER_CALL = 10_000
 _EVENT = struct.Struct("=HI")   # monitor event v1, first frame: event, value
+_RESET = struct.pack("ii", 1, 0)    # SO_LINGER on, 0 s: close() sends RST
 # The sentinel's accept queue, and the most it accepts and closes per scan.
 SENTINEL_BACKLOG = 1024
 SENTINEL_DRAIN = 1024
@@ -111,6 +112,12 @@ class Sentinel:
                 conn, _ = self.sock.accept()
             except OSError:         # EAGAIN: none left; EMFILE: counted at the next scan
                 return n
+            try:
+                # A reset, not a FIN: a flood must not leave the host a
+                # TIME_WAIT socket per attempt (the kernel's table is shared).
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:
+                pass
             conn.close()
         return n + 1
 
