@@ -153,6 +153,9 @@ def format_status(reply: dict[str, Any]) -> str:
                  f"  duplicates suppressed {reply.get('suppressed')}")
     if isinstance(reply.get("sink"), dict):
         lines.append(format_sink(reply["sink"]))
+    if reply.get("tcp_refusing"):
+        lines.append(f"tcp endpoints closed to new connections: {reply['tcp_refusing']}"
+                     f" (closed {reply.get('tcp_closures')} times, {reply.get('tcp_refused')} attempts refused)")
     return "\n".join(lines)
 
 

@@ -132,6 +132,8 @@ class Metrics:
         self._published_seen = 0.0
         self._suppressed_seen = 0.0
         self._refused_seen = 0.0
+        self._tcp_closures_seen = 0.0
+        self._tcp_refused_seen = 0.0
         self._define_metrics()
 
     def _define_metrics(self) -> None:
@@ -157,6 +159,14 @@ class Metrics:
         self.curve_refused = Counter("feedsup_curve_refused_total",
                                      "Connections refused by CURVE authentication (unknown client key)",
                                      registry=r)
+        self.tcp_refusing = Gauge("feedsup_tcp_refusing", "1 while the tcp pub/control endpoints are closed "
+                                  "because file descriptors run short", registry=r)
+        self.tcp_closures = Counter("feedsup_tcp_closures_total", "Times the tcp pub/control endpoints were "
+                                    "closed because file descriptors ran short", registry=r)
+        self.tcp_refused = Counter("feedsup_tcp_refused_total", "Connection attempts refused while the tcp "
+                                   "endpoints were closed", registry=r)
+        self.open_fds = Gauge("feedsup_open_fds", "File descriptors open in the parent", registry=r)
+        self.fd_limit = Gauge("feedsup_fd_limit", "The parent's soft file-descriptor limit", registry=r)
         self.backfill_rows = Gauge("feedsup_backfill_rows", "Rows fetched so far by the stream's running "
                                    "REST backfill (0: none running)", ["stream"], registry=r)
         self.backfill_eta = Gauge("feedsup_backfill_eta_seconds", "Estimated seconds left in the stream's "
@@ -219,6 +229,14 @@ class Metrics:
             self._published_seen = _add_delta(self.published, self._published_seen, status.get("published"))
             self._suppressed_seen = _add_delta(self.suppressed, self._suppressed_seen, status.get("suppressed"))
             self._refused_seen = _add_delta(self.curve_refused, self._refused_seen, status.get("curve_refused"))
+            self._tcp_closures_seen = _add_delta(self.tcp_closures, self._tcp_closures_seen,
+                                                 status.get("tcp_closures"))
+            self._tcp_refused_seen = _add_delta(self.tcp_refused, self._tcp_refused_seen, status.get("tcp_refused"))
+            self.tcp_refusing.set(1 if status.get("tcp_refusing") else 0)
+            fds = status.get("fds")
+            if isinstance(fds, Mapping):
+                _set_if_number(self.open_fds, fds.get("open"))
+                _set_if_number(self.fd_limit, fds.get("limit"))
             sink = status.get("sink")
             for key, gauge in self.sink.items() if sink else ():
                 _set_if_number(gauge, float(sink.get(key) is not None) if key == "connected" else sink.get(key))

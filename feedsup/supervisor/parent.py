@@ -32,6 +32,7 @@ from feedsup.config import ANY_PORT, Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, gaps, policy as pol, refresh, state as saved
+from feedsup.supervisor.fdwatch import FdWatch, status_of
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
@@ -102,6 +103,7 @@ class Parent:
         self.last_values: dict[bytes, bytes] = {}    # topic -> last payload published
         self.open_gaps: dict[bytes, dict[str, Any]] = {}
         self.pub: zmq.Socket | None = None
+        self._fdwatch: FdWatch | None = None    # closes tcp endpoints while fds run short
         self._state_due = 0.0
         self._marks_behind: dict[str, Any] = {}
         self._origins = saved.Origins(config)    # where each topic's marks come from
@@ -165,6 +167,7 @@ class Parent:
             "suppressed": self.sequencer.suppressed,
             "curve_refused": self._gate.refused if self._gate is not None else None,
             "rejected": self.rejected,
+            **status_of(self._fdwatch),
             "metrics_port": self.metrics.port if self.metrics is not None else None,
             "streams": rows,
             "sink": self.sink.status() if self.sink is not None else None,
@@ -192,6 +195,11 @@ class Parent:
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
         self.pub = pub
+        try:
+            self._fdwatch = FdWatch(ctx, (pub, ctl))
+        except (zmq.ZMQError, OSError) as exc:     # unguarded, but running
+            logs.event(log, "fd watch not started", logging.WARNING, error=str(exc))
+        fd_events = frozenset(self._fdwatch.monitors if self._fdwatch is not None else ())
         if self.sink is not None:
             self.sink.start()
         if self._refresher is not None:
@@ -200,6 +208,8 @@ class Parent:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
+        for mon in fd_events:
+            poller.register(mon, zmq.POLLIN)
         start_at = time.monotonic() + (REJOIN_GRACE_S if self._restore_state() else 0.0)
         logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
                    streams=len(self.config.streams))
@@ -217,10 +227,14 @@ class Parent:
                     self._drain(pull, pub)
                 if ctl in ready:
                     self._serve_control(ctl)
+                if fd_events and not fd_events.isdisjoint(ready):
+                    self._fdwatch.on_events(time.monotonic(), len(self._streams))
                 code = self._housekeeping()
         finally:
             if self._refresher is not None:
                 self._refresher.stop()
+            if self._fdwatch is not None:
+                self._fdwatch.close()
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
@@ -678,6 +692,8 @@ class Parent:
         if self._refresher is not None and self._refresher.pending:
             actions += self._refresh_universes(now)
         actions += self.policy.tick(now)
+        if self._fdwatch is not None:
+            self._fdwatch.tick(now, len(self._streams))
         if self._sink_batch:
             self._flush_sink()
         if self.config.state_file and now >= self._state_due:
