@@ -106,6 +106,8 @@ def check_transition(old: State, new: State) -> None:
 
 
 # --- actions ---------------------------------------------------------------
+# What the policy asks the parent to do. Several share a shape (Terminate and
+# Kill, Spawn and Restarted) on purpose: the parent dispatches on the type.
 
 @dataclass(frozen=True)
 class Spawn:
