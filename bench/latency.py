@@ -19,7 +19,9 @@ root): on a loaded host it is otherwise starved too, and sends hundreds of
 messages at once after a stall of 100+ ms, which a remote exchange would
 not. ``--chrt all``: the BTCUSDT worker, the parent and the consumer as
 well (``--chrt nice``: nice -15 for them instead), the rest as it is:
-shows how much of the tail is waiting for a CPU. A benchmark, not a test: it asserts nothing.
+shows how much of the tail is waiting for a CPU. ``--chrt launch``: the
+exchange, and feedsup (all its workers) and the consumer started under
+``chrt -f 10``, as a user would. A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -74,19 +76,6 @@ def pct(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else float("nan")
 
 
-def prioritise(pid: int, how: str) -> None:
-    """SCHED_FIFO 10 (``all``) or nice -15 (``nice``) for every thread of
-    ``pid``; threads started later inherit it from their creator."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            if how == "all":
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(10))
-            else:
-                os.setpriority(os.PRIO_PROCESS, int(tid), -15)
-        except OSError:
-            pass
-
-
 def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH"))))}
     sys.path.insert(0, str(tree))
@@ -98,7 +87,7 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
         return proc, json.loads(read_line(proc, 30))
 
     sys.path.insert(0, str(BENCH))
-    from throughput import write_config  # noqa: E402
+    from throughput import prioritise, write_config  # noqa: E402
     procs = []
     try:
         sim, urls = start(["-m", "feedsup.sim", "--symbols", "BTCUSDT,ETHUSDT"])
@@ -112,11 +101,14 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
         with tempfile.TemporaryDirectory(prefix="feedsup-lat-") as tmp:
             config = write_config(Path(tmp), {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]},
                                   ("BTCUSDT", "ETHUSDT") if blast else ("BTCUSDT",))
-            consumer = subprocess.Popen(tied([sys.executable, "-c", CONSUMER, str(tree), f"ipc://{tmp}/pub",
+            # --chrt launch: the recipe for a user, ``chrt -f 10 feedsup run``
+            # (workers inherit the policy) and the consumer likewise.
+            rt = ["chrt", "-f", "10"] if chrt == "launch" else []
+            consumer = subprocess.Popen(tied([*rt, sys.executable, "-c", CONSUMER, str(tree), f"ipc://{tmp}/pub",
                                               str(seconds)]), stdout=subprocess.PIPE, text=True, env=env)
             procs.append(consumer)
             assert consumer.stdout.readline().strip() == "ready"
-            fs = subprocess.Popen(tied([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),
+            fs = subprocess.Popen(tied([*rt, sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)]),
                                   stderr=subprocess.DEVNULL, cwd=tree, env=env)
             procs.append(fs)
             if chrt in ("all", "nice"):
@@ -132,7 +124,7 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
                     time.sleep(0.05)
                 for pid in (worker, fs.pid, consumer.pid):
                     if pid:
-                        prioritise(pid, chrt)
+                        prioritise(pid, "fifo" if chrt == "all" else "nice")
             before = load1()
             out = consumer.stdout.readline()
             pairs = json.loads(out) if out else []
@@ -154,9 +146,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--case", action="append", choices=sorted(CASES))
-    ap.add_argument("--chrt", choices=("exchange", "nice", "all"),
+    ap.add_argument("--chrt", choices=("exchange", "nice", "all", "launch"),
                     help="SCHED_FIFO for the exchange (kblast); with nice -15 or SCHED_FIFO for the BTCUSDT worker,"
-                         " parent and consumer")
+                         " parent and consumer; or with feedsup and the consumer started under chrt")
     args = ap.parse_args()
     trees = [t.resolve() for t in args.tree or [REPO]]
     cases = args.case or list(CASES)
