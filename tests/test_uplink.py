@@ -27,16 +27,52 @@ def record(i: int) -> bytes:
                                                                      {"i": i, "agg_id": i, "time": 1000 + i}))
 
 
+def _batch_sizes(pull) -> list[int]:
+    sizes = []
+    while pull.poll(50):
+        sizes.append(len(list(frames.iter_records(pull.recv()))))
+    return sizes
+
+
+def test_a_burst_first_record_goes_at_once_then_batches_double(pair):
+    # The first record of a burst does not wait for the ones behind it (the
+    # parent and the consumer start on it while the worker parses on);
+    # batches then double, so a long burst still travels MAX_BATCH at a time.
+    up, pull = pair
+    up.send(record(0))
+    assert _batch_sizes(pull) == [1]
+    ramp = [2 ** k for k in range(1, MAX_BATCH.bit_length()) if 2 ** k < MAX_BATCH]
+    for i in range(sum(ramp) + 2 * MAX_BATCH):
+        up.send(record(i))
+    assert _batch_sizes(pull) == ramp + [MAX_BATCH, MAX_BATCH]
+
+
 def test_records_wait_for_flush_then_travel_as_one_message(pair):
     up, pull = pair
-    for i in range(3):
+    for i in range(3):                  # the ramp: 1, then 2; the next batch holds 4
+        up.send(record(i))
+    assert _batch_sizes(pull) == [1, 2]
+    for i in range(3, 6):
         up.send(record(i))
     assert not pull.poll(50)
     up.flush()
-    message = pull.recv()
-    got = list(frames.iter_records(message))
-    assert [r[2] for r in got] == [0, 1, 2]
-    assert [msgpack.unpackb(r[5])["data"]["i"] for r in got] == [0, 1, 2]
+    got = list(frames.iter_records(pull.recv()))
+    assert [r[2] for r in got] == [3, 4, 5]
+    assert [msgpack.unpackb(r[5])["data"]["i"] for r in got] == [3, 4, 5]
+
+
+def test_the_reader_catching_up_rearms_the_ramp_a_backlog_does_not(pair):
+    up, pull = pair
+    for i in range(7):                  # 1, 2, 4: the next batch would hold 8
+        up.send(record(i))
+    assert _batch_sizes(pull) == [1, 2, 4]
+    flush_before_block(up, lambda timeout: True)     # more is waiting on the socket: keep batching
+    up.send(record(7))
+    assert _batch_sizes(pull) == []
+    flush_before_block(up, lambda timeout: False)    # caught up: flush, and the next burst starts at 1
+    assert _batch_sizes(pull) == [1]
+    up.send(record(8))
+    assert _batch_sizes(pull) == [1]
 
 
 def test_control_message_flushes_pending_records_first(pair):
@@ -50,14 +86,15 @@ def test_control_message_flushes_pending_records_first(pair):
 
 def test_a_full_batch_is_sent_without_waiting(pair):
     up, pull = pair
-    for i in range(MAX_BATCH):
+    for i in range(2 * MAX_BATCH):      # the ramp, then full batches
         up.send(record(i))
-    assert pull.poll(1000)
-    assert len(list(frames.iter_records(pull.recv()))) == MAX_BATCH
+    assert MAX_BATCH in _batch_sizes(pull)
 
 
 def test_gap_records_mix_with_data_records(pair):
     up, pull = pair
+    up.send(record(0))                  # a burst's first record goes alone
+    pull.recv()
     up.send(record(1))
     up.send(frames.encode_gap(b"aggTrade.BTCUSDT", frames.encode_gap_body("aggTrade.BTCUSDT", "s", 1, 5, 9, "lost")))
     up.flush()
@@ -202,6 +239,9 @@ class _OwingUplink:
     def flush(self) -> None:
         self.flushes += 1
 
+    def rearm(self) -> None:
+        pass
+
 
 def test_owed_gap_notices_are_retried_while_the_network_is_quiet():
     # After a burst the parent fell behind on, the last drops are announced
@@ -211,7 +251,7 @@ def test_owed_gap_notices_are_retried_while_the_network_is_quiet():
     waits = []
     flush_before_block(up, lambda timeout: waits.append(timeout) or False)
     assert up.flushes == 4 and not up.owes
-    assert waits == [OWED_RETRY_S] * 3
+    assert waits == [0] + [OWED_RETRY_S] * 3      # one look for a backlog, then the retries
 
 
 def test_data_arriving_ends_the_wait_the_next_flush_retries():

@@ -16,10 +16,13 @@ were themselves dropped are sent again then. With no later data the notice
 goes out at the next flush (the next message, or the worker's exit).
 
 Records are batched until the reading thread is about to block on the
-network (``flush`` is the over-reader's ``before_block`` hook): batching only
-what has already arrived adds no latency, and a burst costs one ZeroMQ
-message instead of hundreds. Every batch starts with the worker's instance
-(``frames.batch_prefix``), so the parent knows who sent it.
+network (``flush`` is the over-reader's ``before_block`` hook), and within a
+burst in batches of 1, 2, 4, ... up to ``MAX_BATCH`` records: the first
+records of a burst do not wait for the worker to parse the rest (the parent
+and the consumer, on the other core, start on them at once), and a long
+burst or a backlog still costs one ZeroMQ message per ``MAX_BATCH`` records.
+Every batch starts with the worker's instance (``frames.batch_prefix``), so
+the parent knows who sent it.
 """
 
 from __future__ import annotations
@@ -61,13 +64,22 @@ class Uplink:
         # The batch always starts with the prefix: joined as is, no copy.
         self._batch: list[bytes] = [self._prefix]
         self._loss = Losses()
+        # Records that send a batch before the reader blocks: 1 at the start
+        # of a burst, doubling while the burst lasts, up to MAX_BATCH.
+        self._limit = 1
 
     def send(self, record: bytes) -> None:
-        """Queue one data or gap record; ``flush`` sends the batch."""
+        """Queue one data or gap record; a batch goes out when it holds the
+        ramp's size, or at ``flush``."""
         batch = self._batch
         batch.append(record)
-        if len(batch) > MAX_BATCH:
+        if len(batch) > self._limit:
+            self._limit = min(self._limit * 2, MAX_BATCH)
             self.flush()
+
+    def rearm(self) -> None:
+        """The reader caught up: the next burst's first record goes alone."""
+        self._limit = 1
 
     def flush(self) -> None:
         batch = self._batch
@@ -138,12 +150,17 @@ class Uplink:
 
 
 def flush_before_block(uplink: Any, readable: Callable[[float], bool]) -> None:
-    """The reader is about to block on the network: flush, and while gap
-    notices for drops are still owed (the parent is behind), wait for the
-    network at most ``OWED_RETRY_S`` at a time and flush again. Otherwise a
-    stream that goes quiet after the burst the parent fell behind on would
-    keep its last losses unannounced until its next message."""
+    """The reader is about to read the network: flush. If nothing is waiting
+    there (it caught up), the next burst's batches start from one record
+    again; a backlog keeps full batches. While gap notices for drops are
+    still owed (the parent is behind), wait for the network at most
+    ``OWED_RETRY_S`` at a time and flush again. Otherwise a stream that goes
+    quiet after the burst the parent fell behind on would keep its last
+    losses unannounced until its next message."""
     uplink.flush()
+    if readable(0):
+        return
+    uplink.rearm()
     while uplink.owes and not readable(OWED_RETRY_S):
         uplink.flush()
 
