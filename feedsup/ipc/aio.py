@@ -18,7 +18,6 @@ Decoding and the gap and catch-up rules are ``feedsup.ipc.client``'s
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any, Callable, Iterable
 
 import msgpack
@@ -26,8 +25,8 @@ import zmq
 import zmq.asyncio
 
 from feedsup.curve import CurveKeyError, CurveKeys
-from feedsup.ipc.client import (DEFAULT_MAXMSGSIZE, DEFAULT_RCVHWM, ControlError, Gap, SeqTracker,
-                                checked_reply, hello_topic, setup_sub, unpackb)
+from feedsup.ipc.client import (DEFAULT_MAXMSGSIZE, DEFAULT_RCVHWM, ControlError, Gap, SubscriberBase,
+                                checked_reply, hello_topic, unpackb)
 
 __all__ = ["AsyncSubscriber", "arequest", "Gap", "ControlError"]
 
@@ -35,20 +34,14 @@ __all__ = ["AsyncSubscriber", "arequest", "Gap", "ControlError"]
 YIELD_EVERY = 64
 
 
-class AsyncSubscriber:
+class AsyncSubscriber(SubscriberBase):
     """``curve``: client keys for a parent with CURVE on, as for ``Subscriber``."""
 
     def __init__(self, endpoint: str, topics: Iterable[str] = ("",), *, ctx: zmq.asyncio.Context | None = None,
                  rcvhwm: int = DEFAULT_RCVHWM, on_gap: Callable[[Gap], None] | None = None,
                  curve: CurveKeys | None = None, maxmsgsize: int = DEFAULT_MAXMSGSIZE) -> None:
-        self.curve = curve or CurveKeys.from_env()
-        self._own_ctx = ctx is None
-        self.ctx = ctx or zmq.asyncio.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        setup_sub(self.sock, endpoint, topics, rcvhwm, maxmsgsize, self.curve)
-        self.tracker = SeqTracker()
-        self.on_gap = on_gap
-        self._pending: deque[dict[str, Any]] = deque()
+        super().__init__(ctx or zmq.asyncio.Context(), ctx is None, endpoint, topics, rcvhwm, on_gap, curve,
+                         maxmsgsize)
         # The same socket without asyncio's per-call Future: a frame already
         # queued is taken with a plain non-blocking recv (never a wait).
         self._raw = zmq.Socket.shadow(self.sock.underlying)
@@ -86,10 +79,7 @@ class AsyncSubscriber:
             frame = await self._next(deadline)
             if frame is None:
                 return None
-            deliver, gap = self.tracker.admit(frame)
-            if gap is not None and self.on_gap is not None:
-                self.on_gap(gap)
-            if deliver:
+            if self._admitted(frame):
                 return frame
 
     async def _read(self, deadline: float | None) -> dict[str, Any] | None:
@@ -145,15 +135,6 @@ class AsyncSubscriber:
         frame = await self.recv()
         assert frame is not None          # no timeout: recv waits for a frame
         return frame
-
-    @property
-    def gaps(self) -> list[Gap]:
-        return self.tracker.gaps
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        if self._own_ctx:
-            self.ctx.term()
 
     async def __aenter__(self) -> "AsyncSubscriber":
         return self

@@ -125,7 +125,41 @@ def hello_topic() -> tuple[str, bytes]:
     return token, (HELLO_PREFIX + token).encode()
 
 
-class Subscriber:
+class SubscriberBase:
+    """What the blocking and the asyncio client share: a SUB socket set up by
+    ``setup_sub``, its context (closed with it when the client made it), the
+    seq tracker, and the frames ``catch_up`` buffered for later delivery."""
+
+    def __init__(self, ctx: zmq.Context, own_ctx: bool, endpoint: str, topics: Iterable[str], rcvhwm: int,
+                 on_gap: Callable[[Gap], None] | None, curve: CurveKeys | None, maxmsgsize: int) -> None:
+        self.curve = curve or CurveKeys.from_env()
+        self._own_ctx = own_ctx
+        self.ctx = ctx
+        self.sock = ctx.socket(zmq.SUB)
+        setup_sub(self.sock, endpoint, topics, rcvhwm, maxmsgsize, self.curve)
+        self.tracker = SeqTracker()
+        self.on_gap = on_gap
+        self._pending: deque[dict[str, Any]] = deque()
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.tracker.gaps
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def _admitted(self, frame: dict[str, Any]) -> bool:
+        """Whether to deliver a frame taken off the slow path (catch_up's
+        rules, ``SeqTracker.admit``); a gap it reveals goes to ``on_gap``."""
+        deliver, gap = self.tracker.admit(frame)
+        if gap is not None and self.on_gap is not None:
+            self.on_gap(gap)
+        return deliver
+
+
+class Subscriber(SubscriberBase):
     """``curve``: client keys for a parent with CURVE on (``feedsup.curve``);
     by default from ``FEEDSUP_CURVE_SERVER_KEY`` and ``FEEDSUP_CURVE_CLIENT_KEY_FILE``.
     A refused key connects and receives nothing."""
@@ -133,14 +167,7 @@ class Subscriber:
     def __init__(self, endpoint: str, topics: Iterable[str] = ("",), *, ctx: zmq.Context | None = None,
                  rcvhwm: int = DEFAULT_RCVHWM, on_gap: Callable[[Gap], None] | None = None,
                  curve: CurveKeys | None = None, maxmsgsize: int = DEFAULT_MAXMSGSIZE) -> None:
-        self.curve = curve or CurveKeys.from_env()
-        self._own_ctx = ctx is None
-        self.ctx = ctx or zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        setup_sub(self.sock, endpoint, topics, rcvhwm, maxmsgsize, self.curve)
-        self.tracker = SeqTracker()
-        self.on_gap = on_gap
-        self._pending: deque[dict[str, Any]] = deque()
+        super().__init__(ctx or zmq.Context(), ctx is None, endpoint, topics, rcvhwm, on_gap, curve, maxmsgsize)
         self._skip_upto = self.tracker.skip_upto      # the same dict: recv tests it inline
         self._queued = False      # recv: were frames already waiting last time?
         self._polled = 0
@@ -183,10 +210,7 @@ class Subscriber:
             frame = self._next(deadline)
             if frame is None:
                 return None
-            deliver, gap = self.tracker.admit(frame)
-            if gap is not None and self.on_gap is not None:
-                self.on_gap(gap)
-            if deliver:
+            if self._admitted(frame):
                 return frame
 
     def _read(self, deadline: float | None) -> dict[str, Any] | None:
@@ -245,15 +269,6 @@ class Subscriber:
             frame = self.recv()
             if frame is not None:
                 yield frame
-
-    @property
-    def gaps(self) -> list[Gap]:
-        return self.tracker.gaps
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        if self._own_ctx:
-            self.ctx.term()
 
     def __enter__(self) -> "Subscriber":
         return self

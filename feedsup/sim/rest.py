@@ -7,6 +7,8 @@ Rate limiting and fault injection wrap these in ``server.py``.
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Any, Callable, Mapping
 
 import orjson
@@ -176,10 +178,6 @@ def _one_or_all(hub: Hub, market: str, q: Mapping[str, str],
     return [row(m, now) for m in hub.markets[market].values()]
 
 
-def ticker_24hr(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    return _one_or_all(hub, market, q, _ticker_row)
-
-
 def _ticker_row(m: SymbolMarket, now: int) -> dict[str, Any]:
     ev = pl.ticker_event(m, m.rolling(now), now)
     row = {"symbol": ev["s"], "priceChange": ev["p"], "priceChangePercent": ev["P"], "weightedAvgPrice": ev["w"]}
@@ -194,33 +192,22 @@ def _ticker_row(m: SymbolMarket, now: int) -> dict[str, Any]:
     return row
 
 
-def book_ticker(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    return _one_or_all(hub, market, q, _book_row)
-
-
 def _book_row(m: SymbolMarket, now: int) -> dict[str, Any]:
     f = pl.fmt_of(m)
     bid, ask = m.center - 1, m.center + 1
-    row = {"symbol": m.spec.symbol, "bidPrice": f.p(bid), "bidQty": f.q(m.bids[bid]),
-           "askPrice": f.p(ask), "askQty": f.q(m.asks[ask])}
-    if m.market == USDM:
-        row["time"] = now
-    return row
-
-
-def ticker_price(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    return _one_or_all(hub, market, q, _price_row)
+    return _stamped(m, now, {"symbol": m.spec.symbol, "bidPrice": f.p(bid), "bidQty": f.q(m.bids[bid]),
+                             "askPrice": f.p(ask), "askQty": f.q(m.asks[ask])})
 
 
 def _price_row(m: SymbolMarket, now: int) -> dict[str, Any]:
-    row = {"symbol": m.spec.symbol, "price": pl.fmt_of(m).p(m.last_price)}
+    return _stamped(m, now, {"symbol": m.spec.symbol, "price": pl.fmt_of(m).p(m.last_price)})
+
+
+def _stamped(m: SymbolMarket, now: int, row: dict[str, Any]) -> dict[str, Any]:
+    """USD-M's ticker rows carry the time; spot's do not."""
     if m.market == USDM:
         row["time"] = now
     return row
-
-
-def premium_index(hub: Hub, market: str, q: Mapping[str, str]) -> Any:
-    return _one_or_all(hub, market, q, _premium_row)
 
 
 def _premium_row(m: SymbolMarket, now: int) -> dict[str, Any]:
@@ -228,6 +215,13 @@ def _premium_row(m: SymbolMarket, now: int) -> dict[str, Any]:
     return {"symbol": ev["s"], "markPrice": ev["p"], "indexPrice": ev["i"], "estimatedSettlePrice": ev["P"],
             "lastFundingRate": ev["r"], "interestRate": "0.00010000", "nextFundingTime": ev["T"],
             "time": now}
+
+
+# The ticker endpoints: one row shape each, one object for ?symbol= or the list.
+ticker_24hr = partial(_one_or_all, row=_ticker_row)
+book_ticker = partial(_one_or_all, row=_book_row)
+ticker_price = partial(_one_or_all, row=_price_row)
+premium_index = partial(_one_or_all, row=_premium_row)
 
 
 # -- weights ----------------------------------------------------------------------
