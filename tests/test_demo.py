@@ -81,10 +81,16 @@ def test_short_demo_shows_data_a_fault_the_restart_and_recovery(demo_env, timing
     assert not Path(rundir).exists()
 
 
-def test_demo_interrupted_cleans_up(demo_env):
-    """Ctrl-C (SIGINT) mid-demo: every process stops, exit 130."""
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_demo_interrupted_cleans_up(demo_env, inherited):
+    """Ctrl-C (SIGINT) mid-demo: every process stops, exit 130. Also when
+    started with SIGINT ignored (a background job of a script, nohup): a
+    signal the demo is sent on purpose is still its cue to clean up."""
     env, token = demo_env
-    proc = subprocess.Popen(tied(DEMO), env=env, stdout=subprocess.PIPE,
+    # An ignored signal stays ignored across exec: a small shim sets it, then execs.
+    shim = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "os.execvp(sys.argv[1], sys.argv[1:])"] if inherited == "ignored" else []
+    proc = subprocess.Popen(shim + tied(DEMO), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         lines = []

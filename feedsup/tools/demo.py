@@ -499,8 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m feedsup.tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="about 15 s instead of about a minute")
     args = parser.parse_args(argv)
-    # SIGTERM ends the demo like Ctrl-C: through the same cleanup.
+    # SIGTERM ends the demo like Ctrl-C: through the same cleanup. SIGINT is
+    # set too: Python leaves it ignored when started so (a background job of
+    # a script, nohup), and the demo would then run on and not clean up.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     rundir = Path(tempfile.mkdtemp(prefix="feedsup-demo-"))
     demo = Demo(SHORT if args.short else FULL, rundir)
     code = 0
