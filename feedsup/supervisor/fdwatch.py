@@ -32,7 +32,7 @@ from feedsup import logs
 from feedsup.supervisor import fdguard
 from feedsup.supervisor.fdguard import Change
 
-log = logging.getLogger("feedsup.parent")
+log = logging.getLogger("feedsup.relay")   # the relay runs the guard (relay.py)
 
 SCAN_PERIOD_S = 1.0
 SCAN_PERIOD_NEAR_S = 0.2
