@@ -33,7 +33,7 @@ from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, gaps, policy as pol, refresh, state as saved
 from feedsup.supervisor import fdwatch
-from feedsup.supervisor.relay import READY_TIMEOUT_S, Relay, RelaySpec
+from feedsup.supervisor.relay import READY_TIMEOUT_S, RELAY_ID, Relay, RelaySpec
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
@@ -723,9 +723,10 @@ class Parent:
                 logs.event(log, "control error", logging.WARNING, error=exc.__class__.__name__)
                 reply = msgpack.packb({"ok": False, "error": f"internal error: {exc.__class__.__name__}"})
             try:
-                # The whole envelope back: [client] from a REQ, [relay, client, ""]
-                # through the relay's DEALER.
-                ctl.send_multipart(parts[:-1] + [reply], zmq.NOBLOCK)
+                # Through the relay's DEALER the envelope is [relay, client, ""]:
+                # all of it goes back, so the relay can route the reply.
+                envelope = parts[:2] if parts[0] == RELAY_ID and len(parts) == 4 else parts[:1]
+                ctl.send_multipart(envelope + [b"", reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass            # the client is gone or not reading: drop the reply
 

@@ -72,6 +72,9 @@ RESTART_MAX_S = 5.0
 STABLE_AFTER_S = 10.0
 STOP_GRACE_S = 2.0
 MAX_LINE = 64 << 10
+# The relay's DEALER identity at the parent's control ROUTER: requests from it
+# carry the client's envelope, which the reply must carry back.
+RELAY_ID = b"feedsup-relay"
 
 
 @dataclass(frozen=True)
@@ -125,10 +128,14 @@ def _listener(ctx: zmq.Context, kind: int, spec: RelaySpec, keys: tuple[bytes, b
 
 def _upstream(ctx: zmq.Context, kind: int, endpoint: str, hwm: int | None = None) -> zmq.Socket:
     sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
     if hwm is not None:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
+    return _connected(sock, endpoint)
+
+
+def _connected(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)      # a connect: libzmq retries it, even on EMFILE
     return sock
 
@@ -210,7 +217,9 @@ def run(spec: RelaySpec) -> int:
             xpub.bind(spec.pub)
         if spec.control:
             router = _listener(ctx, zmq.ROUTER, spec, keys)
-            dealer = _upstream(ctx, zmq.DEALER, spec.control_upstream)
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.ROUTING_ID, RELAY_ID)
+            dealer = _connected(dealer, spec.control_upstream)
             socks += [router, dealer]
             pairs += [(router, dealer), (dealer, router)]
             outside.append(router)
