@@ -141,13 +141,17 @@ def _connected(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
 
 
 def _forward(src: zmq.Socket, dst: zmq.Socket) -> None:
+    # The hot path of every TCP subscriber: frames are small, so copying
+    # them is cheaper than zmq.Frame objects; bounded per wake-up.
+    recv, send = src.recv_multipart, dst.send_multipart
+    noblock = zmq.NOBLOCK
     for _ in range(BATCH):
         try:
-            msg = src.recv_multipart(zmq.NOBLOCK, copy=False)
+            msg = recv(noblock)
         except zmq.Again:
             return
         try:
-            dst.send_multipart(msg, zmq.NOBLOCK, copy=False)
+            send(msg, noblock)
         except zmq.ZMQError:
             pass        # no peer, or its queue full: dropped, as PUB and ROUTER drop
 
@@ -263,10 +267,11 @@ def run(spec: RelaySpec) -> int:
                     _forward(src, dst)
             now = time.monotonic()
             if watch is not None:
-                if not monitors.isdisjoint(ready):
+                if monitors and not monitors.isdisjoint(ready):
                     watch.on_events(now, 0)
                 watch.tick(now, 0)
-            reporter.send(report(), now)
+            if now >= reporter.due:
+                reporter.send(report(), now)
     finally:
         if watch is not None:
             watch.close()
