@@ -132,3 +132,12 @@ def test_the_relay_in_metrics_and_the_status_table():
     assert "feedsup_relay_up 1.0" in text and "feedsup_relay_restarts_total 3.0" in text
     assert "relay (tcp endpoints) BACKOFF: killed by SIGKILL (restarted 2 times)" in format_status(status)
     assert "relay" not in format_status({**status, "relay": {**status["relay"], "state": "RUNNING"}})
+
+
+def test_counts_add_up_over_relay_restarts(tmp_path):
+    relay = Relay(spec_for(tmp_path, "tcp://127.0.0.1:1"))
+    relay.report = {"bound": True, "curve_refused": 3, "tcp_refused": 5, "tcp_closures": 1}
+    relay._exited("killed by SIGKILL", 10.0)
+    assert relay.state == "BACKOFF" and relay.total("tcp_refused") == 5 and relay.total("curve_refused") == 3
+    relay.report = {"bound": True, "curve_refused": None, "tcp_refused": 2, "tcp_closures": 0}
+    assert (relay.total("tcp_refused"), relay.total("tcp_closures"), relay.total("curve_refused")) == (7, 1, 3)

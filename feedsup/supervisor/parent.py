@@ -182,17 +182,18 @@ class Parent:
     def _curve_refused(self) -> int | None:
         if not self.config.curve_server_key_file:
             return None
-        relayed = self._relay.report.get("curve_refused") if self._relay is not None else None
-        return (self._gate.refused if self._gate is not None else 0) + (relayed if type(relayed) is int else 0)
+        relayed = self._relay.total("curve_refused") if self._relay is not None else 0
+        return (self._gate.refused if self._gate is not None else 0) + relayed
 
     def _tcp_status(self) -> dict[str, Any]:
         """The parent's descriptors, and the relay's fd guard and state."""
-        report = self._relay.report if self._relay is not None else {}
+        relay = self._relay
         limit = fdwatch.fd_limit()
         return {"fds": {"open": fdwatch.count_open_fds(limit), "limit": limit},
-                "tcp_refusing": report.get("tcp_refusing"),
-                "tcp_closures": report.get("tcp_closures", 0), "tcp_refused": report.get("tcp_refused", 0),
-                "relay": self._relay.status() if self._relay is not None else None}
+                "tcp_refusing": relay.report.get("tcp_refusing") if relay is not None else None,
+                "tcp_closures": relay.total("tcp_closures") if relay is not None else 0,
+                "tcp_refused": relay.total("tcp_refused") if relay is not None else 0,
+                "relay": relay.status() if relay is not None else None}
 
     # -- the loop ------------------------------------------------------------------
 

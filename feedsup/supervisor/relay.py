@@ -79,6 +79,8 @@ MAX_LINE = 64 << 10
 # The relay's DEALER identity at the parent's control ROUTER: requests from it
 # carry the client's envelope, which the reply must carry back.
 RELAY_ID = b"feedsup-relay"
+# What a report counts: totals since the relay started.
+COUNTS = ("curve_refused", "tcp_closures", "tcp_refused")
 
 
 @dataclass(frozen=True)
@@ -382,13 +384,14 @@ class Relay:
         self.restarts = 0
         self.last_exit: str | None = None
         self.report: dict[str, Any] = {}
+        # Counts of relays that exited, so the totals survive a restart.
+        self._carried = dict.fromkeys(COUNTS, 0)
         self._buf = b""
         self._started_at = 0.0
         self._restart_at: float | None = None
         self._backoff = Backoff(RESTART_INITIAL_S, RESTART_MAX_S, STABLE_AFTER_S, rng or random.Random())
 
     def start(self, now: float) -> None:
-        self.report = {}
         self._buf = b""
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "feedsup.supervisor.relay", self.spec.to_json()],
@@ -434,7 +437,15 @@ class Relay:
             self.restarts += 1
             self.start(now)
 
+    def total(self, key: str) -> int:
+        """A count over every relay this parent ran (``COUNTS``)."""
+        value = self.report.get(key)
+        return self._carried[key] + (value if type(value) is int else 0)
+
     def _exited(self, why: str, now: float) -> None:
+        for key in COUNTS:
+            self._carried[key] = self.total(key)
+        self.report = {}
         ran = now - self._started_at if self.state == "RUNNING" else None
         self._backoff.reset_if_stable(ran)
         self.state = "BACKOFF"
