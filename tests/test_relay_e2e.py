@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 from feedsup.ipc.client import ControlError, Subscriber, request
 from feedsup.procs import alive
-from harness import Collector, Feedsup, wait_for, write_config
+from harness import Feedsup, tied, wait_for, write_config
 from test_fdguard_e2e import LIMIT, _ok, limited, open_fds, stream_row  # noqa: F401 (fixture)
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
@@ -25,6 +27,7 @@ PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["
 # while the flood goes on (what made the old design's race reachable).
 STARVED_S = 1.0
 ROUNDS = 5
+HOG = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
 
 def _asks(control: str, answers: list[bool], stop: threading.Event) -> None:
@@ -84,6 +87,55 @@ def test_a_flood_while_the_parent_is_starved_cannot_kill_it(limited):
         stop_asking.set()
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
+        for t in askers:
+            t.join(5)
+
+
+def test_a_flood_while_the_parent_loop_waits_for_a_cpu_cannot_kill_it(limited):
+    """The old race itself: the parent's main thread (its loop) gets a CPU
+    only when nothing else wants one (SCHED_IDLE), its other threads (libzmq's
+    I/O thread) run as usual, and a flood arrives. The I/O thread accepted TCP
+    connections on its own until none was left, and the next ipc accept (a
+    new worker's uplink, a control request) aborted the parent."""
+    proc, control, pub, flood = limited
+    first = wait_for(lambda: (lambda r: r if r and r["state"] == "RUNNING" and r["pid"] else None)(
+        stream_row(control)), 20, "the stream RUNNING")
+    stop_asking = threading.Event()
+    answers: list[bool] = []
+    askers = [threading.Thread(target=_asks, args=(control, answers, stop_asking), daemon=True) for _ in range(2)]
+    floods: list = []
+    # A host short of CPU: one busy process per core, for the starved span only.
+    hogs = [subprocess.Popen(tied([sys.executable, "-c", HOG, str(STARVED_S * 3)]))
+            for _ in range(os.cpu_count() or 2)]
+    try:
+        for t in askers:
+            t.start()
+        os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))    # the main thread only
+        floods = [flood() for _ in range(3)]
+        os.kill(first["pid"], signal.SIGKILL)   # its successor connects over ipc meanwhile
+        stop_asking.wait(STARVED_S * 3)     # the starvation itself, not a synchronisation
+        os.sched_setscheduler(proc.pid, os.SCHED_OTHER, os.sched_param(0))
+        for f in floods:
+            f.close()
+        row = wait_for(lambda: proc.poll() is not None or (lambda r: r if r and r["state"] == "RUNNING" and
+                                                           r["pid"] not in (None, first["pid"]) else None)(
+            stream_row(control)), 30, "a new worker RUNNING")
+        assert proc.poll() is None, f"the parent died under the flood (exit {proc.returncode})"
+        assert row["pid"] != first["pid"]
+        status = request(control, "status", timeout=2)
+        assert status["fds"]["open"] < LIMIT // 2, status["fds"]
+        print(f"{sum(answers)} control answers; {sum(f.opened for f in floods)} connections attempted; "
+              f"relay {status['relay']}")
+    finally:
+        stop_asking.set()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        if proc.poll() is None:
+            try:
+                os.sched_setscheduler(proc.pid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
         for t in askers:
             t.join(5)
 
