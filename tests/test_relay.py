@@ -141,3 +141,25 @@ def test_counts_add_up_over_relay_restarts(tmp_path):
     assert relay.state == "BACKOFF" and relay.total("tcp_refused") == 5 and relay.total("curve_refused") == 3
     relay.report = {"bound": True, "curve_refused": None, "tcp_refused": 2, "tcp_closures": 0}
     assert (relay.total("tcp_refused"), relay.total("tcp_closures"), relay.total("curve_refused")) == (7, 1, 3)
+
+
+def test_a_silent_relay_is_killed_and_restarted(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        pub = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    relay = Relay(spec_for(tmp_path, pub))
+    try:
+        t0 = time.monotonic()
+        relay.start(t0)
+        assert relay.wait_ready(15) is None
+        first = relay.proc.pid
+        os.kill(first, signal.SIGSTOP)      # stuck: neither serving nor exiting
+        relay.poll(t0 + 5)                  # within HUNG_AFTER_S of its last report: left alone
+        assert relay.state == "RUNNING" and relay.proc.pid == first
+        relay.poll(t0 + 60)                 # silent far too long (a fake clock)
+        assert relay.state == "BACKOFF" and "SIGKILL" in relay.last_exit and not alive(first)
+        relay.poll(t0 + 120)                # the backoff elapsed: a new relay
+        assert relay.restarts == 1 and relay.proc is not None and relay.proc.pid != first
+        assert relay.wait_ready(15) is None
+    finally:
+        relay.stop()

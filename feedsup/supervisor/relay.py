@@ -67,6 +67,10 @@ BATCH = 2000
 POLL_MS = 100
 FLUSH_MS = 1000
 REPORT_PERIOD_S = 0.5
+# A report goes out at least this often, changed or not: the parent's proof
+# that the relay's loop runs. Silent for HUNG_AFTER_S: the parent kills it.
+HEARTBEAT_S = 2.0
+HUNG_AFTER_S = 10.0
 EXIT_UNAVAILABLE = 69
 EXIT_ORPHAN = 70
 # The parent's side.
@@ -222,6 +226,7 @@ class _Reporter:
     def __init__(self) -> None:
         self.last = ""
         self.due = 0.0
+        self._beat = 0.0
         try:
             os.set_blocking(1, False)
         except OSError:
@@ -232,8 +237,9 @@ class _Reporter:
             return
         self.due = now + REPORT_PERIOD_S
         line = json.dumps(report, separators=(",", ":"))
-        if line == self.last and not force:
+        if line == self.last and not force and now < self._beat:
             return
+        self._beat = now + HEARTBEAT_S
         try:
             os.write(1, (line + "\n").encode())
             self.last = line
@@ -388,6 +394,7 @@ class Relay:
         self._carried = dict.fromkeys(COUNTS, 0)
         self._buf = b""
         self._started_at = 0.0
+        self._heard_at = 0.0
         self._restart_at: float | None = None
         self._backoff = Backoff(RESTART_INITIAL_S, RESTART_MAX_S, STABLE_AFTER_S, rng or random.Random())
 
@@ -403,7 +410,7 @@ class Relay:
             return
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.state = "STARTING"
-        self._started_at = now
+        self._started_at = self._heard_at = now
         self._restart_at = None
         logs.event(log, "relay start", pid=self.proc.pid, pub=self.spec.pub, control=self.spec.control)
 
@@ -424,7 +431,14 @@ class Relay:
     def poll(self, now: float, restart: bool = True) -> None:
         """Read what the relay wrote; notice its exit; restart it when due."""
         if self.proc is not None:
-            self._read()
+            if self._read():
+                self._heard_at = now
+            elif now - self._heard_at > HUNG_AFTER_S and self.proc.returncode is None:
+                # Stopped or stuck: not serving, and not exiting by itself.
+                logs.event(log, "relay hung", logging.WARNING, pid=self.proc.pid,
+                           silent_s=f"{now - self._heard_at:.1f}")
+                self.proc.kill()
+                self.proc.wait()
             code = self.proc.poll()
             if code is not None:
                 self._read()
@@ -455,13 +469,14 @@ class Relay:
         logs.event(log, "relay exited", logging.WARNING, reason=why, restart_in=f"{delay:.2f}s",
                    restarts=self.restarts)
 
-    def _read(self) -> None:
+    def _read(self) -> bool:
+        """Take the relay's reports; whether it wrote anything."""
         try:
             chunk = os.read(self.proc.stdout.fileno(), MAX_LINE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
+        except OSError:     # EAGAIN: nothing new
+            return False
+        if not chunk:
+            return False
         self._buf += chunk
         *lines, self._buf = self._buf.split(b"\n")
         if len(self._buf) > MAX_LINE:
@@ -475,6 +490,7 @@ class Relay:
                 self.report = report
                 if report.get("bound") and self.state == "STARTING":
                     self.state = "RUNNING"
+        return True
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
