@@ -18,7 +18,7 @@ import sys
 import threading
 
 from feedsup.ipc.client import ControlError, Subscriber, request
-from feedsup.procs import alive
+from feedsup.procs import alive, rss_mb
 from harness import Feedsup, tied, wait_for, write_config
 from test_fdguard_e2e import LIMIT, _ok, limited, open_fds, stream_row  # noqa: F401 (fixture)
 
@@ -45,6 +45,7 @@ def test_a_flood_while_the_parent_is_starved_cannot_kill_it(limited):
     first = wait_for(lambda: (lambda r: r if r and r["state"] == "RUNNING" and r["pid"] else None)(
         stream_row(control)), 20, "the stream RUNNING")
     pid = first["pid"]
+    rss_before = rss_mb(proc.pid)
     stop_asking = threading.Event()
     answers: list[bool] = []
     askers = [threading.Thread(target=_asks, args=(control, answers, stop_asking), daemon=True) for _ in range(2)]
@@ -81,6 +82,7 @@ def test_a_flood_while_the_parent_is_starved_cannot_kill_it(limited):
         # The parent's descriptors are not what the flood eats.
         assert status["fds"]["open"] < LIMIT // 2, status["fds"]
         assert status["relay"]["state"] == "RUNNING"
+        assert rss_mb(proc.pid) - rss_before < 50, "a flood must not grow the parent's memory"
         print(f"{sum(answers)} control answers, {answers.count(False)} timeouts; "
               f"{attempted} connections attempted; relay {status['relay']}")
     finally:
