@@ -8,8 +8,9 @@ non-blocking connections to PUB as fast as they can (each keeping at most
 900 open) while this script asks for the status over ipc without pause and
 SIGKILLs the stream's worker every 4 s (under the restart intensity) (its successor connects over ipc).
 Prints whether the parent survived, the connections attempted, the highest
-descriptor count sampled in the parent, and the closures of the tcp
-endpoints; exits 1 if the parent died.
+descriptor count sampled in the parent and in the relay (the process that
+serves the tcp endpoint, feedsup/supervisor/relay.py), its restarts, and
+the closures of the tcp endpoints; exits 1 if the parent died.
 """
 
 import argparse
@@ -104,12 +105,15 @@ def main() -> int:
             wait_for(lambda: (row(control) or {}).get("state") == "RUNNING", 20, "the stream RUNNING")
             flooders = [subprocess.Popen([sys.executable, "-c", FLOOD, str(port), str(args.seconds)],
                                          stdout=subprocess.PIPE, text=True) for _ in range(args.flooders)]
-            peak = kills = answers = 0
+            relay_pid = (request(control, "status", timeout=2).get("relay") or {}).get("pid")
+            peak = relay_peak = kills = answers = 0
             end = time.monotonic() + args.seconds
             next_kill = time.monotonic() + 1
             while time.monotonic() < end and proc.poll() is None:
                 try:
                     peak = max(peak, len(os.listdir(f"/proc/{proc.pid}/fd")))
+                    if relay_pid:
+                        relay_peak = max(relay_peak, len(os.listdir(f"/proc/{relay_pid}/fd")))
                 except OSError:
                     pass
                 r = row(control)
@@ -123,7 +127,9 @@ def main() -> int:
             status = request(control, "status", timeout=2) if alive else {}
             print(f"limit {args.limit}: parent {'alive' if alive else f'DIED (code {proc.returncode})'}; "
                   f"{attempts} connections attempted by {args.flooders} flooders in {args.seconds:g} s; "
-                  f"peak {peak} fds sampled; {kills} workers killed and replaced; {answers} status answers; "
+                  f"peak {peak} fds sampled in the parent, {relay_peak} in the relay "
+                  f"(restarts {(status.get('relay') or {}).get('restarts', '-')}); "
+                  f"{kills} workers killed and replaced; {answers} status answers; "
                   f"tcp endpoints closed {status.get('tcp_closures', '-')} times, "
                   f"{status.get('tcp_refused', '-')} attempts refused")
             if not alive:

@@ -3,6 +3,7 @@ a shared machine where one run says little.
 
     python bench/latency.py [--tree DIR ...] [--runs 5] [--seconds 4]
                             [--case 5k --case 20k --case 5k+blast] [--chrt]
+                            [--pub ipc --pub tcp]
 
 Each run starts the same exchange as ``bench/throughput.py`` (``kblast.py``
 pacing BTCUSDT in 1 ms steps, optionally ETHUSDT blasting through a second
@@ -76,7 +77,7 @@ def pct(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else float("nan")
 
 
-def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None) -> dict:
+def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None, pub_kind: str = "ipc") -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH"))))}
     sys.path.insert(0, str(tree))
     from feedsup.procs import child_pids, read_line, stop, tied  # noqa: E402
@@ -87,7 +88,7 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
         return proc, json.loads(read_line(proc, 30))
 
     sys.path.insert(0, str(BENCH))
-    from throughput import prioritise, write_config  # noqa: E402
+    from throughput import prioritise, pub_endpoint, write_config  # noqa: E402
     procs = []
     try:
         sim, urls = start(["-m", "feedsup.sim", "--symbols", "BTCUSDT,ETHUSDT"])
@@ -99,12 +100,13 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
             subprocess.run(["chrt", "-a", "-f", "-p", "20", str(blaster.pid)], check=True,
                            stdout=subprocess.DEVNULL)
         with tempfile.TemporaryDirectory(prefix="feedsup-lat-") as tmp:
+            pub = pub_endpoint(Path(tmp), pub_kind)
             config = write_config(Path(tmp), {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]},
-                                  ("BTCUSDT", "ETHUSDT") if blast else ("BTCUSDT",))
+                                  ("BTCUSDT", "ETHUSDT") if blast else ("BTCUSDT",), pub)
             # --chrt launch: the recipe for a user, ``chrt -f 10 feedsup run``
             # (workers inherit the policy) and the consumer likewise.
             rt = ["chrt", "-f", "10"] if chrt == "launch" else []
-            consumer = subprocess.Popen(tied([*rt, sys.executable, "-c", CONSUMER, str(tree), f"ipc://{tmp}/pub",
+            consumer = subprocess.Popen(tied([*rt, sys.executable, "-c", CONSUMER, str(tree), pub,
                                               str(seconds)]), stdout=subprocess.PIPE, text=True, env=env)
             procs.append(consumer)
             assert consumer.stdout.readline().strip() == "ready"
@@ -149,18 +151,23 @@ def main() -> None:
     ap.add_argument("--chrt", choices=("exchange", "nice", "all", "launch"),
                     help="SCHED_FIFO for the exchange (kblast); with nice -15 or SCHED_FIFO for the BTCUSDT worker,"
                          " parent and consumer; or with feedsup and the consumer started under chrt")
+    ap.add_argument("--pub", action="append", choices=("ipc", "tcp"),
+                    help="the consumer on the ipc PUB, or on a tcp:// PUB through the relay process; "
+                         "repeat to interleave both (default: ipc)")
     args = ap.parse_args()
     trees = [t.resolve() for t in args.tree or [REPO]]
+    pubs = args.pub or ["ipc"]
     cases = args.case or list(CASES)
     results: dict[tuple[str, str], list[dict]] = {}
     print(f"{'case':9} {'tree':28} {'n':>6} {'p50':>6} {'p99':>6} {'p99.9':>6} {'max':>6} {'load1':>5}  (ms)")
     for case in cases:
         rate, blast = CASES[case]
         for _ in range(args.runs):
-            for tree in trees:
-                r = one_run(tree, rate, blast, args.seconds, args.chrt)
-                results.setdefault((case, str(tree)), []).append(r)
-                print(f"{case:9} {str(tree)[-28:]:28} {r['n']:>6} {r['p50']:>6.3f} {r['p99']:>6.3f}"
+            for tree, pub in ((t, p) for t in trees for p in pubs):
+                r = one_run(tree, rate, blast, args.seconds, args.chrt, pub)
+                label = f"{pub} {str(tree)[-24:]}"
+                results.setdefault((case, label), []).append(r)
+                print(f"{case:9} {label[-28:]:28} {r['n']:>6} {r['p50']:>6.3f} {r['p99']:>6.3f}"
                       f" {r['p999']:>6.3f} {r['max']:>6.2f} {r['load']:>5.2f}", flush=True)
     print("\nmedian of runs [min-max]")
     for (case, tree), rs in results.items():

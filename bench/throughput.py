@@ -85,7 +85,18 @@ def start_exchange(count: int, rates: dict[str, int] | None = None) -> tuple[lis
     return [sim, blast], {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]}
 
 
-def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",)) -> Path:
+def pub_endpoint(tmp: Path, kind: str = "ipc") -> str:
+    """Where feedsup publishes: its ipc socket, or (``tcp``) a loopback port,
+    served by the relay process (feedsup/supervisor/relay.py)."""
+    if kind == "ipc":
+        return f"ipc://{tmp}/pub"
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",), pub: str = "") -> Path:
     path = tmp / "bench.toml"
     streams = "".join(f"""
 [[stream]]
@@ -97,7 +108,7 @@ symbols = ["{s}"]
 """ for s in symbols)
     path.write_text(f"""
 [feedsup]
-pub = "ipc://{tmp}/pub"
+pub = "{pub or f'ipc://{tmp}/pub'}"
 control = "ipc://{tmp}/ctl"
 pub_hwm = 1000000
 [binance.spot]
@@ -144,19 +155,22 @@ def consume(sub: Subscriber, count: int, timeout: float = 20.0) -> tuple[int, fl
 
 def feedsup_pids(fs: subprocess.Popen) -> dict[str, int]:
     pids = {"parent": fs.pid}
-    for i, pid in enumerate(sorted(child_pids(fs.pid))):
+    workers = sorted(p for p in child_pids(fs.pid) if b"feedsup.supervisor.relay" not in cmdline(p))
+    for i, pid in enumerate(workers):
         pids[f"worker {i + 1}" if i else "worker"] = pid
+    pids.update({"relay": p for p in child_pids(fs.pid) if b"feedsup.supervisor.relay" in cmdline(p)})
     return pids
 
 
-def end_to_end(count: int) -> dict:
+def end_to_end(count: int, pub_kind: str = "ipc") -> dict:
     """feedsup, one kline stream, ``count`` blasted messages; the consumer here."""
     procs, urls = start_exchange(count)
     try:
         raw, raw_cpu = raw_receive(urls["ws_url"], count)
         with tempfile.TemporaryDirectory(prefix="feedsup-bench-") as tmp:
-            config = write_config(Path(tmp), urls)
-            sub = Subscriber(f"ipc://{tmp}/pub", ["kline."])
+            pub = pub_endpoint(Path(tmp), pub_kind)
+            config = write_config(Path(tmp), urls, pub=pub)
+            sub = Subscriber(pub, ["kline."])
             fs = run_feedsup(config)
             try:
                 first = sub.recv(timeout=60)
@@ -181,7 +195,8 @@ def end_to_end(count: int) -> dict:
             "gaps": len(sub.gaps), "first": start_at}
 
 
-def latency(rate: int, seconds: float, blast_other: bool = False, rt: bool = False) -> tuple[list[float], float]:
+def latency(rate: int, seconds: float, blast_other: bool = False, rt: bool = False,
+            pub_kind: str = "ipc") -> tuple[list[float], float]:
     """``rt``: the exchange (kblast), the parent, the BTCUSDT worker and this
     consumer run SCHED_FIFO (root only; see bench/latency.py)."""
     procs, urls = start_exchange(0, {"BTCUSDT": rate})
@@ -192,13 +207,14 @@ def latency(rate: int, seconds: float, blast_other: bool = False, rt: bool = Fal
         subprocess.run(["chrt", "-a", "-f", "-p", "20", str(procs[1].pid)], check=True, stdout=subprocess.DEVNULL)
     try:
         with tempfile.TemporaryDirectory(prefix="feedsup-bench-") as tmp:
-            config = write_config(Path(tmp), urls, symbols)
+            pub = pub_endpoint(Path(tmp), pub_kind)
+            config = write_config(Path(tmp), urls, symbols, pub)
             fs = run_feedsup(config)
             if rt:
                 # After feedsup's start (it would inherit it), before the
                 # Subscriber's I/O thread (which does).
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-            sub = Subscriber(f"ipc://{tmp}/pub", ["kline.BTCUSDT"])
+            sub = Subscriber(pub, ["kline.BTCUSDT"])
             try:
                 if sub.recv(timeout=60) is None:
                     raise SystemExit("no frames from feedsup")
@@ -260,11 +276,14 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--rt", action="store_true",
                     help="latency with the exchange, parent, measured worker, consumer SCHED_FIFO (root)")
+    ap.add_argument("--pub", choices=("ipc", "tcp"), default="ipc",
+                    help="the consumer on the ipc PUB, or on a tcp:// PUB through the relay process")
     args = ap.parse_args()
 
     if not args.skip_throughput:
-        t = end_to_end(args.count)
-        print(f"\nthroughput: {args.count:,} combined btcusdt@kline_1m messages, blasted, {os.cpu_count()} cores")
+        t = end_to_end(args.count, args.pub)
+        print(f"\nthroughput: {args.count:,} combined btcusdt@kline_1m messages, blasted, {os.cpu_count()} cores,"
+              f" consumer on {args.pub}")
         print(f"  {'path':44} {'msgs/s':>10} {'CPU us/msg':>11}")
         print(f"  {'raw websocket-client recv_data loop':44} {t['raw']:>10,.0f} {t['raw_cpu']:>11.2f}")
         total = sum(t["cpu"].values())
@@ -281,7 +300,7 @@ def main() -> None:
         print(f"  {'load':36} {'msgs/s':>8} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
         for label, rate, other in (("steady 5,000/s", 5000, False), ("steady 20,000/s", 20000, False),
                                    ("5,000/s while ETHUSDT blasts", 5000, True)):
-            samples, measured = latency(rate, args.seconds, other, args.rt)
+            samples, measured = latency(rate, args.seconds, other, args.rt, args.pub)
             print(f"  {label:36} {measured:>8,.0f} {pct(samples, 0.5):>7.3f} {pct(samples, 0.99):>7.3f}"
                   f" {pct(samples, 0.999):>7.3f} {max(samples, default=float('nan')):>7.3f}")
 

@@ -153,6 +153,10 @@ def format_status(reply: dict[str, Any]) -> str:
                  f"  duplicates suppressed {reply.get('suppressed')}")
     if isinstance(reply.get("sink"), dict):
         lines.append(format_sink(reply["sink"]))
+    relay = reply.get("relay")
+    if isinstance(relay, dict) and relay.get("state") != "RUNNING":
+        lines.append(f"relay (tcp endpoints) {relay.get('state')}: {relay.get('last_exit')}"
+                     f" (restarted {relay.get('restarts')} times)")
     if reply.get("tcp_refusing"):
         lines.append(f"tcp endpoints closed to new connections: {reply['tcp_refusing']}"
                      f" (closed {reply.get('tcp_closures')} times, {reply.get('tcp_refused')} attempts refused)")

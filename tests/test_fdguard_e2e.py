@@ -4,9 +4,11 @@ With soft = hard = 256 the parent cannot raise its limit. A client opening
 connections to the ``tcp://`` PUB endpoint as fast as it can used to take
 every descriptor; the next ipc accept (a worker's uplink, a control request)
 then made libzmq abort the whole process ("Too many open files"), and every
-stream with it. The parent must stop accepting on its TCP endpoints before
-that, keep serving workers and control over ipc, say why in its status, and
-accept again once the flood is gone.
+stream with it. Now the relay process holds the TCP endpoint (the parent
+never listens on TCP): the relay stops accepting before its own limit, the
+parent keeps serving workers and control over ipc with its descriptors
+untouched, the status says why TCP is refused, and the relay accepts again
+once the flood is gone.
 """
 
 from __future__ import annotations

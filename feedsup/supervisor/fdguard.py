@@ -1,21 +1,23 @@
-"""When the parent stops accepting TCP connections because descriptors run short.
+"""When the relay stops accepting TCP connections because descriptors run short.
 
-Every connection to a ``tcp://`` PUB or control endpoint costs the parent one
-file descriptor. libzmq survives a failed TCP accept, but an ipc accept (a
-worker's uplink, a control request) or a new socket that meets EMFILE aborts
-the whole process. So the descriptors feedsup itself may still need are kept
-free: when the open count reaches the high-water mark, the parent closes its
-TCP endpoints (which also closes every connection accepted through them) and
+Only the relay process listens on TCP (``relay.py``: the parent never does,
+since libzmq aborts a process whose ipc accept meets EMFILE). libzmq
+survives a failed TCP accept, but at the limit its I/O thread spins on a
+listener it cannot accept from, and real subscribers wait for the flood's
+idle connections to time out. So near the limit the relay closes its TCP
+endpoints (which also closes every connection accepted through them) and
 opens them again once the count is back under the low-water mark and a hold
 time has passed. The hold doubles while closures follow each other.
 
 While closed, a plain socket holds the port and closes what it accepts at
 once: each is a refused attempt, counted. The port goes back to libzmq only
 once attempts have slowed down enough: libzmq's I/O thread accepts on its
-own, and only the loop (one thread, maybe waiting for a CPU) can close the
-endpoint again, so a flood still going on would fill the table before the
-loop reacts. On a loaded 2-core host a reopened port took 238 accepts in
-16 ms; an ipc accept landing then would abort the process.
+own, and only the loop can close the endpoint again, so a flood still going
+on would fill the table before the loop reacts. On a loaded 2-core host a
+reopened port took 238 accepts in 16 ms.
+
+The relay passes ``streams=0``: the per-worker reserve is the parent's
+concern no more; what it keeps free is for its own sockets and pipes.
 
 Pure: the caller passes the open count, the limit and ``now``; this module
 only says when to change. ``fdwatch.py`` is the I/O around it.

@@ -23,7 +23,9 @@ import os
 import resource
 import socket
 import struct
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import zmq
@@ -32,7 +34,7 @@ from feedsup import logs
 from feedsup.supervisor import fdguard
 from feedsup.supervisor.fdguard import Change
 
-log = logging.getLogger("feedsup.parent")
+log = logging.getLogger("feedsup.relay")   # the relay runs the guard (relay.py)
 
 SCAN_PERIOD_S = 1.0
 SCAN_PERIOD_NEAR_S = 0.2
@@ -149,8 +151,12 @@ class FdWatch:
     while they run short (``fdguard``), and reopens them."""
 
     def __init__(self, ctx: zmq.Context, sockets: Sequence[zmq.Socket],
-                 guard: fdguard.FdGuard | None = None, limit: int | None = None) -> None:
+                 guard: fdguard.FdGuard | None = None, limit: int | None = None,
+                 exclusive: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> None:
         self.guard = guard or fdguard.FdGuard()
+        # Held while an endpoint is closed or opened: a socket another thread
+        # drives (the relay's proxy) is handed to this one meanwhile.
+        self._exclusive = exclusive
         self.limit = fd_limit() if limit is None else limit
         self._tcp: list[tuple[zmq.Socket, str]] = []
         self.monitors: list[zmq.Socket] = []
@@ -208,10 +214,13 @@ class FdWatch:
         if not self._tcp:
             return
         change = self.guard.decide(self.open, self.limit, streams, now, attempts)
-        if change is Change.REFUSE:
-            self._refuse(now)
-        elif change is Change.ACCEPT:
-            self._accept(now)
+        if change is None:
+            return
+        with self._exclusive():
+            if change is Change.REFUSE:
+                self._refuse(now)
+            else:
+                self._accept(now)
 
     def _refuse(self, now: float) -> None:
         for sock, endpoint in self._tcp:

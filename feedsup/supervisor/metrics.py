@@ -134,6 +134,7 @@ class Metrics:
         self._refused_seen = 0.0
         self._tcp_closures_seen = 0.0
         self._tcp_refused_seen = 0.0
+        self._relay_restarts_seen = 0.0
         self._define_metrics()
 
     def _define_metrics(self) -> None:
@@ -165,6 +166,10 @@ class Metrics:
                                     "closed because file descriptors ran short", registry=r)
         self.tcp_refused = Counter("feedsup_tcp_refused_total", "Connection attempts refused while the tcp "
                                    "endpoints were closed", registry=r)
+        self.relay_up = Gauge("feedsup_relay_up", "1 while the relay serving the tcp:// endpoints runs, 0 while "
+                              "it is restarted; 0 also without tcp:// endpoints (no relay)", registry=r)
+        self.relay_restarts = Counter("feedsup_relay_restarts_total", "Times the relay was restarted", registry=r)
+        self.relay_open_fds = Gauge("feedsup_relay_open_fds", "File descriptors open in the relay", registry=r)
         self.open_fds = Gauge("feedsup_open_fds", "File descriptors open in the parent", registry=r)
         self.fd_limit = Gauge("feedsup_fd_limit", "The parent's soft file-descriptor limit", registry=r)
         self.backfill_rows = Gauge("feedsup_backfill_rows", "Rows fetched so far by the stream's running "
@@ -233,6 +238,13 @@ class Metrics:
                                                  status.get("tcp_closures"))
             self._tcp_refused_seen = _add_delta(self.tcp_refused, self._tcp_refused_seen, status.get("tcp_refused"))
             self.tcp_refusing.set(1 if status.get("tcp_refusing") else 0)
+            relay = status.get("relay")
+            if isinstance(relay, Mapping):
+                self.relay_up.set(1 if relay.get("state") == "RUNNING" else 0)
+                self._relay_restarts_seen = _add_delta(self.relay_restarts, self._relay_restarts_seen,
+                                                       relay.get("restarts"))
+                if isinstance(relay.get("fds"), Mapping):
+                    _set_if_number(self.relay_open_fds, relay["fds"].get("open"))
             fds = status.get("fds")
             if isinstance(fds, Mapping):
                 _set_if_number(self.open_fds, fds.get("open"))

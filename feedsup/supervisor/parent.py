@@ -32,7 +32,8 @@ from feedsup.config import ANY_PORT, Config, read_regular_file
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
 from feedsup.supervisor import control, fdlimit, gaps, policy as pol, refresh, state as saved
-from feedsup.supervisor.fdwatch import FdWatch, status_of
+from feedsup.supervisor import fdwatch
+from feedsup.supervisor.relay import READY_TIMEOUT_S, RELAY_ID, Relay, RelaySpec
 from feedsup.supervisor.metrics import Metrics
 from feedsup.supervisor.sequencer import Sequencer
 from feedsup.supervisor.spawn import WorkerProcess, credential_env_names, describe_exit, spawn
@@ -47,6 +48,8 @@ DRAIN_BATCH = 2000
 MAX_POLL_S = 0.1
 METRICS_PERIOD_S = 1.0
 STATE_PERIOD_S = 1.0
+# How often the relay's reports and exit are looked at.
+RELAY_PERIOD_S = 0.2
 PUB_FLUSH_MS = 1000
 # A parent resuming from saved state waits this long before its first spawn:
 # subscribers of the previous parent reconnect (ZeroMQ retries every 100 ms)
@@ -103,7 +106,10 @@ class Parent:
         self.last_values: dict[bytes, bytes] = {}    # topic -> last payload published
         self.open_gaps: dict[bytes, dict[str, Any]] = {}
         self.pub: zmq.Socket | None = None
-        self._fdwatch: FdWatch | None = None    # closes tcp endpoints while fds run short
+        # tcp:// pub or control: served by the relay process; the parent binds
+        # private ipc endpoints for it and never listens on TCP (relay.py).
+        self._relay: Relay | None = None
+        self._relay_due = 0.0
         self._state_due = 0.0
         self._marks_behind: dict[str, Any] = {}
         self._origins = saved.Origins(config)    # where each topic's marks come from
@@ -165,13 +171,29 @@ class Parent:
             "uptime": now - self.started,
             "published": self.published,
             "suppressed": self.sequencer.suppressed,
-            "curve_refused": self._gate.refused if self._gate is not None else None,
+            "curve_refused": self._curve_refused(),
             "rejected": self.rejected,
-            **status_of(self._fdwatch),
+            **self._tcp_status(),
             "metrics_port": self.metrics.port if self.metrics is not None else None,
             "streams": rows,
             "sink": self.sink.status() if self.sink is not None else None,
         }
+
+    def _curve_refused(self) -> int | None:
+        if not self.config.curve_server_key_file:
+            return None
+        relayed = self._relay.total("curve_refused") if self._relay is not None else 0
+        return (self._gate.refused if self._gate is not None else 0) + relayed
+
+    def _tcp_status(self) -> dict[str, Any]:
+        """The parent's descriptors, and the relay's fd guard and state."""
+        relay = self._relay
+        limit = fdwatch.fd_limit()
+        return {"fds": {"open": fdwatch.count_open_fds(limit), "limit": limit},
+                "tcp_refusing": relay.report.get("tcp_refusing") if relay is not None else None,
+                "tcp_closures": relay.total("tcp_closures") if relay is not None else 0,
+                "tcp_refused": relay.total("tcp_refused") if relay is not None else 0,
+                "relay": relay.status() if relay is not None else None}
 
     # -- the loop ------------------------------------------------------------------
 
@@ -183,23 +205,21 @@ class Parent:
         ctx = zmq.Context()
         try:
             sockets = self._bind(ctx)
+            self._start_relay()
             if self.metrics is not None:
                 self.metrics.start()
         except (zmq.ZMQError, OSError) as exc:
             # pub, control or metrics_port is taken or invalid: say which, exit 69.
             logs.event(log, "bind failed", logging.ERROR, error=str(exc), pub=self.config.pub,
                        control=self.config.control, metrics_port=self.config.metrics_port or None)
+            if self._relay is not None:
+                self._relay.stop()
             self._stop_auth()
             ctx.destroy(linger=0)
             shutil.rmtree(self.rundir, ignore_errors=True)
             return EXIT_UNAVAILABLE
         pull, pub, ctl = sockets
         self.pub = pub
-        try:
-            self._fdwatch = FdWatch(ctx, (pub, ctl))
-        except (zmq.ZMQError, OSError) as exc:     # unguarded, but running
-            logs.event(log, "fd watch not started", logging.WARNING, error=str(exc))
-        fd_events = frozenset(self._fdwatch.monitors if self._fdwatch is not None else ())
         if self.sink is not None:
             self.sink.start()
         if self._refresher is not None:
@@ -208,8 +228,6 @@ class Parent:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
-        for mon in fd_events:
-            poller.register(mon, zmq.POLLIN)
         start_at = time.monotonic() + (REJOIN_GRACE_S if self._restore_state() else 0.0)
         logs.event(log, "started", pid=self.pid, pub=self.config.pub, control=self.config.control,
                    streams=len(self.config.streams))
@@ -227,19 +245,17 @@ class Parent:
                     self._drain(pull, pub)
                 if ctl in ready:
                     self._serve_control(ctl)
-                if fd_events and not fd_events.isdisjoint(ready):
-                    self._fdwatch.on_events(time.monotonic(), len(self._streams))
                 code = self._housekeeping()
         finally:
             if self._refresher is not None:
                 self._refresher.stop()
-            if self._fdwatch is not None:
-                self._fdwatch.close()
             if self.metrics is not None:
                 self.metrics.stop()
             self._kill_all()
             # Let PUB hand its queue to subscribers before the last save.
             pub.close(linger=PUB_FLUSH_MS)
+            if self._relay is not None:     # after the flush: it passes the last frames on
+                self._relay.stop()
             if self.sink is not None:
                 self._flush_sink()
                 self.sink.stop()
@@ -265,7 +281,9 @@ class Parent:
         pub.setsockopt(zmq.LINGER, 0)
         ctl = ctx.socket(zmq.ROUTER)
         ctl.setsockopt(zmq.LINGER, 0)
-        keys = self._curve_keys(ctx)
+        pub_at, ctl_at = self._parent_endpoints()
+        # CURVE where clients meet the parent itself (ipc); on tcp the relay serves it.
+        keys = self._curve_keys(ctx) if (pub_at, ctl_at) != self._relayed_endpoints() else None
         for sock in (pub, ctl):
             # A peer that never completes the ZeroMQ handshake (an idle TCP
             # connection, a port scanner) is dropped after this, not kept
@@ -275,11 +293,41 @@ class Parent:
             sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
             # What a peer may send us: subscriptions (XPUB) and requests.
             sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
-            if keys is not None:
+        for sock, at in ((pub, pub_at), (ctl, ctl_at)):
+            if keys is not None and at not in self._relayed_endpoints():
                 curve.serve(sock, *keys)
-        endpoints.bind_private(pub, self.config.pub)
-        endpoints.bind_private(ctl, self.config.control)
+            endpoints.bind_private(sock, at)
         return pull, pub, ctl
+
+    def _relayed_endpoints(self) -> tuple[str, str]:
+        """The private ipc endpoints the relay connects to."""
+        return f"ipc://{self.rundir}/pub-relay", f"ipc://{self.rundir}/ctl-relay"
+
+    def _parent_endpoints(self) -> tuple[str, str]:
+        """Where the parent binds PUB and control: a tcp:// one is the relay's."""
+        relay_pub, relay_ctl = self._relayed_endpoints()
+        return (relay_pub if self.config.pub.startswith("tcp://") else self.config.pub,
+                relay_ctl if self.config.control.startswith("tcp://") else self.config.control)
+
+    def _start_relay(self) -> None:
+        """With a tcp:// endpoint, start the relay and wait until it bound it
+        (OSError with the reason if it could not: exit 69 as for our own binds)."""
+        pub_at, ctl_at = self._parent_endpoints()
+        relay_pub, relay_ctl = self._relayed_endpoints()
+        if pub_at != relay_pub and ctl_at != relay_ctl:
+            return
+        spec = RelaySpec(
+            parent_pid=self.pid,
+            pub=self.config.pub if pub_at == relay_pub else None, pub_upstream=relay_pub,
+            control=self.config.control if ctl_at == relay_ctl else None, control_upstream=relay_ctl,
+            pub_hwm=self.config.pub_hwm, handshake_ms=HANDSHAKE_MS, max_message=CONTROL_MAX_MESSAGE,
+            curve_key_file=self.config.curve_server_key_file or "",
+            curve_allowed=tuple(self.config.curve_allowed_clients or ()), log_format=self.config.log_format)
+        self._relay = Relay(spec, self._credential_env)
+        self._relay.start(time.monotonic())
+        problem = self._relay.wait_ready(READY_TIMEOUT_S)
+        if problem is not None:
+            raise OSError(f"relay: {problem}")
 
     def _curve_keys(self, ctx: zmq.Context) -> tuple[bytes, bytes] | None:
         """The server key pair, with the ZAP handler started (before any bind)."""
@@ -665,7 +713,7 @@ class Parent:
                 return
             if len(parts) < 2 or len(parts) > 4:
                 continue        # not a request envelope: nothing sensible to answer
-            ident, body = parts[0], parts[-1]
+            body = parts[-1]
             try:
                 request = msgpack.unpackb(body)
             except Exception:
@@ -676,7 +724,10 @@ class Parent:
                 logs.event(log, "control error", logging.WARNING, error=exc.__class__.__name__)
                 reply = msgpack.packb({"ok": False, "error": f"internal error: {exc.__class__.__name__}"})
             try:
-                ctl.send_multipart([ident, b"", reply], zmq.NOBLOCK)
+                # Through the relay's DEALER the envelope is [relay, client, ""]:
+                # all of it goes back, so the relay can route the reply.
+                envelope = parts[:2] if parts[0] == RELAY_ID and len(parts) == 4 else parts[:1]
+                ctl.send_multipart(envelope + [b"", reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass            # the client is gone or not reading: drop the reply
 
@@ -692,8 +743,9 @@ class Parent:
         if self._refresher is not None and self._refresher.pending:
             actions += self._refresh_universes(now)
         actions += self.policy.tick(now)
-        if self._fdwatch is not None:
-            self._fdwatch.tick(now, len(self._streams))
+        if self._relay is not None and now >= self._relay_due:
+            self._relay_due = now + RELAY_PERIOD_S
+            self._relay.poll(now)
         if self._sink_batch:
             self._flush_sink()
         if self.config.state_file and now >= self._state_due:
