@@ -205,3 +205,46 @@ def _tcp_listening(pid: int) -> bool:
                 if fields[3] == "0A" and fields[9] in inodes:
                     return True
     return False
+
+
+def test_a_group_sigterm_still_relays_every_frame_the_parent_published(start_sim, tmp_path):
+    """supervisord's stopasgroup (or a kill of the process group) sends SIGTERM
+    to the parent and the relay at once. The parent still publishes while it
+    stops (its workers' last records, then its PUB flush): the relay passes
+    those on before it exits, so a TCP subscriber gets every seq the parent
+    gave out (its "stopped" log line says how many)."""
+    sim = start_sim(speed=10, symbols=("BTCUSDT", "ETHUSDT"), trade_rate=50)
+    from test_fdguard_e2e import free_port
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    price = {**PRICE, "symbols": ["BTCUSDT", "ETHUSDT"]}
+    config = write_config(tmp_path, sim, [price], feedsup={"pub": pub})
+    fs = Feedsup(config, tmp_path)
+    sub = Subscriber(pub, [""])
+    last: dict[str, int] = {}
+    try:
+        fs.wait_running("price", 20)
+        relay_pid = fs.status()["relay"]["pid"]
+
+        def take(until_quiet: float) -> None:
+            frame = sub.recv(timeout=until_quiet)
+            if frame is not None:
+                last[frame["topic"]] = frame["seq"]
+        wait_for(lambda: take(0.2) or sum(last.values()) >= 200, 20, "frames through the relay")
+        # The group's SIGTERM reaches the relay first (the order is the
+        # kernel's): it keeps relaying while the parent runs.
+        os.kill(relay_pid, signal.SIGTERM)
+        more = sum(last.values()) + 100
+        wait_for(lambda: take(0.2) or sum(last.values()) >= more, 10, "frames still relayed after its SIGTERM")
+        os.kill(fs.pid, signal.SIGTERM)
+        assert fs.proc.wait(15) == 0
+        wait_for(lambda: not alive(relay_pid), 10, "the relay gone after the parent")
+        while (frame := sub.recv(timeout=1.0)) is not None:
+            last[frame["topic"]] = frame["seq"]
+        stopped = [line for line in fs.log().splitlines() if "event=stopped" in line]
+        assert stopped, fs.log()[-2000:]
+        published = int(stopped[-1].split("published=", 1)[1].split()[0])
+        assert sum(last.values()) == published, (last, stopped[-1])
+        assert sub.gaps == [], "no frame lost on the way"
+    finally:
+        sub.close()
+        fs.close()

@@ -254,6 +254,8 @@ class Parent:
             self._kill_all()
             # Let PUB hand its queue to subscribers before the last save.
             pub.close(linger=PUB_FLUSH_MS)
+            # Every seq given out: a subscriber that got them all sums its topics' last seqs to this.
+            logs.event(log, "stopped", published=self.published)
             if self._relay is not None:     # after the flush: it passes the last frames on
                 self._relay.stop()
             if self.sink is not None:

@@ -66,6 +66,7 @@ log = logging.getLogger("feedsup.relay")
 BATCH = 2000
 POLL_MS = 100
 FLUSH_MS = 1000
+QUIET_MS = 200      # at a stop: the upstream sent nothing this long, so all is passed on
 REPORT_PERIOD_S = 0.5
 # A report goes out at least this often, changed or not: the parent's proof
 # that the relay's loop runs. Silent for HUNG_AFTER_S: the parent kills it.
@@ -79,6 +80,11 @@ RESTART_INITIAL_S = 0.1
 RESTART_MAX_S = 5.0
 STABLE_AFTER_S = 10.0
 STOP_GRACE_S = 2.0
+# A SIGTERM that did not come from the parent (supervisord's stopasgroup, a
+# group kill) reaches the relay with the parent, which then still flushes its
+# last frames for up to its PUB linger: relay them until the parent is gone,
+# at most this long. The parent's own stop request is EOF on the relay's stdin.
+TERM_GRACE_S = 5.0
 MAX_LINE = 64 << 10
 # The relay's DEALER identity at the parent's control ROUTER: requests from it
 # carry the client's envelope, which the reply must carry back.
@@ -164,6 +170,11 @@ def _forward(src: zmq.Socket, dst: zmq.Socket) -> None:
             send(msg, noblock)
         except zmq.ZMQError:
             pass        # no peer, or its queue full: dropped, as PUB and ROUTER drop
+
+
+def _drain_upstream(xsub: zmq.Socket, xpub: zmq.Socket, deadline: float) -> None:
+    while time.monotonic() < deadline and xsub.poll(QUIET_MS):
+        _forward(xsub, xpub)
 
 
 class _PubProxy:
@@ -326,13 +337,23 @@ def run(spec: RelaySpec) -> int:
                 **fdwatch.status_of(watch)}
 
     reporter.send(report(), 0.0, force=True)
+    asked = sys.stdin.fileno()      # a pipe from the parent: EOF is its request to stop
+    poller.register(asked, zmq.POLLIN)
+    term_at: float | None = None
     code = 0
     try:
-        while not stopping.flag:
+        while True:
             if os.getppid() != spec.parent_pid:     # PDEATHSIG's backstop
-                code = EXIT_ORPHAN
+                code = 0 if stopping.flag else EXIT_ORPHAN
                 break
+            if stopping.flag:
+                term_at = term_at if term_at is not None else time.monotonic()
+                if time.monotonic() - term_at >= TERM_GRACE_S:
+                    break
             ready = dict(poller.poll(POLL_MS))     # no socket: libzmq sleeps POLL_MS
+            if asked in ready and not os.read(asked, 4096):
+                stopping.flag = True
+                break
             for src in ready:
                 dst = routes.get(src)
                 if dst is not None:
@@ -349,9 +370,11 @@ def run(spec: RelaySpec) -> int:
             proxy.close()
         if watch is not None:
             watch.close()
-        if stopping.flag and spec.pub:
-            # A clean stop follows the parent's PUB flush: pass on what it sent.
-            _forward(socks[1], socks[0])
+        if spec.pub:
+            # A stop follows the parent's PUB flush (or its end): pass on
+            # what it sent, until the upstream has been quiet a moment (its
+            # last bytes may still be on their way in from the socket).
+            _drain_upstream(socks[1], socks[0], time.monotonic() + FLUSH_MS / 1000)
             socks[0].close(linger=FLUSH_MS)
         for sock in socks:
             sock.close(linger=0)
@@ -402,7 +425,7 @@ class Relay:
         self._buf = b""
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "feedsup.supervisor.relay", self.spec.to_json()],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
                                          env=self._env)
         except (OSError, subprocess.SubprocessError) as exc:     # EAGAIN, ENOMEM: try again later
             self.proc = None
@@ -445,6 +468,7 @@ class Relay:
                 from feedsup.supervisor.spawn import describe_exit
                 why = self.report.get("error") or describe_exit(code)
                 self.proc.stdout.close()
+                _close_quietly(self.proc.stdin)
                 self.proc = None
                 self._exited(str(why), now)
         if restart and self.proc is None and self._restart_at is not None and now >= self._restart_at:
@@ -497,8 +521,8 @@ class Relay:
         self.state = "STOPPED"
         if proc is None:
             return
+        _close_quietly(proc.stdin)     # EOF: the relay passes on the last frames, then exits
         if proc.poll() is None:
-            proc.terminate()
             try:
                 proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -512,6 +536,15 @@ class Relay:
                 "restarts": self.restarts, "last_exit": self.last_exit,
                 "endpoints": [e for e in (self.spec.pub, self.spec.control) if e],
                 "fds": fds if isinstance(fds, dict) else None}
+
+
+def _close_quietly(pipe: Any) -> None:
+    """Close our end of the relay's stdin; a relay already gone is fine."""
+    try:
+        if pipe is not None:
+            pipe.close()
+    except OSError:     # EPIPE: nothing was waiting to be written
+        pass
 
 
 def _wait_readable(proc: subprocess.Popen | None, deadline: float) -> None:
