@@ -34,7 +34,7 @@ MODULES=(
   "sequencer|feedsup/supervisor/sequencer.py|tests/test_sequencer.py tests/test_state.py tests/test_parent_input.py"
   "backfill|feedsup/binance/backfill.py|tests/test_backfill.py tests/test_mutation_kills_backfill.py"
   "restlimit|feedsup/restlimit.py|tests/test_restlimit.py tests/test_mutation_kills_restlimit.py"
-  "state|feedsup/supervisor/state.py|tests/test_state.py tests/test_parent_actions.py tests/test_sink_parent.py"
+  "state|feedsup/supervisor/state.py|tests/test_state.py tests/test_parent_actions.py tests/test_sink_parent.py tests/test_mutation_kills_state.py"
   "parent|feedsup/supervisor/parent.py|tests/test_parent_actions.py tests/test_parent_input.py tests/test_sink_parent.py tests/test_state.py tests/test_mutation_kills_parent.py|Parent._drain Parent._vet Parent._owns Parent._worker_gap Parent._reject Parent._publish Parent._sink_seeded Parent._announce_loss Parent._last_ms Parent._close_gap Parent.hello Parent._control_message Parent._on_control Parent._serve_control Parent._execute Parent._restore_state Parent._save_state Parent._resume_marks"
   "runtime|feedsup/workers/runtime.py|tests/test_worker_lifecycle.py tests/test_mutation_kills_runtime.py|Runtime.stats Runtime._idle Runtime.finish Runtime.notice Runtime.ready Runtime.streaming Runtime._on_signal Runtime.end Runtime.ending receive handle_other read_event classify_status close_reason check_symbols"
   "account|feedsup/workers/account.py|tests/test_account_resync.py tests/test_mutation_kills_account.py|resync SnapshotFetch.* read_until_done publish publish_snapshot receive stream_topic drain"
