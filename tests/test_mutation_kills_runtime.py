@@ -288,3 +288,25 @@ def test_read_event_normalises_a_market_event_and_counts_the_rest(make_rt):
     assert runtime.read_event(rt, ws, normalise) is None
     assert runtime.read_event(rt, ws, normalise) is None
     assert rt.counters.malformed == 2 and rt.counters.msgs == 3
+
+
+# -- symbols ----------------------------------------------------------------------------
+
+def test_symbols_the_exchange_does_not_list_are_fatal(make_rt, monkeypatch, tmp_path):
+    rt = make_rt()
+    asked = []
+
+    def invalid_symbols(market, rest_url, symbols, timeout, budget):
+        asked.append((market, rest_url, symbols, timeout, budget.path))
+        return answer
+
+    monkeypatch.setattr(runtime.rest, "invalid_symbols", invalid_symbols)
+    answer: list[str] = []
+    runtime.check_symbols(rt)
+    answer = ["FOOUSDT", "BARUSDT"]
+    with pytest.raises(ConnectionEnded) as info:
+        runtime.check_symbols(rt)
+    assert info.value.fatal
+    assert info.value.reason == "invalid symbol: FOOUSDT, BARUSDT (not listed by the exchange)"
+    assert asked[1] == ("spot", "http://127.0.0.1:9", ("BTCUSDT",), rt.conn.connect_timeout,
+                        str(tmp_path / "restweight-spot.json"))

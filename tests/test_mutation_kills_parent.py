@@ -1,0 +1,322 @@
+"""The parent's wiring without sockets or processes: edges that mutation
+testing found unpinned (docs/mutation.md). Gap notices of every channel
+without history, opened on a loss and closed by the next frame; a worker's
+gap records checked and trimmed; the saved state restored into a new
+parent (watermarks and the connection attempts of the budget window);
+controls from workers acted on; actions carried out.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+import types
+
+import msgpack
+import pytest
+import zmq
+
+from feedsup.config import Config, Connection, Restart, Stream
+from feedsup.ipc import frames, topics
+from feedsup.ipc.frames import Control
+from feedsup.supervisor import parent as parent_mod, policy as pol, state as saved
+from feedsup.supervisor.parent import Parent
+from feedsup.supervisor.policy import State, StateChanged
+
+CONN = Connection(liveness_timeout=1e9, connect_timeout=1e6, max_age=1e6)
+PRICE = Stream(name="price", market="spot", channel="aggTrade", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN)
+KLINE = Stream(name="k", market="spot", channel="kline", symbols=("BTCUSDT",), intervals=("1m",), connection=CONN)
+ACCT = Stream(name="acct", market="spot", channel="account", api_key_env="K", api_secret_env="S", connection=CONN)
+NO_HISTORY = [
+    Stream(name="s", market="spot", channel="bookTicker", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
+    Stream(name="s", market="spot", channel="miniTicker", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
+    Stream(name="s", market="spot", channel="ticker", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
+    Stream(name="s", market="usdm", channel="markPrice", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
+    Stream(name="s", market="spot", channel="depth", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
+]
+
+
+class FakePub:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        self.sent.append(data)
+
+    def recv(self, flags: int = 0) -> bytes:
+        raise zmq.Again()
+
+    def frames(self) -> list[tuple[str, dict]]:
+        return [(t.decode(), msgpack.unpackb(p)) for t, p in zip(self.sent[::2], self.sent[1::2])]
+
+
+class FakePull:
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+
+    def recv(self, flags: int = 0) -> bytes:
+        if not self.messages:
+            raise zmq.Again()
+        return self.messages.pop(0)
+
+
+class FakeProcess:
+    def __init__(self, stream: str, instance: int) -> None:
+        self.stream, self.instance, self.pid = stream, instance, 100_000 + instance
+        self.exit_report, self.exited_at, self.code = None, None, None
+        self.signals: list[str] = []
+
+    def poll(self):
+        return self.code
+
+    def kill(self) -> None:
+        self.signals.append("KILL")
+
+    def terminate(self) -> None:
+        self.signals.append("TERM")
+
+
+@pytest.fixture
+def make_parent(monkeypatch):
+    made: list[Parent] = []
+
+    def make(*streams: Stream, state_file: str = "", **restart) -> Parent:
+        config = Config(path="test.toml", streams=streams, state_file=state_file,
+                        restart=Restart(**{"backoff_initial": 1.0, "backoff_max": 4.0, **restart}))
+        parent = Parent(config, random.Random(0))
+        made.append(parent)
+        parent.pub = FakePub()
+        monkeypatch.setattr(parent_mod, "spawn", lambda spec, secret_names: FakeProcess(spec.stream.name,
+                                                                                         spec.instance))
+        return parent
+
+    yield make
+    for parent in made:
+        shutil.rmtree(parent.rundir, ignore_errors=True)
+
+
+def record(topic: str, major: int, recv_ns: int, stream: str, minor: int = 0, final: bool = True,
+           **data) -> bytes:
+    body = frames.encode_body(topic, stream, recv_ns, data or {"id": major})
+    return frames.encode_data(topic.encode(), major, minor, final, body)
+
+
+def drain(parent: Parent, inst: int, *records: bytes) -> None:
+    parent._drain(FakePull([frames.encode_batch(inst, list(records))]), parent.pub)
+
+
+def worker(parent: Parent, inst: int, stream: str) -> FakeProcess:
+    proc = FakeProcess(stream, inst)
+    parent.workers[inst] = proc
+    return proc
+
+
+# -- gap notices of the channels without history ------------------------------------
+
+@pytest.mark.parametrize("stream", NO_HISTORY, ids=lambda s: s.channel)
+def test_a_lost_source_opens_a_gap_on_every_topic_and_the_next_frame_closes_it(make_parent, stream):
+    parent = make_parent(stream)
+    names = topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
+    first, second = names
+    worker(parent, 1, "s")
+    drain(parent, 1, record(first, 10, 1_700_000_000_500_000_000, "s"))
+    parent._execute([StateChanged("s", State.RUNNING, State.BACKOFF, "connection lost")])
+    opened = {t: f for t, f in parent.pub.frames()[1:]}
+    assert set(opened) == {first, second}
+    for topic, frame in opened.items():
+        assert (frame["topic"], frame["stream"], frame["data"]) == (topic, "s", None)
+        assert frame["gap"]["reason"] == "connection lost" and frame["gap"]["to_ms"] is None
+    assert opened[first]["gap"]["from_ms"] == 1_700_000_000_500 and opened[first]["seq"] == 2
+    assert opened[second]["gap"]["from_ms"] is None and opened[second]["seq"] == 1
+    assert set(parent.open_gaps) == {first.encode(), second.encode()}
+    # A second loss while the gap is open says nothing new.
+    parent._execute([StateChanged("s", State.STARTING, State.BACKOFF, "connect failed")])
+    assert len(parent.pub.frames()) == 3
+    # The next frame of a topic closes its gap: the notice takes this seq,
+    # the frame the next one.
+    worker(parent, 2, "s")
+    drain(parent, 2, record(first, 11, 1_700_000_009_000_000_000, "s"))
+    (t1, closing), (t2, frame) = parent.pub.frames()[3:]
+    assert (t1, t2) == (first, first)
+    assert closing["gap"] == {"from_ms": 1_700_000_000_500, "to_ms": 1_700_000_009_000, "reason": "connection lost"}
+    assert (closing["seq"], frame["seq"], frame["data"]) == (3, 4, {"id": 11})
+    assert (closing["stream"], closing["recv_ns"]) == ("s", 1_700_000_009_000_000_000)
+    assert set(parent.open_gaps) == {second.encode()}
+    assert parent.last_values[first.encode()] == parent.pub.sent[-1]
+
+
+def test_a_channel_with_history_announces_nothing_on_a_loss(make_parent):
+    parent = make_parent(PRICE)
+    parent._execute([StateChanged("price", State.RUNNING, State.BACKOFF, "connection lost")])
+    parent._execute([StateChanged("price", State.STARTING, State.BACKOFF, "connect failed")])
+    assert parent.pub.sent == [] and parent.open_gaps == {}
+
+
+def test_leaving_a_state_other_than_running_announces_nothing(make_parent):
+    parent = make_parent(NO_HISTORY[0])
+    parent._execute([StateChanged("s", State.STARTING, State.BACKOFF, "connect failed")])
+    assert parent.pub.sent == []
+
+
+def test_a_gap_closed_by_an_unreadable_frame_body_still_goes_out(make_parent):
+    parent = make_parent(NO_HISTORY[0])
+    parent._execute([StateChanged("s", State.RUNNING, State.BACKOFF, "connection lost")])
+    parent.pub.sent.clear()
+    body = msgpack.packb({"topic": "bookTicker.BTCUSDT", "stream": "s", "recv_ns": "soon", "data": {}})
+    parent._drain(FakePull([frames.encode_batch(9, [frames.encode_data(b"bookTicker.BTCUSDT", 5, 0, True,
+                                                                        body)])]), parent.pub)
+    (_, closing), (_, frame) = parent.pub.frames()
+    assert closing["gap"]["to_ms"] is not None and closing["stream"] == "s"
+    assert frame["seq"] == closing["seq"] + 1
+
+
+# -- a worker's gap records ------------------------------------------------------------
+
+def gap_record(topic: str, stream: str, from_ms: int | None = None, to_ms: int | None = None, **ids) -> bytes:
+    return frames.encode_gap(topic.encode(), frames.encode_gap_body(topic, stream, 1, from_ms, to_ms,
+                                                                     "backfill failed", **ids))
+
+
+def test_a_kline_gap_record_is_trimmed_by_open_times(make_parent):
+    parent = make_parent(KLINE)
+    worker(parent, 1, "k")
+    topic = "kline.BTCUSDT.1m"
+    drain(parent, 1, record(topic, 120_000, 1, "k", minor=179_999, final=True),
+          gap_record(topic, "k", from_ms=60_000, to_ms=240_000))
+    gap = parent.pub.frames()[-1][1]["gap"]
+    assert (gap["from_ms"], gap["to_ms"]) == (120_001, 240_000)
+
+
+def test_a_worker_gap_record_takes_the_next_seq_and_becomes_the_last_value(make_parent):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    drain(parent, 1, record("aggTrade.BTCUSDT", 5, 1, "price"),
+          gap_record("aggTrade.BTCUSDT", "price", from_id=9, to_id=12))
+    (_, f1), (_, f2) = parent.pub.frames()
+    assert f2["gap"]["from_id"] == 9 and (f1["seq"], f2["seq"]) == (1, 2)
+    assert parent.last_values[b"aggTrade.BTCUSDT"] == parent.pub.sent[-1]
+    assert parent.published == 2
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"\x81\xc1\xc1", "gap record body is not msgpack"),
+    (msgpack.packb({"reason": "x"}), "gap record body is not a gap notice"),
+    (msgpack.packb({"gap": [1]}), "gap record body is not a gap notice"),
+    (msgpack.packb({"gap": {}, "data": {}}), "gap record body is not a gap notice"),
+])
+def test_a_malformed_gap_record_gets_its_worker_restarted(make_parent, body, why):
+    parent = make_parent(PRICE)
+    proc = worker(parent, 1, "price")
+    drain(parent, 1, frames.encode_gap(b"aggTrade.BTCUSDT", body))
+    assert parent.pub.sent == [] and parent.rejected == 1
+    assert [a.reason for a in parent._pending] == [f"refused: {why}"]
+    assert proc.exit_report == {"reason": f"refused: {why}", "fatal": False}
+
+
+# -- the saved state, restored into a new parent ------------------------------------------
+
+def test_a_new_parent_resumes_from_the_marks_and_the_attempts_of_the_one_before(make_parent, tmp_path):
+    state_file = str(tmp_path / "state")
+    old = make_parent(PRICE, state_file=state_file, connect_budget=5, budget_window=300.0)
+    old._execute(old.policy.start(time.monotonic()))       # one connection attempt
+    old.sequencer.admit(b"aggTrade.BTCUSDT", 41, 0, True)
+    old._save_state()
+    old._save_state(final=True)
+    new = make_parent(PRICE, state_file=state_file, connect_budget=5, budget_window=300.0)
+    assert new._restore_state() is True
+    assert new.sequencer.watermarks() == {"aggTrade.BTCUSDT": 41}
+    assert new._resume_marks("price") == {"aggTrade.BTCUSDT": 41}
+    assert len(new.policy.connect_attempts(time.monotonic())) == 1
+    # The marks restored are what the next save keeps while nothing moved.
+    new._save_state()
+    assert saved.load(state_file).marks == {"aggTrade.BTCUSDT": (41, 0, True)}
+
+
+def test_without_a_state_file_nothing_is_restored_or_saved(make_parent, tmp_path):
+    parent = make_parent(PRICE)
+    assert parent._restore_state() is False
+    parent._save_state()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_state_file_with_no_usable_mark_restores_no_marks(make_parent, tmp_path):
+    state_file = str(tmp_path / "state")
+    assert make_parent(PRICE, state_file=state_file)._restore_state() is False       # none yet
+    (tmp_path / "state").write_bytes(b"\xc1 garbage")
+    assert make_parent(PRICE, state_file=state_file)._restore_state() is False       # ignored, logged
+    other = make_parent(KLINE, state_file=state_file)
+    other.sequencer.admit(b"kline.BTCUSDT.1m", 60_000, 1, True)
+    other._save_state()
+    fresh = make_parent(PRICE, state_file=state_file)
+    assert fresh._restore_state() is False and fresh.sequencer.watermarks() == {}
+
+
+def test_a_state_that_cannot_be_written_is_logged_not_raised(make_parent, tmp_path):
+    parent = make_parent(PRICE, state_file=str(tmp_path / "missing" / "state"))
+    parent.sequencer.admit(b"aggTrade.BTCUSDT", 1, 0, True)
+    parent._save_state()                 # must not raise
+
+
+# -- controls from workers -----------------------------------------------------------------
+
+def control(kind: str, inst: int, stream: str = "price", **fields) -> bytes:
+    return frames.encode_control(kind, instance=inst, stream=stream, **fields)
+
+
+def test_live_reports_give_a_rate_and_reach_the_metrics(make_parent):
+    parent = make_parent(PRICE)
+    parent._execute(parent.policy.start(0.0))
+    (inst,) = parent.workers
+    lags = []
+    parent.metrics = types.SimpleNamespace(observe_lag=lambda stream, lag: lags.append((stream, lag)))
+    parent._control_message(control(Control.LIVE, inst, stats={"msgs": 10, "idle": 0.1, "lag_ms": 7}))
+    parent._control_message(control(Control.LIVE, inst, stats={"msgs": 30, "idle": 0.1, "lag_ms": None}))
+    assert lags == [("price", 7)]
+    assert parent.rates[inst][1] == 30 and parent.rates[inst][2] > 0
+
+
+def test_ready_streaming_notice_and_exit_reports_reach_the_policy(make_parent):
+    parent = make_parent(PRICE)
+    parent._execute(parent.policy.start(0.0))
+    (inst,) = parent.workers
+    parent._control_message(control(Control.READY, inst))
+    assert parent.policy.status(1.0)[0]["state"] == "RUNNING"
+    parent._control_message(control(Control.STREAMING, inst))
+    parent._control_message(control(Control.NOTICE, inst, event="serverShutdown"))
+    assert any(isinstance(a, pol.Spawn) for a in parent._pending), "a server notice starts a successor"
+    report = {"reason": "closed by server: 1008", "fatal": False, "close_code": 1008, "stats": {}}
+    parent._control_message(control(Control.EXIT, inst, **report))
+    assert parent.workers[inst].exit_report["reason"] == "closed by server: 1008"
+    assert parent.rejected == 0
+
+
+def test_controls_of_unknown_or_refused_workers_are_not_acted_on(make_parent):
+    parent = make_parent(PRICE)
+    parent._control_message(control(Control.READY, 77))
+    assert parent._pending == [] and parent.rejected == 0
+    proc = worker(parent, 5, "price")
+    parent._misbehaving.add(5)
+    parent._control_message(control(Control.EXIT, 5, reason="x", fatal=False))
+    assert proc.exit_report is None
+
+
+def test_a_control_the_policy_cannot_use_restarts_its_sender(make_parent, monkeypatch):
+    parent = make_parent(PRICE)
+    proc = worker(parent, 5, "price")
+    monkeypatch.setattr(parent.policy, "on_ready", lambda inst, now: 1 / 0)
+    parent._control_message(control(Control.READY, 5))
+    assert [a.reason for a in parent._pending] == ["refused: control message not usable: ZeroDivisionError"]
+    assert proc.exit_report["reason"] == "refused: control message not usable: ZeroDivisionError"
+
+
+# -- actions -------------------------------------------------------------------------------
+
+def test_actions_signal_the_workers_and_an_exit_returns_its_code(make_parent):
+    parent = make_parent(PRICE)
+    a, b = worker(parent, 1, "price"), worker(parent, 2, "price")
+    assert parent._execute([pol.Terminate(1, "rotated"), pol.Kill(2, "stop timeout"),
+                            pol.Terminate(99, "gone"), pol.Exit(3, "all fatal")]) == 3
+    assert (a.signals, b.signals) == (["TERM"], ["KILL"])
+    assert 1 in parent._superseded and 2 not in parent._superseded
+    assert parent._execute([]) is None
