@@ -13,10 +13,13 @@ import shutil
 import time
 import types
 
+from pathlib import Path
+
 import msgpack
 import pytest
 import zmq
 
+from feedsup import logs
 from feedsup.config import Config, Connection, Restart, Stream
 from feedsup.ipc import frames, topics
 from feedsup.ipc.frames import Control
@@ -38,14 +41,19 @@ NO_HISTORY = [
 
 
 class FakePub:
-    def __init__(self) -> None:
+    def __init__(self, subscriptions: list[bytes] | None = None) -> None:
         self.sent: list[bytes] = []
+        self.flags: list[int] = []
+        self.subscriptions = list(subscriptions or [])
 
     def send(self, data: bytes, flags: int = 0) -> None:
         self.sent.append(data)
+        self.flags.append(flags)
 
     def recv(self, flags: int = 0) -> bytes:
-        raise zmq.Again()
+        if not self.subscriptions:
+            raise zmq.Again()
+        return self.subscriptions.pop(0)
 
     def frames(self) -> list[tuple[str, dict]]:
         return [(t.decode(), msgpack.unpackb(p)) for t, p in zip(self.sent[::2], self.sent[1::2])]
@@ -120,12 +128,13 @@ def test_a_lost_source_opens_a_gap_on_every_topic_and_the_next_frame_closes_it(m
     names = topics.stream_topics(stream.channel, stream.symbols, stream.intervals, stream.topic_prefix)
     first, second = names
     worker(parent, 1, "s")
-    drain(parent, 1, record(first, 10, 1_700_000_000_500_000_000, "s"))
+    drain(parent, 1, record(first, 10, 1_700_000_000_500_999_999, "s"))
     parent._execute([StateChanged("s", State.RUNNING, State.BACKOFF, "connection lost")])
     opened = {t: f for t, f in parent.pub.frames()[1:]}
     assert set(opened) == {first, second}
     for topic, frame in opened.items():
         assert (frame["topic"], frame["stream"], frame["data"]) == (topic, "s", None)
+        assert type(frame["recv_ns"]) is int and type(frame["gap"]["from_ms"]) in (int, type(None))
         assert frame["gap"]["reason"] == "connection lost" and frame["gap"]["to_ms"] is None
     assert opened[first]["gap"]["from_ms"] == 1_700_000_000_500 and opened[first]["seq"] == 2
     assert opened[second]["gap"]["from_ms"] is None and opened[second]["seq"] == 1
@@ -141,7 +150,8 @@ def test_a_lost_source_opens_a_gap_on_every_topic_and_the_next_frame_closes_it(m
     assert (t1, t2) == (first, first)
     assert closing["gap"] == {"from_ms": 1_700_000_000_500, "to_ms": 1_700_000_009_000, "reason": "connection lost"}
     assert (closing["seq"], frame["seq"], frame["data"]) == (3, 4, {"id": 11})
-    assert (closing["stream"], closing["recv_ns"]) == ("s", 1_700_000_009_000_000_000)
+    assert (closing["topic"], closing["stream"], closing["recv_ns"]) == (first, "s", 1_700_000_009_000_000_000)
+    assert parent.pub.flags == [zmq.SNDMORE, 0] * 5, "every frame is topic + payload"
     assert set(parent.open_gaps) == {second.encode()}
     assert parent.last_values[first.encode()] == parent.pub.sent[-1]
 
@@ -320,3 +330,290 @@ def test_actions_signal_the_workers_and_an_exit_returns_its_code(make_parent):
     assert (a.signals, b.signals) == (["TERM"], ["KILL"])
     assert 1 in parent._superseded and 2 not in parent._superseded
     assert parent._execute([]) is None
+
+
+def test_a_fatal_stream_announces_its_kline_and_prefixed_topics(make_parent):
+    prefixed = Stream(name="u", market="usdm", channel="kline", symbols=("BTCUSDT",), intervals=("1m", "5m"),
+                      topic_prefix="usdm.", connection=CONN)
+    parent = make_parent(prefixed)
+    parent._execute([StateChanged("u", State.RUNNING, State.FATAL, "invalid symbol: BTCUSDT")])
+    assert [t for t, _ in parent.pub.frames()] == ["usdm.kline.BTCUSDT.1m", "usdm.kline.BTCUSDT.5m"]
+    assert parent.open_gaps == {}, "a channel with history keeps no gap open"
+
+
+# -- the sink gets what PUB gets ------------------------------------------------------------
+
+class FakeSink:
+    def __init__(self, seed=None) -> None:
+        self.offered: list = []
+        self.seed = seed
+        self.asked = 0
+
+    def offer(self, batch) -> None:
+        self.offered.extend(batch)
+
+    def seed_marks(self, now: float):
+        self.asked += 1
+        return self.seed
+
+    def cap_marks(self, marks):
+        return marks
+
+
+def test_the_parents_own_gap_notices_reach_the_sink_without_an_exchange_key(make_parent):
+    parent = make_parent(NO_HISTORY[0])
+    parent.sink = FakeSink()
+    parent._execute([StateChanged("s", State.RUNNING, State.BACKOFF, "connection lost")])
+    parent._flush_sink()
+    assert [(t, major, minor, final) for t, major, minor, final, _ in parent.sink.offered] == [
+        (b"bookTicker.BTCUSDT", None, 0, False), (b"bookTicker.ETHUSDT", None, 0, False)]
+    assert [p for *_, p in parent.sink.offered] == parent.pub.sent[1::2]
+
+
+def test_topics_without_a_saved_mark_resume_from_what_the_sink_holds(make_parent):
+    parent = make_parent(PRICE)
+    assert parent._sink_seeded() is True                      # no sink: nothing to wait for
+    parent.sink = FakeSink(seed=None)
+    assert parent._sink_seeded() is False                     # the sink does not know yet
+    parent.sequencer.admit(b"aggTrade.BTCUSDT", 50, 0, True)
+    parent.sink.seed = {"aggTrade.BTCUSDT": (40, 0, True), "aggTrade.ETHUSDT": (7, 0, True)}
+    assert parent._sink_seeded() is True
+    assert parent.sequencer.watermarks() == {"aggTrade.BTCUSDT": 50, "aggTrade.ETHUSDT": 7}
+    assert parent._sink_seeded() is True and parent.sink.asked == 2, "asked until it answers, then never"
+
+
+# -- what a worker may publish ------------------------------------------------------------------
+
+def test_a_reaped_workers_last_batch_may_carry_any_streams_account_topics(make_parent):
+    parent = make_parent(PRICE, ACCT)
+    drain(parent, 42, record("account.executionReport.acct", 5, 1, "acct"),
+          record("aggTrade.BTCUSDT", 6, 1, "price"))
+    assert [t for t, _ in parent.pub.frames()] == ["account.executionReport.acct", "aggTrade.BTCUSDT"]
+    drain(parent, 43, record("account.executionReport.other", 7, 1, "acct"))
+    assert len(parent.pub.frames()) == 2 and parent.rejected == 1
+
+
+@pytest.mark.parametrize("topic, ok", [
+    ("account.executionReport.acct", True),
+    ("account.ORDER_TRADE_UPDATE.acct", True),
+    ("account.executionReport.acct.x", False),
+    ("accounts.executionReport.acct", False),
+    ("account.exec-Report.acct", False),
+    ("account.acct", False),
+])
+def test_an_account_stream_publishes_only_account_topics_of_its_own_name(make_parent, topic, ok):
+    parent = make_parent(ACCT)
+    assert parent._owns("acct", topic.encode()) == ok
+
+
+def test_account_topics_are_bounded_in_length(make_parent):
+    name = "a" * (256 - len("account.executionReport."))
+    stream = Stream(name=name, market="spot", channel="account", api_key_env="K", api_secret_env="S",
+                    connection=CONN)
+    parent = make_parent(stream)
+    topic = f"account.executionReport.{name}".encode()
+    assert len(topic) == 256 and parent._owns(name, topic)
+    assert not parent._owns(name, b"account.executionReportX." + name.encode())
+
+
+def test_an_account_stream_name_may_hold_dots(make_parent):
+    stream = Stream(name="desk.main", market="spot", channel="account", api_key_env="K", api_secret_env="S",
+                    connection=CONN)
+    parent = make_parent(stream)
+    assert parent._owns("desk.main", b"account.executionReport.desk.main")
+
+
+def test_a_market_stream_may_not_publish_account_topics(make_parent):
+    parent = make_parent(PRICE)
+    assert not parent._owns("price", b"account.executionReport.price")
+
+
+def vet_parent(make_parent) -> Parent:
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    return parent
+
+
+@pytest.mark.parametrize("body", [
+    msgpack.packb({}),                                                               # an empty map
+    msgpack.packb({**{f"k{i}": i for i in range(13)}, "topic": "aggTrade.BTCUSDT"}),  # 14 keys, no stream
+])
+def test_a_first_batch_whose_body_is_not_a_frame_is_refused(make_parent, body):
+    parent = vet_parent(make_parent)
+    drain(parent, 1, frames.encode_data(b"aggTrade.BTCUSDT", 1, 0, True, body))
+    assert parent.pub.sent == [] and parent.rejected == 1
+
+
+def test_a_gap_record_first_does_not_hide_a_bad_frame_after_it(make_parent):
+    parent = vet_parent(make_parent)
+    bad = frames.encode_data(b"aggTrade.BTCUSDT", 1, 0, True, msgpack.packb({"topic": "x"}))
+    drain(parent, 1, gap_record("aggTrade.BTCUSDT", "price", from_id=1, to_id=2), bad)
+    assert parent.pub.sent == [] and parent.rejected == 1
+
+
+def test_a_workers_batches_are_decoded_in_full_once(make_parent):
+    parent = vet_parent(make_parent)
+    drain(parent, 1, record("aggTrade.BTCUSDT", 1, 1, "price"))
+    assert parent._vetted == {1}
+
+
+# -- the log lines -------------------------------------------------------------------------
+
+class Lines(list):
+    def emit(self, record) -> None:
+        self.append((record.getMessage(), record.levelname, getattr(record, logs._FIELDS, {})))
+
+    def named(self, event: str) -> list[tuple[str, dict]]:
+        return [(level, fields) for name, level, fields in self if name == event]
+
+
+@pytest.fixture
+def lines():
+    import logging
+    got = Lines()
+    handler = logging.Handler()
+    handler.emit = got.emit
+    old = parent_mod.log.level
+    parent_mod.log.addHandler(handler)
+    parent_mod.log.setLevel(logging.INFO)
+    try:
+        yield got
+    finally:
+        parent_mod.log.removeHandler(handler)
+        parent_mod.log.setLevel(old)
+
+
+def test_state_changes_and_the_exit_are_logged_with_their_fields(make_parent, lines):
+    parent = make_parent(PRICE)
+    parent._execute([StateChanged("price", State.STARTING, State.RUNNING, "ready"),
+                     StateChanged("price", State.RUNNING, State.FATAL, "invalid symbol: X"),
+                     pol.Exit(1, "every stream FATAL")])
+    assert lines.named("state") == [
+        ("INFO", {"stream": "price", "old": "STARTING", "new": "RUNNING", "reason": "ready"}),
+        ("WARNING", {"stream": "price", "old": "RUNNING", "new": "FATAL", "reason": "invalid symbol: X"})]
+    assert lines.named("exit") == [("INFO", {"code": 1, "reason": "every stream FATAL"})]
+
+
+def test_signals_to_workers_are_logged_with_their_reason(make_parent, lines):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    worker(parent, 2, "price")
+    parent._execute([pol.Terminate(1, "restart requested"), pol.Kill(2, "stop timeout")])
+    assert [f["reason"] for _, f in lines.named("terminate")] == ["restart requested"]
+    assert [(f["instance"], f["reason"]) for _, f in lines.named("kill")] == [(2, "stop timeout")]
+
+
+def test_refusals_are_logged_with_the_sender_when_known(make_parent, lines):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    parent._control_message(b"C\xc1")
+    drain(parent, 1, record("bookTicker.BTCUSDT", 1, 1, "price"))
+    assert lines.named("rejected") == [
+        ("WARNING", {"stream": None, "instance": None, "reason": "control message is not msgpack"}),
+        ("WARNING", {"stream": "price", "instance": 1, "reason": "record on a topic its stream does not own"})]
+
+
+def test_a_server_notice_is_logged(make_parent, lines):
+    parent = make_parent(PRICE)
+    parent._execute(parent.policy.start(time.monotonic()))
+    (inst,) = parent.workers
+    parent._control_message(control(Control.NOTICE, inst, event="serverShutdown"))
+    assert lines.named("notice") == [("INFO", {"stream": "price", "instance": inst, "notice": "serverShutdown"})]
+
+
+def test_state_restore_is_logged_with_what_was_kept_and_dropped(make_parent, lines, tmp_path):
+    state_file = str(tmp_path / "state")
+    old = make_parent(PRICE, KLINE, state_file=state_file, connect_budget=5, budget_window=300.0)
+    old._execute(old.policy.start(time.monotonic()))
+    old.sequencer.admit(b"aggTrade.BTCUSDT", 41, 0, True)
+    old.sequencer.admit(b"kline.BTCUSDT.1m", 60_000, 1, True)
+    old._save_state()
+    new = make_parent(PRICE, state_file=state_file)              # the kline stream is gone
+    new._restore_state()
+    ((level, dropped),) = lines.named("state mark dropped")
+    assert level == "WARNING" and dropped == {"file": state_file, "topic": "kline.BTCUSDT.1m",
+                                              "mark": (60_000, 1, True), "reason": "topic no longer configured"}
+    ((level, restored),) = lines.named("state restored")
+    assert level == "INFO" and restored["age"].endswith("s") and float(restored["age"][:-1]) < 60
+    assert {k: v for k, v in restored.items() if k != "age"} == {
+        "file": state_file, "topics": 1, "dropped": 1, "recent_attempts": 2}
+
+
+def test_an_unusable_state_file_is_logged_and_ignored(make_parent, lines, tmp_path):
+    (tmp_path / "state").write_bytes(b"\xc1")
+    make_parent(PRICE, state_file=str(tmp_path / "state"))._restore_state()
+    ((level, fields),) = lines.named("state ignored")
+    assert level == "WARNING" and fields["file"] == str(tmp_path / "state")
+    assert fields["error"].startswith("unreadable state: ")
+
+
+def test_a_state_that_cannot_be_saved_is_logged(make_parent, lines, tmp_path):
+    path = str(tmp_path / "missing" / "state")
+    make_parent(PRICE, state_file=path)._save_state()
+    ((level, fields),) = lines.named("state not saved")
+    assert level == "WARNING" and fields["file"] == path and "No such file" in fields["error"]
+
+
+def test_the_saved_state_carries_its_time_and_attempts_as_wall_clock(make_parent, tmp_path):
+    state_file = str(tmp_path / "state")
+    parent = make_parent(PRICE, state_file=state_file, connect_budget=5, budget_window=300.0)
+    before = time.time()
+    parent._execute(parent.policy.start(time.monotonic()))
+    parent._save_state()
+    state = saved.load(state_file)
+    after = time.time()
+    assert before <= state.saved_at <= after
+    assert len(state.attempts) == 1 and before - 1 <= state.attempts[0] <= after
+
+
+# -- the control socket ---------------------------------------------------------------------
+
+class FakeRouter:
+    def __init__(self, requests: list[list[bytes]]) -> None:
+        self.requests = list(requests)
+        self.replies: list[list[bytes]] = []
+        self.flags: list[int] = []
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        self.flags.append(flags)
+        if not self.requests:
+            raise zmq.Again()
+        return self.requests.pop(0)
+
+    def send_multipart(self, parts: list[bytes], flags: int = 0) -> None:
+        self.flags.append(flags)
+        self.replies.append(parts)
+
+
+def test_requests_of_two_to_four_parts_are_answered_to_their_sender(make_parent):
+    parent = make_parent(PRICE)
+    ping = msgpack.packb({"cmd": "status"})
+    router = FakeRouter([[b"one"], [b"a", ping], [b"b", b"", ping], [b"c", b"x", b"", ping],
+                         [b"d", b"", b"", b"", ping], [b"e", b"", b"not msgpack \xc1"]])
+    parent._serve_control(router)
+    assert [r[0] for r in router.replies] == [b"a", b"b", b"c", b"e"]
+    assert all(r[1] == b"" for r in router.replies)
+    assert msgpack.unpackb(router.replies[-1][2]) == {"ok": False, "error": "request must be a map with a string 'cmd'"}
+    assert set(router.flags) == {zmq.NOBLOCK}
+
+
+def test_a_reply_value_msgpack_cannot_hold_is_sent_as_text(make_parent, monkeypatch):
+    parent = make_parent(PRICE)
+    monkeypatch.setattr(parent, "status", lambda: {"where": Path("/run/x")})
+    router = FakeRouter([[b"id", b"", msgpack.packb({"cmd": "status"})]])
+    parent._serve_control(router)
+    assert msgpack.unpackb(router.replies[0][2]) == {"ok": True, "where": "/run/x"}
+
+
+def test_a_failing_command_is_logged(make_parent, monkeypatch, lines):
+    parent = make_parent(PRICE)
+    monkeypatch.setattr(parent, "status", lambda: 1 / 0)
+    parent._serve_control(FakeRouter([[b"id", b"", msgpack.packb({"cmd": "status"})]]))
+    assert lines.named("control error") == [("WARNING", {"error": "ZeroDivisionError"})]
+
+
+def test_serving_control_takes_in_the_hello_subscriptions(make_parent):
+    parent = make_parent(PRICE)
+    parent.pub = FakePub([b"\x01" + topics.HELLO_PREFIX.encode() + b"tok"])
+    parent._serve_control(FakeRouter([]))
+    assert b"tok" in parent._hellos
