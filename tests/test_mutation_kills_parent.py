@@ -617,3 +617,136 @@ def test_serving_control_takes_in_the_hello_subscriptions(make_parent):
     parent.pub = FakePub([b"\x01" + topics.HELLO_PREFIX.encode() + b"tok"])
     parent._serve_control(FakeRouter([]))
     assert b"tok" in parent._hellos
+
+
+# -- the hot path ----------------------------------------------------------------------------
+
+class FlagPull(FakePull):
+    def __init__(self, messages: list[bytes]) -> None:
+        super().__init__(messages)
+        self.flags: list[int] = []
+
+    def recv(self, flags: int = 0) -> bytes:
+        self.flags.append(flags)
+        return super().recv(flags)
+
+
+def test_frames_go_out_as_topic_and_payload_without_blocking_and_are_counted(make_parent):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    pull = FlagPull([frames.encode_batch(1, [record("aggTrade.BTCUSDT", i, i, "price") for i in (1, 2, 3)])])
+    parent._drain(pull, parent.pub)
+    assert set(pull.flags) == {zmq.NOBLOCK}
+    assert parent.pub.flags == [zmq.SNDMORE, 0] * 3
+    assert parent.published == 3
+    drain(parent, 1, record("aggTrade.BTCUSDT", 4, 4, "price"))
+    assert parent.published == 4
+    assert parent.last_values[b"aggTrade.BTCUSDT"] == parent.pub.sent[-1]
+
+
+def test_a_seq_beyond_32_bits_is_spliced_in_whole(make_parent):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    drain(parent, 1, record("aggTrade.BTCUSDT", 1, 1, "price"))
+    parent.sequencer._seq[b"aggTrade.BTCUSDT"] = 0xFFFFFFFE
+    drain(parent, 1, record("aggTrade.BTCUSDT", 2, 2, "price"), record("aggTrade.BTCUSDT", 3, 3, "price"))
+    got = [(f["seq"], f["data"], f["topic"], f["stream"]) for _, f in parent.pub.frames()[1:]]
+    assert got == [(0xFFFFFFFF, {"id": 2}, "aggTrade.BTCUSDT", "price"),
+                   (0x100000000, {"id": 3}, "aggTrade.BTCUSDT", "price")]
+
+
+def test_kline_updates_pass_until_the_close_through_the_hot_path(make_parent):
+    parent = make_parent(KLINE)
+    worker(parent, 1, "k")
+    t = "kline.BTCUSDT.1m"
+    updates = [(60_000, 1, False), (60_000, 2, False), (60_000, 2, False), (60_000, 3, True), (60_000, 3, True),
+               (60_000, 4, False), (120_000, 5, False)]
+    drain(parent, 1, *[record(t, major, 1, "k", minor=minor, final=final, n=i)
+                       for i, (major, minor, final) in enumerate(updates)])
+    assert [(f["seq"], f["data"]["n"]) for _, f in parent.pub.frames()] == [(1, 0), (2, 1), (3, 3), (4, 6)]
+    assert parent.rejected == 0
+
+
+@pytest.mark.parametrize("older", [(0, 10**12, False), (30_000, 10**12, False), (59_999, 10**12, True)])
+def test_an_older_kline_is_never_delivered_whatever_its_minor(make_parent, older):
+    parent = make_parent(KLINE)
+    worker(parent, 1, "k")
+    t = "kline.BTCUSDT.1m"
+    drain(parent, 1, record(t, 60_000, 30_000, "k", minor=30_000, final=False))
+    major, minor, final = older
+    drain(parent, 1, record(t, major, 1, "k", minor=minor, final=final))
+    assert len(parent.pub.frames()) == 1 and parent.sequencer.marks()[t] == (60_000, 30_000, False)
+
+
+def test_the_first_frame_after_restored_marks_is_seq_one(make_parent):
+    parent = make_parent(PRICE)
+    parent.sequencer.restore({"aggTrade.BTCUSDT": (10, 0, True)})
+    worker(parent, 1, "price")
+    drain(parent, 1, record("aggTrade.BTCUSDT", 10, 1, "price"), record("aggTrade.BTCUSDT", 11, 1, "price"))
+    assert [(f["seq"], f["data"]["id"]) for _, f in parent.pub.frames()] == [(1, 11)]
+
+
+def test_a_frame_after_a_gap_record_in_the_same_batch_is_published(make_parent):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    drain(parent, 1, gap_record("aggTrade.BTCUSDT", "price", from_id=1, to_id=4),
+          record("aggTrade.BTCUSDT", 5, 1, "price"))
+    assert [(f["seq"], f["data"]) for _, f in parent.pub.frames()] == [(1, None), (2, {"id": 5})]
+
+
+@pytest.mark.parametrize("keys, ok", [(0, True), (14, True), (15, False)])
+def test_the_hot_path_takes_any_map_of_up_to_14_keys(make_parent, keys, ok):
+    # Framing only: a vetted worker's bodies are not decoded again.
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    drain(parent, 1, record("aggTrade.BTCUSDT", 1, 1, "price"))          # vetted
+    body = msgpack.packb({f"k{i}": i for i in range(keys)})
+    drain(parent, 1, frames.encode_data(b"aggTrade.BTCUSDT", 2, 0, True, body))
+    assert (len(parent.pub.frames()) == 2) == ok and parent.rejected == (0 if ok else 1)
+
+
+def test_an_empty_batch_is_no_refusal(make_parent):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    parent._drain(FakePull([frames.batch_prefix(1)]), parent.pub)
+    assert parent.rejected == 0 and parent.pub.sent == []
+
+
+def test_other_workers_go_on_publishing_while_one_is_refused(make_parent):
+    parent = make_parent(PRICE, ACCT)
+    worker(parent, 1, "price")
+    worker(parent, 2, "acct")
+    bad_first = frames.encode_batch(1, [frames.encode_data(b"aggTrade.BTCUSDT", 1, 0, True, msgpack.packb({}))])
+    good = frames.encode_batch(2, [record("account.executionReport.acct", 5, 1, "acct")])
+    parent._drain(FakePull([bad_first, frames.encode_batch(1, [record("aggTrade.BTCUSDT", 2, 1, "price")]),
+                            good]), parent.pub)
+    assert [t for t, _ in parent.pub.frames()] == ["account.executionReport.acct"]
+    parent._drain(FakePull([frames.encode_batch(2, [record("account.executionReport.acct", 6, 1, "acct")])]),
+                  parent.pub)
+    assert len(parent.pub.frames()) == 2
+
+
+@pytest.mark.parametrize("message, reason", [
+    (b"Z", "neither a batch nor a control message"),
+    (frames.encode_batch(1, [b"X" + record("aggTrade.BTCUSDT", 1, 1, "price")[1:]]), "record of unknown kind"),
+    (frames.encode_batch(1, [record("aggTrade.BTCUSDT", 1, 1, "price")[:12]]), "truncated record"),
+    (frames.encode_batch(1, [record("aggTrade.BTCUSDT", 1, 1, "price")])[:-2],
+     "record out of bounds, or its body is not a msgpack map of at most 14 keys"),
+    (frames.encode_batch(1, [record("bookTicker.BTCUSDT", 1, 1, "price")]), "record on a topic its stream does not own"),
+])
+def test_each_refusal_says_exactly_why(make_parent, lines, message, reason):
+    parent = make_parent(PRICE)
+    worker(parent, 1, "price")
+    parent._vetted.add(1)
+    parent._drain(FakePull([message]), parent.pub)
+    assert [f["reason"] for _, f in lines.named("rejected")] == [reason]
+
+
+def test_subscriptions_are_read_once_every_256_drains(make_parent):
+    parent = make_parent(PRICE)
+    parent.pub = FakePub([b"\x01" + topics.HELLO_PREFIX.encode() + b"tok"])
+    for _ in range(255):
+        parent._drain(FakePull([]), parent.pub)
+    assert b"tok" not in parent._hellos
+    parent._drain(FakePull([]), parent.pub)
+    assert b"tok" in parent._hellos
