@@ -9,6 +9,7 @@ its threads are never started. The WebSocket is a fake.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -32,8 +33,10 @@ class FakeWS:
         self.frames = list(frames_)
         self.sock = None
         self.shut = 0
+        self.asked: list = []
 
     def recv_data(self, control_frame: bool = False):
+        self.asked.append(control_frame)
         item = self.frames.pop(0)
         if isinstance(item, BaseException):
             raise item
@@ -194,6 +197,7 @@ def test_receive_counts_data_and_stamps_it(make_rt):
     assert payload == b'{"a":1}' and recv_ns > 1_600_000_000 * 10**9
     assert runtime.receive(rt, ws)[0] == b"xyz"
     assert (rt.counters.msgs, rt.counters.bytes) == (2, 10)
+    assert ws.asked == [True, True], "control frames are asked for: pongs and closes come back"
 
 
 def test_receive_hands_pongs_to_the_pinger(make_rt):
@@ -235,6 +239,7 @@ def test_receive_names_what_the_connection_was_doing_when_it_broke(make_rt):
     (b"\x0f\xa0bye", "closed by server: 4000 bye", 4000),
     (b"\x03", "closed by server", None),
     (b"", "closed by server", None),
+    (b"\x03\xe8\xff bad", "closed by server: 1000 \ufffd bad", 1000),
 ])
 def test_close_reason(payload, reason, code):
     assert runtime.close_reason(payload) == (reason, code)
@@ -263,9 +268,9 @@ def test_server_shutdown_is_a_notice_anything_else_is_malformed(make_rt, parent_
     runtime.handle_other(rt, b'{"stream":"x","data":{"e":"serverShutdown","E":42}}')
     runtime.handle_other(rt, b'{"e":"serverShutdown","E":43}')
     assert rt.counters.malformed == 0
-    for payload in (b"not json", b'{"e":"somethingElse"}', b"[1,2]", b'{"data":[1]}'):
+    for payload in (b"not json", b"nor this", b'{"e":"somethingElse"}', b"[1,2]", b'{"data":[1]}'):
         runtime.handle_other(rt, payload)
-    assert rt.counters.malformed == 4
+    assert rt.counters.malformed == 5
     rt.uplink.flush()
     assert [(m["event"], m["event_time"]) for m in parent_end()] == [("serverShutdown", 42), ("serverShutdown", 43)]
 
@@ -310,3 +315,33 @@ def test_symbols_the_exchange_does_not_list_are_fatal(make_rt, monkeypatch, tmp_
     assert info.value.reason == "invalid symbol: FOOUSDT, BARUSDT (not listed by the exchange)"
     assert asked[1] == ("spot", "http://127.0.0.1:9", ("BTCUSDT",), rt.conn.connect_timeout,
                         str(tmp_path / "restweight-spot.json"))
+
+
+def test_a_server_notice_that_is_no_market_event_is_reported(make_rt, parent_end):
+    rt = make_rt()
+
+    def normalise(event):
+        raise runtime.MalformedEvent("not a market event")
+
+    ws = FakeWS((OP.OPCODE_TEXT, b'{"stream":"x","data":{"e":"serverShutdown","E":7}}'))
+    assert runtime.read_event(rt, ws, normalise) is None
+    assert rt.counters.malformed == 0
+    rt.uplink.flush()
+    assert [(m["type"], m["event"]) for m in parent_end()] == [("notice", "serverShutdown")]
+
+
+@pytest.mark.parametrize("orphaned", [False, True])
+def test_an_orphan_does_not_linger_on_its_last_frames(make_rt, parent_end, monkeypatch, orphaned):
+    rt = make_rt()
+    if orphaned:
+        rt.spec = dataclasses.replace(rt.spec, parent_pid=os.getppid() + 100_000)
+    closes = []
+    real_close = rt.uplink.close
+
+    def close(linger_ms=None):
+        closes.append(linger_ms)
+        real_close(linger_ms=linger_ms)
+
+    monkeypatch.setattr(rt.uplink, "close", close)
+    rt.finish(ConnectionEnded("connection lost"))
+    assert closes == [0 if orphaned else None]
