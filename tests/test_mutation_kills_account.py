@@ -70,12 +70,13 @@ class FakeWS:
         self._peer.close()
 
     def recv_data(self, control_frame: bool = False) -> tuple[int, bytes]:
-        if not self.sock.recv(1):
+        if self.sock is None or not self.sock.recv(1):
             raise websocket.WebSocketConnectionClosedException("closed")
         return self.frames.popleft()
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         self._peer.close()
 
 
@@ -151,11 +152,13 @@ def test_events_read_during_the_snapshot_follow_it_as_replays_keyed_newer(ws):
     topic, major, minor, final, body = sent[0]
     assert (major, minor, final) == (5_000, 0, False)
     assert body["data"] == {**SNAPSHOT, "as_of": 3_500} and "backfill" not in body
+    assert body["topic"] == "account.snapshot.acct" and type(body["recv_ns"]) is int and body["recv_ns"] > 0
     replays = sent[1:]
     assert [b["data"].get("n") for *_, b in replays] == [1, 2, 3]
     assert all(b["backfill"] is True and b["stream"] == "acct" for *_, b in replays)
-    assert [(major, minor) for _, major, minor, _, _ in replays] == [
-        (4_000, REPLAY_MINOR + 1), (4_000, REPLAY_MINOR + 2), (3_200, REPLAY_MINOR + 1)]
+    assert [(major, minor, final) for _, major, minor, final, _ in replays] == [
+        (4_000, REPLAY_MINOR + 1, False), (4_000, REPLAY_MINOR + 2, False), (3_200, REPLAY_MINOR + 1, False)]
+    assert all(b["topic"] == t and type(b["recv_ns"]) is int and b["recv_ns"] > 0 for t, *_, b in replays)
     assert rt.uplink.flushes == 1
     assert rt.counters.last_event_ms == 3_200
 
@@ -261,3 +264,47 @@ def test_the_snapshot_thread_wakes_the_reader_and_closes_its_pipe():
 
 def test_stream_topic():
     assert account.stream_topic("account.snapshot", "acct") == "account.snapshot.acct"
+
+
+def test_events_keep_being_read_however_long_the_snapshot_takes(ws):
+    rt = make_rt()
+    # The snapshot answers only after the second event, which the test
+    # sends only once the first was read: the reader must go on reading.
+    session = FakeSession(ws, before=lambda: wait_for(lambda: rt.counters.msgs == 2, 10, "both events read"))
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(account.resync(rt, ws, session, EventOrder())),
+                              daemon=True)
+    thread.start()
+    ws.push(event("balanceUpdate", 1_000, change=900, n=1))
+    wait_for(lambda: rt.counters.msgs == 1, 10, "the first event read")
+    ws.push(event("balanceUpdate", 1_100, change=1_000, n=2))
+    thread.join(15)
+    assert out == [SNAPSHOT["as_of"]]
+    assert [b["data"].get("n") for *_, b in rt.uplink.sent()] == [None, 1, 2]
+
+
+def test_the_snapshot_thread_is_a_daemon_named_for_what_it_does():
+    fetch = account.SnapshotFetch(types.SimpleNamespace(snapshot=lambda: {}))
+    assert fetch._thread.daemon and fetch._thread.name == "snapshot"
+
+
+def test_a_drain_of_a_connection_already_gone_returns_what_it_has(ws):
+    ws.sock.close()
+    ws.sock = None
+    assert account.drain(make_rt(), ws, FakeSession(ws)) == []
+
+
+def test_the_snapshot_is_logged_with_its_size(ws):
+    import logging
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    old = account.log.level
+    account.log.addHandler(handler)
+    account.log.setLevel(logging.INFO)
+    try:
+        account.publish_snapshot(make_rt(), {**SNAPSHOT, "open_orders": [{}, {}]})
+    finally:
+        account.log.removeHandler(handler)
+        account.log.setLevel(old)
+    assert lines == ["snapshot published: 1 balances, 2 open orders"]
