@@ -9,6 +9,9 @@
 #   bench/mutation.sh backoff keepalive  some of them (by short name)
 #   KEEP=1 bench/mutation.sh book        keep the scratch copy (mutmut show ...)
 #   bench/mutation.sh --list             the names, modules, tests and functions
+#   TESTS="tests/a.py tests/b.py" bench/mutation.sh account
+#                                        other tests than MODULES names (a "before"
+#                                        figure against the suite without new tests)
 #
 # A target may mutate only some functions of its module (the wiring: parent,
 # runtime, account resync): a fourth field names them, "Class.method" or
@@ -36,8 +39,8 @@ MODULES=(
   "restlimit|feedsup/restlimit.py|tests/test_restlimit.py tests/test_mutation_kills_restlimit.py"
   "state|feedsup/supervisor/state.py|tests/test_state.py tests/test_parent_actions.py tests/test_sink_parent.py tests/test_mutation_kills_state.py"
   "parent|feedsup/supervisor/parent.py|tests/test_parent_actions.py tests/test_parent_input.py tests/test_sink_parent.py tests/test_state.py tests/test_mutation_kills_parent.py|Parent._drain Parent._vet Parent._owns Parent._worker_gap Parent._reject Parent._publish Parent._sink_seeded Parent._announce_loss Parent._last_ms Parent._close_gap Parent.hello Parent._control_message Parent._on_control Parent._serve_control Parent._execute Parent._restore_state Parent._save_state Parent._resume_marks"
-  "runtime|feedsup/workers/runtime.py|tests/test_worker_lifecycle.py tests/test_mutation_kills_runtime.py|Runtime.stats Runtime._idle Runtime.finish Runtime.notice Runtime.ready Runtime.streaming Runtime._on_signal Runtime.end Runtime.ending receive handle_other read_event classify_status close_reason check_symbols"
-  "account|feedsup/workers/account.py|tests/test_account_resync.py tests/test_mutation_kills_account.py|resync SnapshotFetch.* read_until_done publish publish_snapshot receive stream_topic drain"
+  "runtime|feedsup/workers/runtime.py|tests/test_mutation_kills_runtime.py|Runtime.stats Runtime._idle Runtime.finish Runtime.notice Runtime.ready Runtime.streaming Runtime._on_signal Runtime.end Runtime.ending receive handle_other read_event classify_status close_reason check_symbols"
+  "account|feedsup/workers/account.py|tests/test_account_resync.py::test_snapshots_are_ordered_by_exchange_time_not_the_wall_clock tests/test_mutation_kills_account.py|resync SnapshotFetch.* read_until_done publish publish_snapshot receive stream_topic drain"
 )
 
 if [ "${1:-}" = "--list" ]; then
@@ -66,12 +69,13 @@ wanted=("$@")
 summary=()
 for entry in "${MODULES[@]}"; do
   IFS="|" read -r name module tests functions <<<"$entry"
-  tests=$(for t in $tests; do if [ -e "$t" ]; then printf '%s ' "$t"; fi; done)
+  tests=${TESTS:-$tests}
+  tests=$(for t in $tests; do if [ -e "${t%%::*}" ]; then printf '%s ' "$t"; fi; done)
   if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then
     continue
   fi
   work=$(mktemp -d "${TMPDIR:-/tmp}/feedsup-mutation-$name.XXXXXX")
-  cp -r feedsup tests setup.cfg "$work/"
+  cp -r feedsup tests docs setup.cfg "$work/"
   {
     cat pyproject.toml
     echo
