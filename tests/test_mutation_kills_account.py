@@ -308,3 +308,23 @@ def test_the_snapshot_is_logged_with_its_size(ws):
         account.log.removeHandler(handler)
         account.log.setLevel(old)
     assert lines == ["snapshot published: 1 balances, 2 open orders"]
+
+
+def test_a_connection_lost_during_the_snapshot_does_not_wait_for_it(ws):
+    """The worker reports the lost connection after at most
+    SNAPSHOT_JOIN_S, not whenever a hung REST call returns."""
+    release = threading.Event()
+    returned = []
+
+    def slow_snapshot() -> None:
+        release.wait(20)
+        returned.append(True)
+
+    session = FakeSession(ws, before=slow_snapshot)
+    ws.hang_up()
+    try:
+        with pytest.raises(ConnectionEnded):
+            account.resync(make_rt(), ws, session, EventOrder())
+        assert returned == [], "gave up on the snapshot rather than waiting for it"
+    finally:
+        release.set()
