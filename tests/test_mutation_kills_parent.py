@@ -750,3 +750,97 @@ def test_subscriptions_are_read_once_every_256_drains(make_parent):
     assert b"tok" not in parent._hellos
     parent._drain(FakePull([]), parent.pub)
     assert b"tok" in parent._hellos
+
+
+# -- controls keep what was pending, and reach the policy with their instance and time ------
+
+@pytest.mark.parametrize("kind, fields", [
+    (Control.LIVE, {"stats": {"msgs": 1, "idle": 0.0}}), (Control.READY, {}), (Control.STREAMING, {}),
+    (Control.NOTICE, {"event": "serverShutdown"})])
+def test_a_control_adds_to_the_pending_actions(make_parent, kind, fields):
+    parent = make_parent(PRICE)
+    parent._execute(parent.policy.start(time.monotonic()))
+    (inst,) = parent.workers
+    if kind in (Control.LIVE, Control.NOTICE):
+        parent._control_message(control(Control.READY, inst))
+    earlier = pol.Exit(0, "an action queued earlier in this loop")
+    parent._pending.insert(0, earlier)
+    parent._control_message(control(kind, inst, **fields))
+    assert parent._pending[0] is earlier and parent.rejected == 0
+
+
+def test_live_stats_of_a_ready_worker_show_in_status(make_parent):
+    parent = make_parent(PRICE)
+    parent._execute(parent.policy.start(time.monotonic()))
+    (inst,) = parent.workers
+    parent._control_message(control(Control.READY, inst))
+    parent._pending.clear()
+    parent._control_message(control(Control.LIVE, inst, stats={"msgs": 10, "idle": 0.5, "lag_ms": 7, "drops": 2}))
+    assert parent.rejected == 0 and parent._pending == []
+    row = parent.status()["streams"][0]
+    assert (row["state"], row["lag_ms"], row["drops"], row["last_msg_age"]) == ("RUNNING", 7, 2, 0.5)
+    assert parent.policy.tick(time.monotonic()) == []
+
+
+def test_streaming_alone_makes_the_stream_running(make_parent):
+    parent = make_parent(PRICE)
+    parent._execute(parent.policy.start(time.monotonic()))
+    (inst,) = parent.workers
+    parent._control_message(control(Control.STREAMING, inst))
+    row = parent.status()["streams"][0]
+    assert row["state"] == "RUNNING" and row["uptime"] >= 0
+
+
+def test_a_first_batch_with_a_topic_that_is_not_utf8_is_refused(make_parent):
+    parent = vet_parent(make_parent)
+    body = frames.encode_body("x", "price", 1, {})
+    drain(parent, 1, frames.encode_data(b"aggTrade.\xff\xfe", 1, 0, True, body))
+    assert parent.pub.sent == [] and parent.rejected == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"topic": "aggTrade.BTCUSDT", "stream": "price", "recv_ns": "1", "data": {}},
+    {"topic": "aggTrade.BTCUSDT", "stream": "price", "recv_ns": 1},
+])
+def test_a_first_batch_body_needs_an_integer_recv_ns_and_data(make_parent, lines, body):
+    parent = vet_parent(make_parent)
+    drain(parent, 1, frames.encode_data(b"aggTrade.BTCUSDT", 1, 0, True, msgpack.packb(body)))
+    assert parent.pub.sent == []
+    assert [f["reason"] for _, f in lines.named("rejected")] == [
+        "record body is not {topic, stream, recv_ns, data} of its own topic and stream"]
+
+
+def test_a_first_batch_body_that_is_not_msgpack_says_so(make_parent, lines):
+    parent = vet_parent(make_parent)
+    drain(parent, 1, frames.encode_data(b"aggTrade.BTCUSDT", 1, 0, True, b"\x81\xc1\xc1"))
+    assert [f["reason"] for _, f in lines.named("rejected")] == ["record body is not msgpack"]
+
+
+def test_an_account_streams_gap_record_is_published_as_sent(make_parent):
+    parent = make_parent(ACCT)
+    worker(parent, 1, "acct")
+    drain(parent, 1, gap_record("account.executionReport.acct", "acct", from_ms=5, to_ms=9))
+    ((topic, frame),) = parent.pub.frames()
+    assert topic == "account.executionReport.acct" and (frame["gap"]["from_ms"], frame["gap"]["to_ms"]) == (5, 9)
+
+
+def test_an_unknown_senders_refusal_names_no_instance(make_parent, lines):
+    parent = make_parent(PRICE)
+    drain(parent, 42, frames.encode_data(b"nobody.owns.this", 1, 0, True, msgpack.packb({"a": 1})))
+    assert lines.named("rejected") == [("WARNING", {"stream": None, "instance": None,
+                                                    "reason": "record on a topic its stream does not own"})]
+
+
+def test_every_gap_notice_counts_as_published(make_parent):
+    parent = make_parent(NO_HISTORY[0])
+    parent._execute([StateChanged("s", State.RUNNING, State.BACKOFF, "connection lost")])
+    assert parent.published == 2
+
+
+def test_the_sink_is_asked_with_the_current_time(make_parent):
+    parent = make_parent(PRICE)
+    asked = []
+    parent.sink = FakeSink(seed={})
+    parent.sink.seed_marks = lambda now: asked.append(now) or {}
+    parent._sink_seeded()
+    assert len(asked) == 1 and abs(asked[0] - time.monotonic()) < 60
