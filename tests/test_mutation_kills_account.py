@@ -268,19 +268,20 @@ def test_stream_topic():
 
 def test_events_keep_being_read_however_long_the_snapshot_takes(ws):
     rt = make_rt()
-    # The snapshot answers only after the second event, which the test
-    # sends only once the first was read: the reader must go on reading.
-    session = FakeSession(ws, before=lambda: wait_for(lambda: rt.counters.msgs == 2, 10, "both events read"))
+    # The snapshot answers only after the third event, and the test sends
+    # each event only once the one before was read: the reader must go on
+    # reading, after each wake-up, until the snapshot is in.
+    session = FakeSession(ws, before=lambda: wait_for(lambda: rt.counters.msgs == 3, 10, "three events read"))
     out: list = []
     thread = threading.Thread(target=lambda: out.append(account.resync(rt, ws, session, EventOrder())),
                               daemon=True)
     thread.start()
-    ws.push(event("balanceUpdate", 1_000, change=900, n=1))
-    wait_for(lambda: rt.counters.msgs == 1, 10, "the first event read")
-    ws.push(event("balanceUpdate", 1_100, change=1_000, n=2))
+    for n in (1, 2, 3):
+        ws.push(event("balanceUpdate", 1_000 + n, change=900 + n, n=n))
+        wait_for(lambda: rt.counters.msgs == n, 10, f"event {n} read")
     thread.join(15)
     assert out == [SNAPSHOT["as_of"]]
-    assert [b["data"].get("n") for *_, b in rt.uplink.sent()] == [None, 1, 2]
+    assert [b["data"].get("n") for *_, b in rt.uplink.sent()] == [None, 1, 2, 3]
 
 
 def test_the_snapshot_thread_is_a_daemon_named_for_what_it_does():
