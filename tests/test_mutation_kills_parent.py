@@ -291,7 +291,8 @@ def test_ready_streaming_notice_and_exit_reports_reach_the_policy(make_parent):
     parent._execute(parent.policy.start(0.0))
     (inst,) = parent.workers
     parent._control_message(control(Control.READY, inst))
-    assert parent.policy.status(1.0)[0]["state"] == "RUNNING"
+    row = parent.status()["streams"][0]
+    assert row["state"] == "RUNNING" and 0 <= row["uptime"] < 60, "running since the READY just now"
     parent._control_message(control(Control.STREAMING, inst))
     parent._control_message(control(Control.NOTICE, inst, event="serverShutdown"))
     assert any(isinstance(a, pol.Spawn) for a in parent._pending), "a server notice starts a successor"
