@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the pure cores with mutmut (not part of CI: minutes of
+# Mutation testing of the pure cores and the wiring with mutmut (not CI: minutes of
 # CPU per module). Each module is mutated on its own, in a scratch copy of
 # the tree, against the fast tests of its area; a surviving mutant is a
 # change to the code that no test noticed. Every survivor either gets a test
