@@ -228,19 +228,23 @@ def test_a_malformed_gap_record_gets_its_worker_restarted(make_parent, body, why
 
 def test_a_new_parent_resumes_from_the_marks_and_the_attempts_of_the_one_before(make_parent, tmp_path):
     state_file = str(tmp_path / "state")
-    old = make_parent(PRICE, state_file=state_file, connect_budget=5, budget_window=300.0)
-    old._execute(old.policy.start(time.monotonic()))       # one connection attempt
+    old = make_parent(PRICE, KLINE, state_file=state_file, connect_budget=5, budget_window=300.0)
+    old._execute(old.policy.start(time.monotonic()))       # two connection attempts
     old.sequencer.admit(b"aggTrade.BTCUSDT", 41, 0, True)
+    minute = (time.time_ns() // 1_000_000 // 60_000 - 5) * 60_000      # a kline of a few minutes ago
+    old.sequencer.admit(b"kline.BTCUSDT.1m", minute, minute + 59_999, True)
     old._save_state()
     old._save_state(final=True)
-    new = make_parent(PRICE, state_file=state_file, connect_budget=5, budget_window=300.0)
+    new = make_parent(PRICE, KLINE, state_file=state_file, connect_budget=5, budget_window=300.0)
     assert new._restore_state() is True
-    assert new.sequencer.watermarks() == {"aggTrade.BTCUSDT": 41}
+    assert new.sequencer.watermarks() == {"aggTrade.BTCUSDT": 41, "kline.BTCUSDT.1m": minute}
     assert new._resume_marks("price") == {"aggTrade.BTCUSDT": 41}
-    assert len(new.policy.connect_attempts(time.monotonic())) == 1
+    assert new._resume_marks("k") == {"kline.BTCUSDT.1m": minute}
+    assert len(new.policy.connect_attempts(time.monotonic())) == 2
     # The marks restored are what the next save keeps while nothing moved.
     new._save_state()
-    assert saved.load(state_file).marks == {"aggTrade.BTCUSDT": (41, 0, True)}
+    assert saved.load(state_file).marks == {"aggTrade.BTCUSDT": (41, 0, True),
+                                             "kline.BTCUSDT.1m": (minute, minute + 59_999, True)}
 
 
 def test_without_a_state_file_nothing_is_restored_or_saved(make_parent, tmp_path):
