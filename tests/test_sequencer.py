@@ -90,3 +90,32 @@ def test_without_a_watermark_or_bounds_a_gap_stands_as_sent():
     assert seq.trim_gap(b"aggTrade.X", gap, kline=False) == gap
     seq.admit(b"aggTrade.X", 100, 0, True)
     assert seq.trim_gap(b"aggTrade.X", {"from_ms": 1, "to_ms": 2}, kline=False) == {"from_ms": 1, "to_ms": 2}
+
+
+# -- edges pinned by mutation testing (docs/mutation.md) ----------------------------
+
+def test_a_kline_close_is_delivered_even_with_the_event_time_of_its_last_open_update():
+    # Two messages of one millisecond: the open update and the close share an
+    # event time. The close is the final form of that kline and must go out.
+    s = Sequencer()
+    k = b"kline.BTCUSDT.1m"
+    assert s.admit(k, 60_000, 5, False) == 1
+    assert s.admit(k, 60_000, 5, True) == 2
+    assert s.admit(k, 60_000, 5, True) == 0
+
+
+def test_a_kline_gap_reaching_back_before_an_open_kline_starts_at_that_kline():
+    # Only an open kline of 180000 was delivered: that kline is not delivered
+    # in full, the one before it is.
+    seq = Sequencer()
+    seq.admit(b"kline.X.1m", 180_000, 180_500, False)
+    assert seq.trim_gap(b"kline.X.1m", {"from_ms": 60_000, "to_ms": 240_000}, kline=True) == {
+        "from_ms": 180_000, "to_ms": 240_000}
+
+
+def test_a_gap_is_trimmed_from_the_watermark_on_and_never_widened():
+    seq = Sequencer()
+    seq.admit(b"aggTrade.X", 100, 0, True)
+    assert seq.trim_gap(b"aggTrade.X", {"from_id": 100, "to_id": 120}, kline=False) == {"from_id": 101, "to_id": 120}
+    beyond = {"from_id": 150, "to_id": 200}
+    assert seq.trim_gap(b"aggTrade.X", beyond, kline=False) == beyond
