@@ -25,6 +25,7 @@ import orjson
 import pytest
 import websocket
 
+from feedsup.workers.threads import Threads
 from feedsup.binance.account_normalise import REPLAY_MINOR, EventOrder
 from feedsup.binance.normalise import MalformedEvent
 from feedsup.ipc import frames
@@ -120,11 +121,19 @@ class FakeSession:
 
 def make_rt(market: str = "spot") -> types.SimpleNamespace:
     rt = types.SimpleNamespace(name="acct", uplink=FakeUplink(), counters=Counters(), extra_stats={},
-                               pinger=Pinger(1e9, 1e9), ending=None, calls=[],
+                               pinger=Pinger(1e9, 1e9), ending=None, calls=[], threads=Threads(),
                                spec=types.SimpleNamespace(stream=types.SimpleNamespace(market=market)))
     rt.ready = lambda **fields: rt.calls.append(("ready", fields))
     rt.streaming = lambda: rt.calls.append(("streaming", {}))
     return rt
+
+
+@pytest.fixture(autouse=True)
+def fake_events(monkeypatch):
+    """The fake connection's events are not Binance's: ``account.handle``
+    (the market's normaliser tables) takes them as ``FakeSession.handle``
+    says. The real tables are tested in test_account_normalise.py."""
+    monkeypatch.setattr(account, "handle", lambda rt, ev: FakeSession.handle(None, ev))
 
 
 @pytest.fixture
@@ -250,7 +259,7 @@ def test_run_flags_live_events_the_snapshot_may_contain(ws, monkeypatch):
 
 def test_the_snapshot_thread_wakes_the_reader_and_closes_its_pipe():
     done = threading.Event()
-    fetch = account.SnapshotFetch(types.SimpleNamespace(snapshot=lambda: (done.wait(5), {"time": 1})[1]))
+    fetch = account.SnapshotFetch(types.SimpleNamespace(snapshot=lambda: (done.wait(5), {"time": 1})[1]), Threads())
     fetch.start()
     assert not fetch.done()
     done.set()
@@ -285,7 +294,8 @@ def test_events_keep_being_read_however_long_the_snapshot_takes(ws):
 
 
 def test_the_snapshot_thread_is_a_daemon_named_for_what_it_does():
-    fetch = account.SnapshotFetch(types.SimpleNamespace(snapshot=lambda: {}))
+    fetch = account.SnapshotFetch(types.SimpleNamespace(snapshot=lambda: {}), Threads())
+    fetch.start()
     assert fetch._thread.daemon and fetch._thread.name == "snapshot"
 
 

@@ -441,7 +441,8 @@ def vet_parent(make_parent) -> Parent:
 
 @pytest.mark.parametrize("body", [
     msgpack.packb({}),                                                               # an empty map
-    msgpack.packb({**{f"k{i}": i for i in range(13)}, "topic": "aggTrade.BTCUSDT"}),  # 14 keys, no stream
+    msgpack.packb({**{f"k{i}": i for i in range(frames.MAX_BODY_KEYS - 1)},
+                   "topic": "aggTrade.BTCUSDT"}),                                    # MAX_BODY_KEYS, no stream
 ])
 def test_a_first_batch_whose_body_is_not_a_frame_is_refused(make_parent, body):
     parent = vet_parent(make_parent)
@@ -699,8 +700,8 @@ def test_a_frame_after_a_gap_record_in_the_same_batch_is_published(make_parent):
     assert [(f["seq"], f["data"]) for _, f in parent.pub.frames()] == [(1, None), (2, {"id": 5})]
 
 
-@pytest.mark.parametrize("keys, ok", [(0, True), (14, True), (15, False)])
-def test_the_hot_path_takes_any_map_of_up_to_14_keys(make_parent, keys, ok):
+@pytest.mark.parametrize("keys, ok", [(0, True), (frames.MAX_BODY_KEYS, True), (frames.MAX_BODY_KEYS + 1, False)])
+def test_the_hot_path_takes_any_map_of_up_to_max_body_keys(make_parent, keys, ok):
     # Framing only: a vetted worker's bodies are not decoded again.
     parent = make_parent(PRICE)
     worker(parent, 1, "price")
@@ -736,7 +737,7 @@ def test_other_workers_go_on_publishing_while_one_is_refused(make_parent):
     (frames.encode_batch(1, [b"X" + record("aggTrade.BTCUSDT", 1, 1, "price")[1:]]), "record of unknown kind"),
     (frames.encode_batch(1, [record("aggTrade.BTCUSDT", 1, 1, "price")[:12]]), "truncated record"),
     (frames.encode_batch(1, [record("aggTrade.BTCUSDT", 1, 1, "price")])[:-2],
-     "record out of bounds, or its body is not a msgpack map of at most 14 keys"),
+     f"record out of bounds, or its body is not a msgpack map of at most {frames.MAX_BODY_KEYS} keys"),
     (frames.encode_batch(1, [record("bookTicker.BTCUSDT", 1, 1, "price")]), "record on a topic its stream does not own"),
 ])
 def test_each_refusal_says_exactly_why(make_parent, lines, message, reason):
