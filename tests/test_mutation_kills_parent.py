@@ -26,6 +26,7 @@ from feedsup.ipc.frames import Control
 from feedsup.supervisor import parent as parent_mod, policy as pol, state as saved
 from feedsup.supervisor.parent import Parent
 from feedsup.supervisor.policy import State, StateChanged
+from fakes import FakeProcess, FakePub, FakePull
 
 CONN = Connection(liveness_timeout=1e9, connect_timeout=1e6, max_age=1e6)
 PRICE = Stream(name="price", market="spot", channel="aggTrade", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN)
@@ -38,51 +39,6 @@ NO_HISTORY = [
     Stream(name="s", market="usdm", channel="markPrice", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
     Stream(name="s", market="spot", channel="depth", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN),
 ]
-
-
-class FakePub:
-    def __init__(self, subscriptions: list[bytes] | None = None) -> None:
-        self.sent: list[bytes] = []
-        self.flags: list[int] = []
-        self.subscriptions = list(subscriptions or [])
-
-    def send(self, data: bytes, flags: int = 0) -> None:
-        self.sent.append(data)
-        self.flags.append(flags)
-
-    def recv(self, flags: int = 0) -> bytes:
-        if not self.subscriptions:
-            raise zmq.Again()
-        return self.subscriptions.pop(0)
-
-    def frames(self) -> list[tuple[str, dict]]:
-        return [(t.decode(), msgpack.unpackb(p)) for t, p in zip(self.sent[::2], self.sent[1::2])]
-
-
-class FakePull:
-    def __init__(self, messages: list[bytes]) -> None:
-        self.messages = list(messages)
-
-    def recv(self, flags: int = 0) -> bytes:
-        if not self.messages:
-            raise zmq.Again()
-        return self.messages.pop(0)
-
-
-class FakeProcess:
-    def __init__(self, stream: str, instance: int) -> None:
-        self.stream, self.instance, self.pid = stream, instance, 100_000 + instance
-        self.exit_report, self.exited_at, self.code = None, None, None
-        self.signals: list[str] = []
-
-    def poll(self):
-        return self.code
-
-    def kill(self) -> None:
-        self.signals.append("KILL")
-
-    def terminate(self) -> None:
-        self.signals.append("TERM")
 
 
 @pytest.fixture

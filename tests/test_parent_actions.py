@@ -16,6 +16,7 @@ from feedsup.config import Config, Connection, Restart, Stream
 from feedsup.supervisor import parent as parent_mod, state as saved
 from feedsup.supervisor.parent import Parent
 from feedsup.supervisor.policy import Restarted, State, StateChanged
+from fakes import FakeProcess
 
 CONN = Connection(liveness_timeout=1e9, connect_timeout=1e6, max_age=1e6)
 PRICE = Stream(name="price", market="spot", channel="aggTrade", symbols=("BTCUSDT", "ETHUSDT"), connection=CONN)
@@ -42,22 +43,6 @@ class FakeMetrics:
 
     def update(self, status) -> None:
         pass
-
-
-class FakeProcess:
-    def __init__(self, stream: str, instance: int) -> None:
-        self.stream, self.instance, self.pid = stream, instance, 100_000 + instance
-        self.exit_report, self.exited_at, self.code = None, None, None
-        self.signals: list[str] = []
-
-    def poll(self):
-        return self.code
-
-    def kill(self) -> None:
-        self.signals.append("KILL")
-
-    def terminate(self) -> None:
-        self.signals.append("TERM")
 
 
 @pytest.fixture

@@ -22,35 +22,12 @@ from feedsup.ipc.frames import Control
 from feedsup.supervisor import policy as pol
 from feedsup.supervisor.parent import MAX_HELLOS, Parent
 from harness import write_config
+from fakes import FakePub, FakePull
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
 BOOK = {"name": "book", "market": "spot", "channel": "bookTicker", "symbols": ["BTCUSDT"]}
 ACCT = {"name": "acct", "market": "spot", "channel": "account", "api_key_env": "K", "api_secret_env": "S"}
 TOPIC = b"aggTrade.BTCUSDT"
-
-
-class FakePull:
-    def __init__(self, messages: list[bytes]) -> None:
-        self.messages = list(messages)
-
-    def recv(self, flags: int = 0) -> bytes:
-        if not self.messages:
-            raise zmq.Again()
-        return self.messages.pop(0)
-
-
-class FakePub:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes, flags: int = 0) -> None:
-        self.sent.append(data)
-
-    def recv(self, flags: int = 0) -> bytes:
-        raise zmq.Again()
-
-    def payloads(self) -> list[dict]:
-        return [msgpack.unpackb(p) for p in self.sent[1::2]]
 
 
 @pytest.fixture

@@ -8,32 +8,14 @@ import shutil
 import types
 
 import msgpack
-import zmq
 
 from feedsup.config import Config, Stream
 from feedsup.ipc import frames
 from feedsup.supervisor.parent import Parent
+from fakes import FakePub, FakePull
 
 PRICE = Stream(name="price", market="spot", channel="aggTrade", symbols=("BTCUSDT",))
 BOOK = Stream(name="book", market="spot", channel="bookTicker", symbols=("BTCUSDT",))
-
-
-class FakePub:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes, flags: int = 0) -> None:
-        self.sent.append(data)
-
-
-class FakePull:
-    def __init__(self, messages: list[bytes]) -> None:
-        self.messages = list(messages)
-
-    def recv(self, flags: int = 0) -> bytes:
-        if not self.messages:
-            raise zmq.Again()
-        return self.messages.pop(0)
 
 
 class FakeSink:
