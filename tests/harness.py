@@ -160,3 +160,20 @@ class Collector:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of ``pid``'s sockets (to find them in /proc/net/tcp*);
+    empty once the process is gone."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes

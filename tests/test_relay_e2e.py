@@ -19,7 +19,7 @@ import threading
 
 from feedsup.ipc.client import ControlError, Subscriber, request
 from feedsup.procs import alive, rss_mb
-from harness import Feedsup, tied, wait_for, write_config
+from harness import Feedsup, socket_inodes, tied, wait_for, write_config
 from test_fdguard_e2e import LIMIT, _ok, limited, open_fds, stream_row  # noqa: F401 (fixture)
 
 PRICE = {"name": "price", "market": "spot", "channel": "aggTrade", "symbols": ["BTCUSDT"]}
@@ -187,16 +187,8 @@ def test_catch_up_live_and_control_over_tcp_go_through_the_relay(start_sim, tmp_
 
 def _tcp_listening(pid: int) -> bool:
     """Does ``pid`` hold a listening TCP socket (state 0A in /proc/net/tcp*)?"""
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
+    inodes = socket_inodes(pid)
+    if not inodes:
         return False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:

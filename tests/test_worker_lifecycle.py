@@ -23,6 +23,7 @@ from feedsup.config import Connection, Endpoint, Stream
 from feedsup.ipc import frames
 from feedsup.procs import alive, read_line, wait_for
 from feedsup.ipc.spec import WorkerSpec
+from harness import socket_inodes
 
 # How long a worker may take to go once its parent is gone (the watchdog
 # polls getppid every ORPHAN_POLL_S; the rest is slack for a loaded machine).
@@ -149,16 +150,8 @@ def test_sigterm_while_connecting_ends_the_worker_promptly(start_sim, tmp_path, 
 
 
 def _connected_to(pid: int, port: int) -> bool:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
+    inodes = socket_inodes(pid)
+    if not inodes:
         return False
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:

@@ -310,11 +310,7 @@ def run(spec: RelaySpec) -> int:
         reporter.send({"error": f"{exc}", "pub": spec.pub, "control": spec.control}, 0.0, force=True)
         if proxy is not None:
             proxy.close()
-        for sock in socks:
-            sock.close(linger=0)
-        if auth is not None:
-            auth.stop()
-        ctx.destroy(linger=0)
+        _close_all(socks, auth, ctx)
         return EXIT_UNAVAILABLE
     try:
         watch: fdwatch.FdWatch | None = fdwatch.FdWatch(
@@ -376,12 +372,16 @@ def run(spec: RelaySpec) -> int:
             # last bytes may still be on their way in from the socket).
             _drain_upstream(socks[1], socks[0], time.monotonic() + FLUSH_MS / 1000)
             socks[0].close(linger=FLUSH_MS)
-        for sock in socks:
-            sock.close(linger=0)
-        if auth is not None:
-            auth.stop()
-        ctx.destroy(linger=0)
+        _close_all(socks, auth, ctx)
     return code
+
+
+def _close_all(socks: list[zmq.Socket], auth: Any, ctx: zmq.Context) -> None:
+    for sock in socks:
+        sock.close(linger=0)
+    if auth is not None:
+        auth.stop()
+    ctx.destroy(linger=0)
 
 
 def main(argv: list[str]) -> int:
