@@ -154,8 +154,14 @@ def test_active_active_into_jetstream_with_faults(start_sim, nats_cluster, tmp_p
             victim.fs.wait_running("trades", 20)
 
         def kill_worker() -> None:
-            pid = b.fs.wait_running("trades", 20)["pid"]
-            os.kill(pid, signal.SIGKILL)
+            def killed() -> bool:
+                pid = b.fs.wait_running("trades", 20)["pid"]
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    return True
+                except ProcessLookupError:   # it had just ended (a dropped connection): kill its successor
+                    return False
+            wait_for(killed, 20, "a running worker SIGKILLed")
             progress()
 
         def kill_leader() -> None:
