@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,12 +12,13 @@ import time
 
 import msgpack
 import zmq
+from hypothesis import given, settings, strategies as st
 from prometheus_client import generate_latest
 
 from feedsup.cli import format_status
 from feedsup.procs import alive, tied, wait_for
 from feedsup.supervisor.metrics import Metrics
-from feedsup.supervisor.relay import RELAY_ID, Relay, RelaySpec
+from feedsup.supervisor.relay import COUNTS, MAX_LINE, RELAY_ID, Relay, RelaySpec
 from harness import REPO
 
 
@@ -163,3 +165,44 @@ def test_a_silent_relay_is_killed_and_restarted(tmp_path):
         assert relay.wait_ready(15) is None
     finally:
         relay.stop()
+
+
+class _PipeProc:
+    """What ``Relay._read`` needs of the relay's process: its stdout pipe."""
+
+    pid = 0
+
+    def __init__(self) -> None:
+        r, self.w = os.pipe()
+        os.set_blocking(r, False)
+        self.stdout = os.fdopen(r, "rb")
+
+
+@settings(deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=4096),
+                          st.builds(lambda d: (json.dumps(d) + "\n").encode(),
+                                    st.dictionaries(st.sampled_from(["bound", "curve_refused", "tcp_closures",
+                                                                     "tcp_refused", "fds", "error", "x"]),
+                                                    st.one_of(st.none(), st.booleans(), st.integers(),
+                                                              st.text(max_size=50), st.lists(st.integers()))))),
+                max_size=30))
+def test_whatever_the_relay_writes_the_parent_reads_it_within_bounds(chunks):
+    """The relay's report lines are a boundary: bytes of any shape, split
+    anywhere, never raise in the parent, never grow its buffer past
+    MAX_LINE, and leave ``report`` a dict whose counts add up as ints."""
+    relay = Relay(spec_for("/tmp", "tcp://127.0.0.1:1"))
+    proc = _PipeProc()
+    relay.proc = proc
+    try:
+        for chunk in chunks:
+            if chunk:
+                os.write(proc.w, chunk[:60_000])
+            relay._read()
+            assert len(relay._buf) <= MAX_LINE
+            assert isinstance(relay.report, dict)
+            for key in COUNTS:
+                assert type(relay.total(key)) is int
+            relay.status()
+    finally:
+        os.close(proc.w)
+        proc.stdout.close()
