@@ -26,7 +26,8 @@ from tests.harness import REPO, Feedsup, tied, wait_for, write_config
 
 nats = pytest.importorskip("nats")
 
-from feedsup.sinks.cluster import NatsCluster, server_binary  # noqa: E402
+from feedsup.sinks.cluster import NatsCluster  # noqa: E402
+from natscluster import running_cluster  # noqa: E402
 from feedsup.supervisor import state as saved  # noqa: E402
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -39,17 +40,8 @@ STREAMS = [
 @pytest.fixture
 def nats_cluster():
     """A 3-node JetStream cluster on loopback, always stopped at teardown."""
-    try:
-        server_binary()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    cluster = NatsCluster(3)
-    try:
-        cluster.start()
-        cluster.wait_ready()
+    with running_cluster(3) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def stream_state(urls: list[str], stream: str = "FEEDSUP") -> dict:

@@ -20,23 +20,15 @@ from feedsup.sinks.config import NatsSink
 nats = pytest.importorskip("nats")
 
 from feedsup.ipc.jetstream import JetStreamConsumer, subjects_for  # noqa: E402
-from feedsup.sinks.cluster import NatsCluster, server_binary  # noqa: E402
+from feedsup.sinks.cluster import NatsCluster  # noqa: E402
+from natscluster import running_cluster  # noqa: E402
 from feedsup.sinks.nats import NatsSinkThread  # noqa: E402
 
 
 @pytest.fixture
 def node():
-    try:
-        server_binary()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    cluster = NatsCluster(1)
-    try:
-        cluster.start()
-        cluster.wait_ready()
+    with running_cluster(1) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def frame(topic: str, i: int, seq: int) -> tuple:
@@ -163,13 +155,8 @@ def test_tail_nats_prints_stored_frames(node):
 
 @pytest.fixture
 def cluster3():
-    cluster = NatsCluster(3)
-    try:
-        cluster.start()
-        cluster.wait_ready()
+    with running_cluster(3) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def test_consumer_reopened_twice_without_reading_keeps_its_position(cluster3):
