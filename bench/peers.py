@@ -49,6 +49,22 @@ class Clock:
 clock = Clock()
 """
 
+# unicorn-binance-websocket-api, the same run for both of its outputs.
+_UBWA = r"""
+from unicorn_binance_websocket_api import BinanceWebSocketApiManager
+done = False
+def cb(data):
+    global done
+    if clock.tick():
+        done = True
+m = BinanceWebSocketApiManager(exchange="binance.com", websocket_base_uri=url + "/", output_default="OUTPUT",
+                               process_stream_data=cb, high_performance=True, disable_colorama=True)
+m.create_stream(["kline_1m"], ["btcusdt"])
+while not done:
+    time.sleep(0.05)
+import os; os._exit(0)
+"""
+
 PEERS = {
     "websocket-client recv_data, no UTF-8 check": r"""
 import websocket
@@ -58,34 +74,8 @@ while True:
     if op in (1, 2) and clock.tick():
         break
 """,
-    "unicorn-binance-websocket-api, raw strings": r"""
-from unicorn_binance_websocket_api import BinanceWebSocketApiManager
-done = False
-def cb(data):
-    global done
-    if clock.tick():
-        done = True
-m = BinanceWebSocketApiManager(exchange="binance.com", websocket_base_uri=url + "/", output_default="raw_data",
-                               process_stream_data=cb, high_performance=True, disable_colorama=True)
-m.create_stream(["kline_1m"], ["btcusdt"])
-while not done:
-    time.sleep(0.05)
-import os; os._exit(0)
-""",
-    "unicorn-binance-websocket-api, parsed dicts": r"""
-from unicorn_binance_websocket_api import BinanceWebSocketApiManager
-done = False
-def cb(data):
-    global done
-    if clock.tick():
-        done = True
-m = BinanceWebSocketApiManager(exchange="binance.com", websocket_base_uri=url + "/", output_default="dict",
-                               process_stream_data=cb, high_performance=True, disable_colorama=True)
-m.create_stream(["kline_1m"], ["btcusdt"])
-while not done:
-    time.sleep(0.05)
-import os; os._exit(0)
-""",
+    "unicorn-binance-websocket-api, raw strings": _UBWA.replace("OUTPUT", "raw_data"),
+    "unicorn-binance-websocket-api, parsed dicts": _UBWA.replace("OUTPUT", "dict"),
     "cryptofeed, parsed and normalised": r"""
 import os
 from cryptofeed import FeedHandler
