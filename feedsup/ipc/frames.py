@@ -244,7 +244,13 @@ def with_seq(body: bytes, seq: int, epoch: int) -> bytes:
     head = body[0]
     if not 0x80 <= head <= 0x80 + MAX_BODY_KEYS:
         raise ValueError(f"body must be a msgpack fixmap of at most {MAX_BODY_KEYS} keys")
-    return bytes((head + 2,)) + SEQ_KEY + msgpack.packb(seq) + EPOCH_KEY + msgpack.packb(epoch) + body[1:]
+    return bytes((head + 2,)) + SEQ_KEY + msgpack.packb(seq) + epoch_field(epoch) + body[1:]
+
+
+def epoch_field(epoch: int) -> bytes:
+    """``"epoch": <uint32>`` as msgpack map entry bytes, always the same
+    length (the parent's hot path packs it in a fixed-size struct field)."""
+    return EPOCH_KEY + b"\xce" + epoch.to_bytes(4, "big")
 
 
 def new_epoch() -> int:

@@ -85,7 +85,7 @@ class Parent:
         # Seqs start at 1 again in every parent; the epoch in each frame
         # lets consumers tell this parent's frames from its predecessor's.
         self.epoch = frames.new_epoch()
-        self._epoch_kv = frames.EPOCH_KEY + b"\xce" + self.epoch.to_bytes(4, "big")
+        self._epoch_kv = frames.epoch_field(self.epoch)
         assert len(self._epoch_kv) == _SEQ_HEAD.size - 10
         self.workers: dict[int, WorkerProcess] = {}
         self.rates: dict[int, tuple[float, int, float]] = {}   # instance -> (t, msgs, msgs/s)
