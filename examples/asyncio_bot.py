@@ -3,11 +3,14 @@ feedsup parent restart.
 
     python examples/asyncio_bot.py tcp://127.0.0.1:7780 tcp://127.0.0.1:7781 acct
 
-A parent restart shows as every topic's seq going back (to 1): a ``Gap`` with
-``restart=True``. Klines need nothing (a closed kline is the same kline
-whoever sends it). The account state is distrusted from that moment and
-rebuilt from the account stream's next ``account.snapshot``, which the
-restarted parent's worker publishes after it connects; events before that
+A parent restart shows as a new ``epoch`` on every topic, seq starting
+again at 1: a ``Gap`` with ``restart=True``. Klines need nothing (a closed
+kline is the same kline whoever sends it). The account state is distrusted
+from that moment and rebuilt from the restarted parent's ``account.snapshot``,
+which its worker publishes before any account event. That snapshot may have
+gone out before this socket reconnected (PUB drops what an absent subscriber
+would have got), so the bot asks for the new parent's latest account frames
+with ``catch_up`` and otherwise takes the snapshot live; events before the
 snapshot are ignored (the snapshot holds their effect).
 """
 
@@ -33,6 +36,7 @@ class BotState:
         self.open_orders: dict[int, dict[str, Any]] = {}
         self.synced = False                              # account state valid (a snapshot since (re)start)
         self.restarts = 0
+        self.rejoin_due = False                          # a restart seen: ask the new parent's latest values
         self._restarted: set[str] = set()                # topics seen restarting in this generation
 
     def on_gap(self, gap: Gap) -> None:
@@ -46,6 +50,7 @@ class BotState:
             self._restarted = set()
             self.synced = False                          # wait for the new parent's snapshot
             self.restarts += 1
+            self.rejoin_due = True
         self._restarted.add(gap.topic)
 
     def apply(self, frame: dict[str, Any]) -> None:
@@ -73,14 +78,29 @@ class BotState:
                 self.open_orders[data["order_id"]] = data
 
 
+    def apply_latest(self, frames: list[dict[str, Any]]) -> None:
+        """``catch_up``'s latest frame of each topic: the snapshot first, as
+        the parent published it before the events."""
+        for frame in sorted(frames, key=lambda f: not f["topic"].startswith("account.snapshot.")):
+            self.apply(frame)
+
+
+async def rejoin(sub: AsyncSubscriber, state: BotState, control: str) -> None:
+    """After a parent restart: the new parent's latest account frames (its
+    snapshot may be among them), then live with no hole."""
+    if state.rejoin_due:
+        state.rejoin_due = False
+        state.apply_latest(await sub.catch_up(control, ["account."]))
+
+
 async def run(pub: str, control: str, account_stream: str) -> None:
     state = BotState(account_stream)
     prefixes = ["kline.", "account."]
     async with AsyncSubscriber(pub, prefixes, on_gap=state.on_gap) as sub:
-        for frame in await sub.catch_up(control, prefixes):   # latest values first, then live
-            state.apply(frame)
+        state.apply_latest(await sub.catch_up(control, prefixes))   # latest values first, then live
         async for frame in sub:
             state.apply(frame)
+            await rejoin(sub, state, control)
             # ... the bot's decisions go here; await, never block the loop.
 
 

@@ -24,6 +24,17 @@ def test_seq_going_back_is_a_parent_restart_not_a_loss():
     assert t.missed == 0
 
 
+def test_a_restarted_parent_s_frames_before_the_first_one_seen_are_counted_lost():
+    """A new epoch first seen at seq 4: the new parent published 1..3 before
+    this subscriber was back, and PUB dropped them."""
+    t = SeqTracker()
+    t.observe("a", 10, epoch=7)
+    gap = t.observe("a", 4, epoch=8)
+    assert (gap.expected, gap.got, gap.missed, gap.restart) == (1, 4, 3, True)
+    assert t.missed == 3
+    assert t.observe("a", 5, epoch=8) is None
+
+
 def test_topics_are_independent():
     t = SeqTracker()
     t.observe("a", 1)

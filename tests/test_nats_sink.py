@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import msgpack
 import pytest
@@ -19,6 +20,7 @@ from feedsup.sinks.config import NatsSink
 
 nats = pytest.importorskip("nats")
 
+from feedsup.ipc import jetstream  # noqa: E402
 from feedsup.ipc.jetstream import JetStreamConsumer, subjects_for  # noqa: E402
 from feedsup.sinks.cluster import NatsCluster  # noqa: E402
 from natscluster import running_cluster  # noqa: E402
@@ -48,6 +50,30 @@ def sink(node: NatsCluster, source: str, **conf) -> NatsSinkThread:
     s = NatsSinkThread(NatsSink(servers=tuple(node.urls), ack_timeout=1.0, **conf), source, ["t.A", "t.B"])
     s.start()
     return s
+
+
+def publish_numbered(urls: list[str], count: int, replicas: int = 1) -> None:
+    """Frames agg_id 1..count on t.A, into a new stream FEEDSUP."""
+    from nats.js.errors import NoStreamResponseError
+
+    async def publish() -> None:
+        nc = await nats.connect(urls)
+        js = nc.jetstream()
+        await js.add_stream(name="FEEDSUP", subjects=["feedsup.>"], num_replicas=replicas)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        for i in range(1, count + 1):
+            payload = msgpack.packb({"topic": "t.A", "seq": i, "data": {"agg_id": i}})
+            while True:
+                try:
+                    await js.publish("feedsup.t.A", payload, headers={"Nats-Msg-Id": str(i)})
+                    break
+                except NoStreamResponseError:    # a replicated stream still electing its leader
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+        await nc.close()
+    asyncio.run(publish())
 
 
 def test_subject_filters_follow_topic_prefixes():
@@ -109,14 +135,7 @@ def test_nats_down_buffer_overflow_gap_notice_and_held_marks(node):
 
 
 def test_durable_consumer_resumes_after_its_last_ack(node):
-    async def publish() -> None:
-        nc = await nats.connect(node.urls)
-        js = nc.jetstream()
-        await js.add_stream(name="FEEDSUP", subjects=["feedsup.>"])
-        for i in range(1, 21):
-            await js.publish("feedsup.t.A", msgpack.packb({"topic": "t.A", "seq": i, "data": {"agg_id": i}}))
-        await nc.close()
-    asyncio.run(publish())
+    publish_numbered(node.urls, 20)
     seen = []
     first = JetStreamConsumer(node.urls, ["t."], durable="d", batch=8)
     seen += [first.next(2)["data"]["agg_id"] for _ in range(7)]
@@ -136,6 +155,83 @@ def test_durable_consumer_resumes_after_its_last_ack(node):
     # the frame being processed at the "kill" comes again, flagged; nothing else twice
     assert [f["data"]["agg_id"] for f in rest] == list(range(12, 21))
     assert rest[0].get("redelivered") and not any(f.get("redelivered") for f in rest[1:])
+
+
+
+def steal_deliveries(urls: list[str], pull_subject: str, batch: int) -> None:
+    """Deliveries lost on the way, as when the node a consumer is connected to
+    dies with frames in flight: another connection takes them and never acks.
+    The server counts them delivered and waits ``ack_wait`` (30 s) for acks."""
+    async def steal() -> None:
+        nc = await nats.connect(urls)
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)        # the server delivers only to a reply someone listens on
+        await nc.publish(pull_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=inbox)
+        for _ in range(batch):
+            await sub.next_msg(timeout=5)
+        await nc.close()
+    asyncio.run(steal())
+
+
+@pytest.mark.parametrize("durable", ["d", None])
+@pytest.mark.parametrize("taken", [4, 0])
+@pytest.mark.parametrize("server_reset", [True, False], ids=["reset", "recreate"])
+def test_deliveries_lost_in_transit_come_in_order_without_waiting_for_ack_wait(node, durable, taken, server_reset,
+                                                                                monkeypatch):
+    """``taken`` frames handed out, then 3 deliveries lost; with the server's
+    consumer reset (nats-server 2.14+) or, as before 2.14, by re-creating
+    the consumer."""
+    if not server_reset:
+        monkeypatch.setattr(jetstream, "_has_consumer_reset", lambda nc: False)
+    publish_numbered(node.urls, 20)
+    consumer = JetStreamConsumer(node.urls, ["t."], durable=durable, batch=4)
+    try:
+        got = [consumer.next(2)["data"]["agg_id"] for _ in range(taken)]
+        steal_deliveries(node.urls, consumer._sub._nms, 3)                 # the next 3 lost on the way
+        while (f := consumer.next(2.0)) is not None:
+            got.append(f["data"]["agg_id"])
+            assert not f.get("redelivered")
+    finally:
+        consumer.close()
+    assert got == list(range(1, 21))
+
+
+def consumer_leader(urls: list[str], durable: str) -> int:
+    """The index of the node leading ``durable`` (nodes are named n0, n1, ...)."""
+    async def leader() -> str:
+        nc = await nats.connect(urls)
+        info = await nc.jetstream().consumer_info("FEEDSUP", durable)
+        await nc.close()
+        return info.cluster.leader
+    return int(asyncio.run(leader())[1:])
+
+
+def test_a_reconnect_resyncs_even_when_no_later_frame_reveals_the_loss(cluster3):
+    """The consumer's node dies with the last frames on their way to it, and
+    nothing after them shows a jump in the delivery count: the broken
+    connection itself is the sign. (Without it the frames would come back
+    only after ack_wait, 30 s.)"""
+    node = cluster3
+    publish_numbered(node.urls, 10, replicas=3)
+    JetStreamConsumer(node.urls, durable="d").close()                  # created, nothing read
+    leader = consumer_leader(node.urls, "d")
+    via = (leader + 1) % 3                                              # connected to a node that is not the leader
+    servers = [node.urls[via]] + [u for i, u in enumerate(node.urls) if i != via]
+    consumer = JetStreamConsumer(servers, durable="d", batch=4, connect_options={"dont_randomize": True})
+    try:
+        got = [consumer.next(2)["data"]["agg_id"] for _ in range(4)]
+        steal_deliveries(node.urls, consumer._sub._nms, 6)              # 5..10, the last ones
+        node.kill(via)
+        # A dead node can cost a leader election first (seconds), so allow
+        # 25 s: still below ack_wait, after which the server would resend
+        # them itself, flagged redelivered.
+        deadline = time.monotonic() + 25
+        while len(got) < 10 and (f := consumer.next(max(0.0, deadline - time.monotonic()))) is not None:
+            assert not f.get("redelivered")
+            got.append(f["data"]["agg_id"])
+    finally:
+        consumer.close()
+    assert got == list(range(1, 11))
 
 
 def test_tail_nats_prints_stored_frames(node):
@@ -165,14 +261,7 @@ def test_consumer_reopened_twice_without_reading_keeps_its_position(cluster3):
     floor reads 0)."""
     node = cluster3
 
-    async def publish() -> None:
-        nc = await nats.connect(node.urls)
-        js = nc.jetstream()
-        await js.add_stream(name="FEEDSUP", subjects=["feedsup.>"], num_replicas=3)
-        for i in range(1, 31):
-            await js.publish("feedsup.t.A", msgpack.packb({"topic": "t.A", "seq": i, "data": {"agg_id": i}}))
-        await nc.close()
-    asyncio.run(publish())
+    publish_numbered(node.urls, 30, replicas=3)
     first = JetStreamConsumer(node.urls, durable="p", batch=8)
     assert [first.next(2)["js_seq"] for _ in range(5)] == [1, 2, 3, 4, 5]
     first.close()

@@ -45,7 +45,7 @@ class Gap:
     topic: str
     expected: int   # the seq that should have come
     got: int        # the seq that came instead
-    missed: int     # frames lost between them (0 on a parent restart)
+    missed: int     # frames lost between them; on a parent restart, the new parent's before ``got``
     restart: bool = False
 
 
@@ -97,11 +97,13 @@ class SeqTracker:
         if seq == prev + 1 and epoch == self.epochs[topic]:
             return None
         if seq <= prev or epoch != self.epochs[topic]:
+            # A restarted parent numbers from 1: its frames before this one
+            # were published before this socket was back (PUB drops them).
             self.epochs[topic] = epoch
-            gap = Gap(topic, prev + 1, seq, 0, restart=True)
+            gap = Gap(topic, 1, seq, seq - 1, restart=True)
         else:
             gap = Gap(topic, prev + 1, seq, seq - prev - 1)
-            self.missed += gap.missed
+        self.missed += gap.missed
         self.gaps.append(gap)
         return gap
 

@@ -26,11 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from typing import Any, Iterator
 
 import msgpack
 
 FETCH_BATCH = 256
+
+
+def _has_consumer_reset(nc: Any) -> bool:
+    version = nc.connected_server_version
+    return (version.major, version.minor) >= (2, 14)
 
 
 def subjects_for(topics: list[str] | tuple[str, ...], prefix: str = "feedsup") -> list[str]:
@@ -74,6 +80,10 @@ class JetStreamConsumer:
         self._js: Any = None
         self._config: Any = None
         self._resume_seq: int | None = None       # learned from a durable's ack floor, kept across retries
+        self._handed: int | None = None           # stream seq of the last frame handed out
+        self._delivered = 0                       # the consumer's delivery count (its consumer seq) seen so far
+        self._lost = False                        # deliveries may have been lost on the way: resync
+        self._stale: str | None = None            # a consumer to delete before resyncing
         self._run(self._open_retrying(open_timeout))
 
     # -- public ----------------------------------------------------------------
@@ -131,7 +141,7 @@ class JetStreamConsumer:
         from nats.js import api
 
         self._nc = await nats.connect(self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                      **self.connect_options)
+                                      reconnected_cb=self._on_reconnected, **self.connect_options)
         js = self._nc.jetstream()
         config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=10 * self.batch)
         if len(self.subjects) > 1:
@@ -151,8 +161,71 @@ class JetStreamConsumer:
             config.inactive_threshold = 60.0     # the server forgets an ephemeral consumer left behind
         else:
             await self._resume_durable(js, config)
-        self._sub = await js.pull_subscribe(self.subjects[0], durable=self.durable, stream=self.stream,
-                                            config=config)
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        self._sub = await self._js.pull_subscribe(self.subjects[0], durable=self.durable, stream=self.stream,
+                                                  config=self._config)
+        # A durable that already existed has counted deliveries before ours.
+        self._delivered = (await self._sub.consumer_info()).delivered.consumer_seq
+
+    async def _on_reconnected(self) -> None:
+        # Frames the server sent through the connection that broke are
+        # counted delivered but never arrived.
+        self._lost = True
+
+    async def _resync(self) -> None:
+        """Deliveries were lost on the way (the consumer's delivery count
+        jumped, or the connection broke with frames in flight, as when a
+        cluster node dies). The server would resend them only after
+        ``ack_wait``, behind newer frames: out of order and late. So move the
+        consumer back to right after the last frame handed out, dropping what
+        was fetched and not handed out yet, and read on a fresh inbox (frames
+        still in flight to the old one are not mistaken for new ones)."""
+        self._lost = False
+        self._buffer = []
+        if self._sub is not None:
+            self._stale = self._sub._consumer     # kept across a failed attempt
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass
+            self._sub = None
+        if self._handed is not None and _has_consumer_reset(self._nc):
+            await self._reset(self._stale, self._handed + 1)
+            self._sub = await self._js.pull_subscribe_bind(self._stale, stream=self.stream)
+        else:
+            await self._recreate()
+        self._stale = None
+
+    async def _reset(self, name: str, seq: int) -> None:
+        """The server's consumer reset (nats-server 2.14+): the next delivery
+        is stream seq ``seq`` or later, delivery count from 0. Handled by the
+        consumer's own leader, so it needs no new consumer while a node is
+        down (deleting and re-creating one needs a new replica group)."""
+        reply = await self._nc.request(f"$JS.API.CONSUMER.RESET.{self.stream}.{name}",
+                                       json.dumps({"seq": seq}).encode(), timeout=2.0)
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise RuntimeError(f"consumer reset refused: {answer['error']}")
+        self._delivered = answer["delivered"]["consumer_seq"]
+
+    async def _recreate(self) -> None:
+        """Delete the consumer and create it again after the last frame handed
+        out (servers before 2.14, or nothing handed out yet)."""
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
+        if self._stale is not None:
+            try:
+                await self._js.delete_consumer(self.stream, self._stale)
+            except NotFoundError:
+                pass
+        if self._handed is not None:
+            self._config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            self._config.opt_start_seq = self._handed + 1
+            self._config.opt_start_time = None
+        await self._subscribe()
 
     async def _resume_durable(self, js: Any, config: Any) -> None:
         """Re-create the durable consumer right after its acknowledgement floor.
@@ -190,32 +263,53 @@ class JetStreamConsumer:
         config.opt_start_time = None
 
     async def _next(self, timeout: float | None) -> dict[str, Any] | None:
-        from nats.errors import TimeoutError as NatsTimeout
-
         if self._unacked is not None:
             await self._unacked.ack()
             self._unacked = None
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while not self._buffer:
+        while True:
+            msg = await self._take(deadline)
+            if msg is None:
+                return None
+            meta = msg.metadata
+            if meta.sequence.consumer != self._delivered + 1:
+                self._lost = True                # a delivery between went missing
+                continue
+            self._delivered += 1
+            if self._handed is not None and meta.sequence.stream <= self._handed:
+                await msg.ack()                  # handed out already (its ack was lost): once is enough
+                continue
+            break
+        self._unacked = msg
+        self._handed = meta.sequence.stream
+        self.received += 1
+        frame = msgpack.unpackb(msg.data)
+        frame["js_seq"] = meta.sequence.stream
+        if meta.num_delivered > 1 or meta.sequence.stream == self._maybe_seen:
+            frame["redelivered"] = True
+        return frame
+
+    async def _take(self, deadline: float | None) -> Any:
+        """The next fetched message, or None at the deadline; resyncs first
+        when deliveries may have been lost."""
+        from nats.errors import TimeoutError as NatsTimeout
+
+        loop = asyncio.get_running_loop()
+        while True:
             left = 1.0 if deadline is None else deadline - loop.time()
             if left <= 0:
                 return None
             try:
+                if self._lost or self._sub is None:
+                    await self._resync()
+                if self._buffer:
+                    return self._buffer.pop(0)
                 self._buffer = await self._sub.fetch(self.batch, timeout=min(max(left, 0.05), 1.0))
             except (NatsTimeout, asyncio.TimeoutError):
                 continue
             except Exception:                    # reconnecting, leader election: try again
                 await asyncio.sleep(0.1)
-        msg = self._buffer.pop(0)
-        self._unacked = msg
-        self.received += 1
-        frame = msgpack.unpackb(msg.data)
-        meta = msg.metadata
-        frame["js_seq"] = meta.sequence.stream
-        if meta.num_delivered > 1 or meta.sequence.stream == self._maybe_seen:
-            frame["redelivered"] = True
-        return frame
 
     async def _close(self) -> None:
         if self._unacked is not None:
