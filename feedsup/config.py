@@ -109,10 +109,11 @@ _FEEDSUP_KEYS = ("pub", "control", "log_format", "metrics_port", "pub_hwm", "sta
                  "universe_refresh")
 _CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "key_file", "ed25519_key_file")
 _STREAM_KEYS = (
-    "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix",
+    "name", "market", "channel", "symbols", "intervals", "depth_levels", "topic_prefix", "nice",
     *_CREDENTIAL_KEYS, *CONNECTION_KEYS,
 )
 LOG_FORMATS = ("logfmt", "json")
+MAX_NICE = 19
 
 
 @dataclass(frozen=True)
@@ -808,6 +809,8 @@ def _load_stream(raw: object, at: _At, config: Config) -> Stream:
                                convert=_int_range(1, MAX_DEPTH_LEVELS), default=10),
         connection=_stream_connection(table, config, channel),
         topic_prefix=_topic_prefix(table, channel),
+        # Up only: an unprivileged process may lower its priority, not raise it.
+        nice=table.get("nice", _int_range(0, MAX_NICE), 0),
     )
     stream = replace(stream, **_load_credentials_config(table, stream, config))
     _check_stream_count(stream, table.at.dot("symbols"))

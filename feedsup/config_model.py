@@ -90,6 +90,9 @@ class Stream:
     key_file: str = ""
     # account only: PEM Ed25519 private key signing instead of an HMAC secret.
     ed25519_key_file: str = ""
+    # The worker's CPU priority below the parent's (Unix nice, 0-19): a bulk
+    # stream yields the CPU to latency-sensitive ones on a busy host.
+    nice: int = 0
 
 
 # ``metrics_port = "any"``: the parent binds a free port and reports it in

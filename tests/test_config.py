@@ -118,6 +118,11 @@ def test_minimal_config_gets_defaults(tmp_path):
     assert config.streams[0].depth_levels == 10
 
 
+def test_nice_lowers_one_stream_s_priority(tmp_path):
+    config = load(tmp_path, stream(name="bulk", nice=10) + stream(name="fast", symbols=["ETHUSDT"]))
+    assert [s.nice for s in config.streams] == [10, 0]
+
+
 def test_metrics_port_any_asks_for_a_free_port(tmp_path):
     assert load(tmp_path, '[feedsup]\nmetrics_port = "any"\n' + PRICE).metrics_port == ANY_PORT
     assert load(tmp_path, "[feedsup]\nmetrics_port = 9108\n" + PRICE).metrics_port == 9108
@@ -383,6 +388,10 @@ CASES = [
     (stream(channel="depth", depth_levels=0), 'stream "s".depth_levels', "between 1 and"),
     (stream(channel="depth", depth_levels=True), 'stream "s".depth_levels',
      "must be an integer"),
+    # nice
+    (stream(nice=-1), 'stream "s".nice', "between 0 and 19"),
+    (stream(nice=20), 'stream "s".nice', "between 0 and 19"),
+    (stream(nice="10"), 'stream "s".nice', "must be an integer"),
     # stream count per connection
     (stream(channel="kline", symbols=[f"S{i}USDT" for i in range(65)],
             intervals=list(KLINE_INTERVALS)),

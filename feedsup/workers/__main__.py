@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import sys
 import threading
 
@@ -44,6 +45,10 @@ def main(argv: list[str]) -> int:
               f"{spec.protocol}, worker {PROTOCOL_VERSION}", file=sys.stderr)
         return EX_CONFIG
     die_with_parent(spec.parent_pid)
+    if spec.stream.nice:
+        # Before any thread exists (ZeroMQ's, the helpers'): Linux keeps a
+        # nice value per thread, and new threads inherit the creator's.
+        os.nice(spec.stream.nice)
     setup_logging(spec)
     kind = importlib.import_module(KINDS.get(spec.stream.channel, DEFAULT_KIND))
     rt = Runtime(spec)
