@@ -3,7 +3,7 @@ a shared machine where one run says little.
 
     python bench/latency.py [--tree DIR ...] [--runs 5] [--seconds 4]
                             [--case 5k --case 20k --case 5k+blast] [--chrt]
-                            [--pub ipc --pub tcp]
+                            [--pub ipc --pub tcp] [--bulk-nice 0 --bulk-nice 19]
 
 Each run starts the same exchange as ``bench/throughput.py`` (``kblast.py``
 pacing BTCUSDT in 1 ms steps, optionally ETHUSDT blasting through a second
@@ -14,6 +14,9 @@ archive``) are run in turn, case by case, ``--runs`` times: the load of the
 other users of the machine falls on every tree alike. Prints every run with
 the 1-minute load, then per tree and case the median of the runs' p50, p99,
 p99.9 and their spread (min-max).
+
+``--bulk-nice N``: the blasting ETHUSDT stream's worker at ``nice = N``
+(the ``[[stream]]`` key), so it yields the CPU to the measured path.
 
 ``--chrt exchange``: the exchange (``kblast.py``) runs SCHED_FIFO (needs
 root): on a loaded host it is otherwise starved too, and sends hundreds of
@@ -77,7 +80,8 @@ def pct(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else float("nan")
 
 
-def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None, pub_kind: str = "ipc") -> dict:
+def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None, pub_kind: str = "ipc",
+            bulk_nice: int = 0) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH"))))}
     sys.path.insert(0, str(tree))
     from feedsup.procs import child_pids, read_line, stop, tied  # noqa: E402
@@ -102,7 +106,8 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
         with tempfile.TemporaryDirectory(prefix="feedsup-lat-") as tmp:
             pub = pub_endpoint(Path(tmp), pub_kind)
             config = write_config(Path(tmp), {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]},
-                                  ("BTCUSDT", "ETHUSDT") if blast else ("BTCUSDT",), pub)
+                                  ("BTCUSDT", "ETHUSDT") if blast else ("BTCUSDT",), pub,
+                                  nice={"ETHUSDT": bulk_nice} if bulk_nice else None)
             # --chrt launch: the recipe for a user, ``chrt -f 10 feedsup run``
             # (workers inherit the policy) and the consumer likewise.
             rt = ["chrt", "-f", "10"] if chrt == "launch" else []
@@ -154,18 +159,22 @@ def main() -> None:
     ap.add_argument("--pub", action="append", choices=("ipc", "tcp"),
                     help="the consumer on the ipc PUB, or on a tcp:// PUB through the relay process; "
                          "repeat to interleave both (default: ipc)")
+    ap.add_argument("--bulk-nice", action="append", type=int, metavar="N",
+                    help="[[stream]] nice = N for the blasting ETHUSDT stream (5k+blast); repeat to interleave, "
+                         "e.g. --bulk-nice 0 --bulk-nice 19 (the trees need the nice key)")
     args = ap.parse_args()
     trees = [t.resolve() for t in args.tree or [REPO]]
     pubs = args.pub or ["ipc"]
+    nices = args.bulk_nice or [0]
     cases = args.case or list(CASES)
     results: dict[tuple[str, str], list[dict]] = {}
     print(f"{'case':9} {'tree':28} {'n':>6} {'p50':>6} {'p99':>6} {'p99.9':>6} {'max':>6} {'load1':>5}  (ms)")
     for case in cases:
         rate, blast = CASES[case]
         for _ in range(args.runs):
-            for tree, pub in ((t, p) for t in trees for p in pubs):
-                r = one_run(tree, rate, blast, args.seconds, args.chrt, pub)
-                label = f"{pub} {str(tree)[-24:]}"
+            for tree, pub, nice in ((t, p, n) for t in trees for p in pubs for n in nices):
+                r = one_run(tree, rate, blast, args.seconds, args.chrt, pub, nice)
+                label = f"{pub} {f'nice{nice} ' if len(nices) > 1 else ''}{str(tree)[-20:]}"
                 results.setdefault((case, label), []).append(r)
                 print(f"{case:9} {label[-28:]:28} {r['n']:>6} {r['p50']:>6.3f} {r['p99']:>6.3f}"
                       f" {r['p999']:>6.3f} {r['max']:>6.2f} {r['load']:>5.2f}", flush=True)

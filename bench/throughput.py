@@ -96,7 +96,9 @@ def pub_endpoint(tmp: Path, kind: str = "ipc") -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",), pub: str = "") -> Path:
+def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",), pub: str = "",
+                 nice: dict[str, int] | None = None) -> Path:
+    """One kline stream per symbol; ``nice``: symbol -> that stream's ``nice``."""
     path = tmp / "bench.toml"
     streams = "".join(f"""
 [[stream]]
@@ -105,6 +107,7 @@ market = "spot"
 channel = "kline"
 intervals = ["1m"]
 symbols = ["{s}"]
+nice = {(nice or {}).get(s, 0)}
 """ for s in symbols)
     path.write_text(f"""
 [feedsup]
