@@ -18,6 +18,12 @@ ephemeral and starts at ``start`` ("all", "new", or a datetime/epoch
 seconds). ``start_seq`` resumes after a position the application stored
 itself (exactly once if it stores ``js_seq`` with its own data).
 
+Frames come in stream order, each once, also when deliveries are lost on
+the way (the node the consumer is connected to dies with frames in flight):
+JetStream would resend those only after ``ack_wait`` (30 s), behind newer
+frames. A jump in the consumer's delivery count, or a reconnect, moves the
+consumer back to right after the last frame handed out (``_resync``).
+
 Synchronous, like ``Subscriber``: each call runs the client's asyncio loop
 until a frame arrives or the timeout passes. Needs ``feedsup[nats]``.
 """
