@@ -53,9 +53,11 @@ def test_the_asyncio_bot_keeps_its_state_across_a_parent_restart(start_sim, tmp_
         state = BotState("acct-spot")
         ctx = zmq.asyncio.Context()
         ctx.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)     # read by libzmq at connect time
+        # Connected once the parent is up: a first connect that fails would
+        # be retried only after reconnect_ms too.
+        fs.wait_running("acct-spot")
         try:
             async with AsyncSubscriber(fs.pub, prefixes, ctx=ctx, on_gap=state.on_gap) as sub:
-                fs.wait_running("acct-spot")
                 # As the bot does: the latest values first (the snapshot may be out already), then live.
                 state.apply_latest(await sub.catch_up(fs.control, prefixes))
                 await until(sub, state, lambda: state.synced and state.closes)
