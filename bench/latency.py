@@ -18,6 +18,14 @@ p99.9 and their spread (min-max).
 ``--bulk-nice N``: the blasting ETHUSDT stream's worker at ``nice = N``
 (the ``[[stream]]`` key), so it yields the CPU to the measured path.
 
+``--apart plain|nice|idle``: the blasting stream in a second feedsup parent
+instead (a shard of its own), started as is, under ``nice -n 19`` or under
+``chrt -i 0`` (SCHED_IDLE), which need no privileges.
+
+``--chrt exchange-idle``: the exchange runs SCHED_IDLE instead (no
+privileges needed): it takes no CPU the measured path wants, as a remote
+exchange would not, and its pacing suffers instead.
+
 ``--chrt exchange``: the exchange (``kblast.py``) runs SCHED_FIFO (needs
 root): on a loaded host it is otherwise starved too, and sends hundreds of
 messages at once after a stall of 100+ ms, which a remote exchange would
@@ -81,7 +89,7 @@ def pct(ordered: list[int], q: float) -> float:
 
 
 def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None, pub_kind: str = "ipc",
-            bulk_nice: int = 0) -> dict:
+            bulk_nice: int = 0, apart: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH"))))}
     sys.path.insert(0, str(tree))
     from feedsup.procs import child_pids, read_line, stop, tied  # noqa: E402
@@ -99,15 +107,29 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
         procs.append(sim)
         blaster, kb = start([str(BENCH / "kblast.py"), "--count", "0", "--rate", f"BTCUSDT={rate}"])
         procs.append(blaster)
-        if chrt:
+        if chrt == "exchange-idle":
+            # The exchange is another host: here it must not take CPU from the measured path.
+            subprocess.run(["chrt", "-a", "-i", "-p", "0", str(blaster.pid)], check=True, stdout=subprocess.DEVNULL)
+        elif chrt:
             # The exchange is another host: the load here must not pace it.
             subprocess.run(["chrt", "-a", "-f", "-p", "20", str(blaster.pid)], check=True,
                            stdout=subprocess.DEVNULL)
         with tempfile.TemporaryDirectory(prefix="feedsup-lat-") as tmp:
             pub = pub_endpoint(Path(tmp), pub_kind)
-            config = write_config(Path(tmp), {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]},
-                                  ("BTCUSDT", "ETHUSDT") if blast else ("BTCUSDT",), pub,
+            exchange = {"rest_url": urls["rest_url"], "ws_url": kb["ws_url"]}
+            together = ("BTCUSDT", "ETHUSDT") if blast and not apart else ("BTCUSDT",)
+            config = write_config(Path(tmp), exchange, together, pub,
                                   nice={"ETHUSDT": bulk_nice} if bulk_nice else None)
+            if blast and apart:
+                # The blasting stream in a parent of its own (a shard), at a low priority.
+                bulk = Path(tmp) / "bulk"
+                bulk.mkdir()
+                bulk_config = write_config(bulk, exchange, ("ETHUSDT",), pub_endpoint(bulk, "ipc"),
+                                           nice={"ETHUSDT": bulk_nice} if bulk_nice else None)
+                low = {"idle": ["chrt", "-i", "0"], "nice": ["nice", "-n", "19"], "plain": []}[apart]
+                procs.append(subprocess.Popen(tied([*low, sys.executable, "-m", "feedsup.cli", "run", "-c",
+                                                    str(bulk_config)]), stderr=subprocess.DEVNULL, cwd=tree,
+                                              env=env))
             # --chrt launch: the recipe for a user, ``chrt -f 10 feedsup run``
             # (workers inherit the policy) and the consumer likewise.
             rt = ["chrt", "-f", "10"] if chrt == "launch" else []
@@ -153,7 +175,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--case", action="append", choices=sorted(CASES))
-    ap.add_argument("--chrt", choices=("exchange", "nice", "all", "launch"),
+    ap.add_argument("--chrt", choices=("exchange", "exchange-idle", "nice", "all", "launch"),
                     help="SCHED_FIFO for the exchange (kblast); with nice -15 or SCHED_FIFO for the BTCUSDT worker,"
                          " parent and consumer; or with feedsup and the consumer started under chrt")
     ap.add_argument("--pub", action="append", choices=("ipc", "tcp"),
@@ -162,7 +184,12 @@ def main() -> None:
     ap.add_argument("--bulk-nice", action="append", type=int, metavar="N",
                     help="[[stream]] nice = N for the blasting ETHUSDT stream (5k+blast); repeat to interleave, "
                          "e.g. --bulk-nice 0 --bulk-nice 19 (the trees need the nice key)")
+    ap.add_argument("--apart", action="append", choices=("together", "plain", "nice", "idle"),
+                    help="5k+blast: the blasting stream in the measured parent (together, default), or in a "
+                         "second feedsup parent of its own started as is (plain), under nice -n 19, or under "
+                         "chrt -i 0 (SCHED_IDLE; neither needs privileges); repeat to interleave")
     args = ap.parse_args()
+    aparts = args.apart or ["together"]
     trees = [t.resolve() for t in args.tree or [REPO]]
     pubs = args.pub or ["ipc"]
     nices = args.bulk_nice or [0]
@@ -172,9 +199,11 @@ def main() -> None:
     for case in cases:
         rate, blast = CASES[case]
         for _ in range(args.runs):
-            for tree, pub, nice in ((t, p, n) for t in trees for p in pubs for n in nices):
-                r = one_run(tree, rate, blast, args.seconds, args.chrt, pub, nice)
-                label = f"{pub} {f'nice{nice} ' if len(nices) > 1 else ''}{str(tree)[-20:]}"
+            for tree, pub, nice, apart in ((t, p, n, a) for t in trees for p in pubs for n in nices for a in aparts):
+                r = one_run(tree, rate, blast, args.seconds, args.chrt, pub, nice,
+                            None if apart == "together" else apart)
+                label = (f"{pub} {f'nice{nice} ' if len(nices) > 1 else ''}"
+                         f"{apart + ' ' if len(aparts) > 1 else ''}{str(tree)[-16:]}")
                 results.setdefault((case, label), []).append(r)
                 print(f"{case:9} {label[-28:]:28} {r['n']:>6} {r['p50']:>6.3f} {r['p99']:>6.3f}"
                       f" {r['p999']:>6.3f} {r['max']:>6.2f} {r['load']:>5.2f}", flush=True)

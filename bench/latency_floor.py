@@ -3,10 +3,11 @@ chain (sender -> PUSH/PULL -> relay -> PUB/SUB -> consumer, ipc://, three
 processes, each with its ZeroMQ I/O thread) doing nothing but forwarding a
 timestamp, paced like ``kblast.py`` (bursts every 1 ms).
 
-    python bench/latency_floor.py [--rate 5000] [--seconds 4] [--burn N] [--chrt]
+    python bench/latency_floor.py [--rate 5000] [--seconds 4] [--burn N] [--burn-nice K] [--chrt]
 
-``--burn N``: N busy processes beside the chain (``nice 0``), as a blasting
-stream's worker and parent would be. ``--chrt``: the chain runs SCHED_FIFO.
+``--burn N``: N busy processes beside the chain (``nice 0``, or ``nice K``
+with ``--burn-nice K``, as ``[[stream]] nice`` gives a bulk stream's
+worker), as a blasting stream's worker and parent would be. ``--chrt``: the chain runs SCHED_FIFO.
 Prints p50/p99/p99.9/max in ms. Whatever feedsup does per frame comes on
 top of this. A benchmark, not a test.
 """
@@ -64,13 +65,18 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--burn", type=int, default=0)
+    ap.add_argument("--burn-nice", type=int, default=0)
+    ap.add_argument("--burn-idle", action="store_true", help="the burners SCHED_IDLE")
     ap.add_argument("--chrt", action="store_true")
     args = ap.parse_args()
     pre = ["chrt", "-f", "10"] if args.chrt else []
     with tempfile.TemporaryDirectory() as tmp:
         a, b = f"ipc://{tmp}/a", f"ipc://{tmp}/b"
         common = [a, b, str(args.rate), str(args.seconds)]
-        procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)]
+        procs = [subprocess.Popen([sys.executable, "-c", f"import os; os.nice({args.burn_nice})\n"
+                                   + ("os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" if args.burn_idle else "")
+                                   + "while True: pass"])
+                 for _ in range(args.burn)]
         try:
             relay = subprocess.Popen(pre + [sys.executable, "-c", PROG, "relay", *common], stdout=subprocess.PIPE,
                                      text=True)
@@ -87,7 +93,7 @@ def main() -> None:
                 p.kill()
                 p.wait()
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))] / 1e6  # noqa: E731
-    print(f"rate {args.rate} burn {args.burn} chrt {args.chrt} load1 {os.getloadavg()[0]:.2f}: n {len(s)}"
+    print(f"rate {args.rate} burn {args.burn} nice {args.burn_nice} idle {args.burn_idle} chrt {args.chrt} load1 {os.getloadavg()[0]:.2f}: n {len(s)}"
           f" p50 {q(0.5):.3f} p99 {q(0.99):.3f} p99.9 {q(0.999):.3f} max {s[-1] / 1e6:.3f} ms")
 
 
