@@ -73,10 +73,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         a, b = f"ipc://{tmp}/a", f"ipc://{tmp}/b"
         common = [a, b, str(args.rate), str(args.seconds)]
-        procs = [subprocess.Popen([sys.executable, "-c", f"import os; os.nice({args.burn_nice})\n"
-                                   + ("os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" if args.burn_idle else "")
-                                   + "while True: pass"])
-                 for _ in range(args.burn)]
+        idle = "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" if args.burn_idle else ""
+        burner = f"import os\nos.nice({args.burn_nice})\n{idle}while True: pass"
+        procs = [subprocess.Popen([sys.executable, "-c", burner]) for _ in range(args.burn)]
         try:
             relay = subprocess.Popen(pre + [sys.executable, "-c", PROG, "relay", *common], stdout=subprocess.PIPE,
                                      text=True)
@@ -93,7 +92,8 @@ def main() -> None:
                 p.kill()
                 p.wait()
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))] / 1e6  # noqa: E731
-    print(f"rate {args.rate} burn {args.burn} nice {args.burn_nice} idle {args.burn_idle} chrt {args.chrt} load1 {os.getloadavg()[0]:.2f}: n {len(s)}"
+    print(f"rate {args.rate} burn {args.burn} nice {args.burn_nice} idle {args.burn_idle} chrt {args.chrt}"
+          f" load1 {os.getloadavg()[0]:.2f}: n {len(s)}"
           f" p50 {q(0.5):.3f} p99 {q(0.99):.3f} p99.9 {q(0.999):.3f} max {s[-1] / 1e6:.3f} ms")
 
 

@@ -77,7 +77,6 @@ class BotState:
             else:
                 self.open_orders[data["order_id"]] = data
 
-
     def apply_latest(self, frames: list[dict[str, Any]]) -> None:
         """``catch_up``'s latest frame of each topic: the snapshot first, as
         the parent published it before the events."""
