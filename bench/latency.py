@@ -22,6 +22,10 @@ p99.9 and their spread (min-max).
 instead (a shard of its own), started as is, under ``nice -n 19`` or under
 ``chrt -i 0`` (SCHED_IDLE), which need no privileges.
 
+``--pin``: the measured feedsup (its parent and workers) and the consumer on
+CPU 0, the exchange (unless ``--chrt exchange-idle``) and an ``--apart``
+parent on CPU 1 (``taskset``).
+
 ``--chrt exchange-idle``: the exchange runs SCHED_IDLE instead (no
 privileges needed): it takes no CPU the measured path wants, as a remote
 exchange would not, and its pacing suffers instead.
@@ -89,7 +93,7 @@ def pct(ordered: list[int], q: float) -> float:
 
 
 def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None, pub_kind: str = "ipc",
-            bulk_nice: int = 0, apart: str | None = None) -> dict:
+            bulk_nice: int = 0, apart: str | None = None, pin: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH"))))}
     sys.path.insert(0, str(tree))
     from feedsup.procs import child_pids, read_line, stop, tied  # noqa: E402
@@ -107,6 +111,9 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
         procs.append(sim)
         blaster, kb = start([str(BENCH / "kblast.py"), "--count", "0", "--rate", f"BTCUSDT={rate}"])
         procs.append(blaster)
+        if pin and chrt != "exchange-idle":     # the exchange's blast, and the kernel's work for it, on CPU 1
+            subprocess.run(["taskset", "-a", "-p", "-c", "1", str(blaster.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
         if chrt == "exchange-idle":
             # The exchange is another host: here it must not take CPU from the measured path.
             subprocess.run(["chrt", "-a", "-i", "-p", "0", str(blaster.pid)], check=True, stdout=subprocess.DEVNULL)
@@ -127,12 +134,14 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
                 bulk_config = write_config(bulk, exchange, ("ETHUSDT",), pub_endpoint(bulk, "ipc"),
                                            nice={"ETHUSDT": bulk_nice} if bulk_nice else None)
                 low = {"idle": ["chrt", "-i", "0"], "nice": ["nice", "-n", "19"], "plain": []}[apart]
+                low += ["taskset", "-c", "1"] if pin else []
                 procs.append(subprocess.Popen(tied([*low, sys.executable, "-m", "feedsup.cli", "run", "-c",
                                                     str(bulk_config)]), stderr=subprocess.DEVNULL, cwd=tree,
                                               env=env))
             # --chrt launch: the recipe for a user, ``chrt -f 10 feedsup run``
             # (workers inherit the policy) and the consumer likewise.
             rt = ["chrt", "-f", "10"] if chrt == "launch" else []
+            rt += ["taskset", "-c", "0"] if pin else []
             consumer = subprocess.Popen(tied([*rt, sys.executable, "-c", CONSUMER, str(tree), pub,
                                               str(seconds)]), stdout=subprocess.PIPE, text=True, env=env)
             procs.append(consumer)
@@ -188,6 +197,9 @@ def main() -> None:
                     help="5k+blast: the blasting stream in the measured parent (together, default), or in a "
                          "second feedsup parent of its own started as is (plain), under nice -n 19, or under "
                          "chrt -i 0 (SCHED_IDLE; neither needs privileges); repeat to interleave")
+    ap.add_argument("--pin", action="store_true",
+                    help="measured feedsup and consumer on CPU 0, the exchange and a --apart parent on CPU 1 "
+                         "(taskset; no privileges needed)")
     args = ap.parse_args()
     aparts = args.apart or ["together"]
     trees = [t.resolve() for t in args.tree or [REPO]]
@@ -201,7 +213,7 @@ def main() -> None:
         for _ in range(args.runs):
             for tree, pub, nice, apart in ((t, p, n, a) for t in trees for p in pubs for n in nices for a in aparts):
                 r = one_run(tree, rate, blast, args.seconds, args.chrt, pub, nice,
-                            None if apart == "together" else apart)
+                            None if apart == "together" else apart, args.pin)
                 label = (f"{pub} {f'nice{nice} ' if len(nices) > 1 else ''}"
                          f"{apart + ' ' if len(aparts) > 1 else ''}{str(tree)[-16:]}")
                 results.setdefault((case, label), []).append(r)
