@@ -69,13 +69,16 @@ def check(path: str) -> None:
                 sys.exit(EX_CONFIG)
     wild = f", {len(config.universes)} whole-market" if config.universes else ""
     if config.universes:                 # count their connections too, if the exchange answers
+        from feedsup.restlimit import BudgetUnavailable
+        from feedsup.supervisor.refresh import start_fetch
         from feedsup.universe import resolve
         try:
-            expanded = resolve(config)
+            # Charged to the REST weight budget that `run` and its workers share, so a ban holds.
+            expanded = resolve(config, fetch=start_fetch(config.state_file))
         except ConfigError as exc:
             click.echo(f"feedsup: config error: {exc}", err=True)
             sys.exit(EX_CONFIG)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, BudgetUnavailable) as exc:
             wild += f" not expanded: exchangeInfo failed: {exc}"
         else:
             wild += f": {len(expanded.streams)} connections"

@@ -251,3 +251,27 @@ def test_check_resolves_whole_market_streams_when_the_exchange_answers(start_sim
     out = subprocess.run([sys.executable, "-m", "feedsup.cli", "check", "-c", str(path)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "3 connections" in out.stdout, out.stdout + out.stderr
+
+
+def test_check_honours_a_ban_in_the_shared_rest_budget(start_sim, tmp_path):
+    """``feedsup check`` fetches exchangeInfo through the same REST weight
+    budget as ``feedsup run``: a 418 ban recorded there (by a parent) holds,
+    and nothing is sent to the exchange."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from feedsup.restlimit import SharedBudget
+
+    sim = start_sim(symbols=tuple(f"S{i:02d}USDT" for i in range(30)))
+    text = (f'[feedsup]\nstate_file = "state.json"\n'
+            f'[binance.spot]\nrest_url = "{sim.base_url}"\nws_url = "{sim.ws_url}"\n'
+            + wild("all", "trade", '["USDT"]') + "streams_per_connection = 10\n")
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    SharedBudget.for_market(str(tmp_path), "spot", rest_url=sim.base_url).observe(418, {"Retry-After": "600"})
+    out = subprocess.run([sys.executable, "-m", "feedsup.cli", "check", "-c", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "not expanded" in out.stdout and "418" in out.stdout, out.stdout + out.stderr
+    with urllib.request.urlopen(f"{sim.base_url}/api/v3/ping", timeout=10) as reply:
+        assert reply.headers["X-MBX-USED-WEIGHT-1M"] == "1", "check sent nothing to the banned exchange"
