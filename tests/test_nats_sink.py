@@ -196,6 +196,29 @@ def test_deliveries_lost_in_transit_come_in_order_without_waiting_for_ack_wait(n
     assert got == list(range(1, 21))
 
 
+@pytest.mark.parametrize("durable", ["d", None])
+def test_a_consumer_deleted_under_it_is_created_again_at_its_position(node, durable):
+    """An operator deletes it, or the server drops an ephemeral consumer
+    left idle past its inactive_threshold: the next frames still come, in
+    order, from right after the last one handed out."""
+    publish_numbered(node.urls, 10)
+    consumer = JetStreamConsumer(node.urls, ["t."], durable=durable, batch=4)
+    try:
+        got = [consumer.next(2)["data"]["agg_id"] for _ in range(4)]
+        name = consumer._sub._consumer
+
+        async def delete() -> None:
+            nc = await nats.connect(node.urls)
+            await nc.jetstream().delete_consumer("FEEDSUP", name)
+            await nc.close()
+        asyncio.run(delete())
+        while len(got) < 10 and (f := consumer.next(10.0)) is not None:
+            got.append(f["data"]["agg_id"])
+    finally:
+        consumer.close()
+    assert got == list(range(1, 11))
+
+
 def consumer_leader(urls: list[str], durable: str) -> int:
     """The index of the node leading ``durable`` (nodes are named n0, n1, ...)."""
     async def leader() -> str:

@@ -197,24 +197,37 @@ class JetStreamConsumer:
             except Exception:
                 pass
             self._sub = None
-        if self._handed is not None and _has_consumer_reset(self._nc):
-            await self._reset(self._stale, self._handed + 1)
+        if (self._handed is not None and _has_consumer_reset(self._nc) and await self._exists(self._stale)
+                and await self._reset(self._stale, self._handed + 1)):
             self._sub = await self._js.pull_subscribe_bind(self._stale, stream=self.stream)
         else:
             await self._recreate()
         self._stale = None
 
-    async def _reset(self, name: str, seq: int) -> None:
+    async def _exists(self, name: str) -> bool:
+        """Whether the consumer is still there (a reset of a deleted one gets
+        no answer at all, like one whose leader is being elected)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self._js.consumer_info(self.stream, name)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _reset(self, name: str, seq: int) -> bool:
         """The server's consumer reset (nats-server 2.14+): the next delivery
         is stream seq ``seq`` or later, delivery count from 0. Handled by the
         consumer's own leader, so it needs no new consumer while a node is
-        down (deleting and re-creating one needs a new replica group)."""
+        down (deleting and re-creating one needs a new replica group). False
+        if the server refused it (the consumer deleted meanwhile, say)."""
         reply = await self._nc.request(f"$JS.API.CONSUMER.RESET.{self.stream}.{name}",
                                        json.dumps({"seq": seq}).encode(), timeout=2.0)
         answer = json.loads(reply.data)
         if "error" in answer:
-            raise RuntimeError(f"consumer reset refused: {answer['error']}")
+            return False
         self._delivered = answer["delivered"]["consumer_seq"]
+        return True
 
     async def _recreate(self) -> None:
         """Delete the consumer and create it again after the last frame handed
@@ -300,6 +313,7 @@ class JetStreamConsumer:
         """The next fetched message, or None at the deadline; resyncs first
         when deliveries may have been lost."""
         from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.errors import ServiceUnavailableError
 
         loop = asyncio.get_running_loop()
         while True:
@@ -314,6 +328,12 @@ class JetStreamConsumer:
                 self._buffer = await self._sub.fetch(self.batch, timeout=min(max(left, 0.05), 1.0))
             except (NatsTimeout, asyncio.TimeoutError):
                 continue
+            except ServiceUnavailableError:
+                # Nobody serves the consumer: deleted (an ephemeral one idle
+                # past inactive_threshold, an operator) or its leader moving.
+                # Resync: a reset, else re-created at our position.
+                self._lost = True
+                await asyncio.sleep(0.1)
             except Exception:                    # reconnecting, leader election: try again
                 await asyncio.sleep(0.1)
 
