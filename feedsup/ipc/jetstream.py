@@ -38,6 +38,10 @@ from typing import Any, Iterator
 import msgpack
 
 FETCH_BATCH = 256
+# Consumer resets left unanswered in a row before re-creating the consumer
+# instead (a leader election answers within a few tries; an old server never).
+RESET_TRIES = 3
+RESET_API = "$JS.API.CONSUMER.RESET.{stream}.{consumer}"
 
 
 def _has_consumer_reset(nc: Any) -> bool:
@@ -89,7 +93,8 @@ class JetStreamConsumer:
         self._handed: int | None = None           # stream seq of the last frame handed out
         self._delivered = 0                       # the consumer's delivery count (its consumer seq) seen so far
         self._lost = False                        # deliveries may have been lost on the way: resync
-        self._stale: str | None = None            # a consumer to delete before resyncing
+        self._stale: str | None = None            # the consumer being resynced, kept across a failed attempt
+        self._unanswered_resets = 0               # in a row: past RESET_TRIES, re-create instead
         self._run(self._open_retrying(open_timeout))
 
     # -- public ----------------------------------------------------------------
@@ -197,7 +202,8 @@ class JetStreamConsumer:
             except Exception:
                 pass
             self._sub = None
-        if (self._handed is not None and _has_consumer_reset(self._nc) and await self._exists(self._stale)
+        if (self._handed is not None and _has_consumer_reset(self._nc)
+                and self._unanswered_resets < RESET_TRIES and await self._exists(self._stale)
                 and await self._reset(self._stale, self._handed + 1)):
             self._sub = await self._js.pull_subscribe_bind(self._stale, stream=self.stream)
         else:
@@ -221,8 +227,10 @@ class JetStreamConsumer:
         consumer's own leader, so it needs no new consumer while a node is
         down (deleting and re-creating one needs a new replica group). False
         if the server refused it (the consumer deleted meanwhile, say)."""
-        reply = await self._nc.request(f"$JS.API.CONSUMER.RESET.{self.stream}.{name}",
+        self._unanswered_resets += 1              # a consumer leader older than 2.14 never answers
+        reply = await self._nc.request(RESET_API.format(stream=self.stream, consumer=name),
                                        json.dumps({"seq": seq}).encode(), timeout=2.0)
+        self._unanswered_resets = 0
         answer = json.loads(reply.data)
         if "error" in answer:
             return False
