@@ -159,6 +159,8 @@ def test_catch_up_live_and_control_over_tcp_go_through_the_relay(start_sim, tmp_
         assert not _tcp_listening(fs.pid), "the parent must not listen on tcp"
         assert _tcp_listening(relay["pid"])
         with Subscriber(pub, ["aggTrade."]) as sub:
+            # RUNNING is not yet a first trade: wait for one, so there is a last value to ask for.
+            assert sub.recv(timeout=20) is not None, "frames through the relay"
             snapshot = sub.catch_up(ctl, ["aggTrade."], timeout=10)
             assert snapshot, "the last values reached us through the relay"
             last = max(f["seq"] for f in snapshot)
