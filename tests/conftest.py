@@ -52,11 +52,32 @@ def start_sim():
             server.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so a fixture's teardown
+    knows whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+# How much of a failed test's feedsup log is printed: the lines that say why
+# a stream did not deliver, when CI shows only a failure's output.
+FAILED_LOG_LINES = 80
+
+
+def print_log_tail(fs) -> None:
+    lines = fs.log_path.read_text(errors="replace").splitlines()[-FAILED_LOG_LINES:]
+    print(f"--- last {len(lines)} lines of {fs.log_path} ---")
+    print("\n".join(lines))
+
+
 @pytest.fixture
-def start_feedsup(tmp_path):
+def start_feedsup(tmp_path, request):
     """Run ``feedsup run`` against a simulator with a subscriber attached
     (``collect(fs)`` makes it; default: everything on fs.pub). Both are
-    stopped at teardown, newest first, even when the test fails."""
+    stopped at teardown, newest first, even when the test fails; a failed
+    test prints the end of each feedsup log."""
     started: list = []
 
     def start(sim, streams, collect=None, **config):
@@ -71,6 +92,11 @@ def start_feedsup(tmp_path):
     finally:
         for thing in reversed(started):
             thing.close()
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            for thing in started:
+                if isinstance(thing, Feedsup):
+                    print_log_tail(thing)
     # Every frame an e2e test received matches the wire contract's schema
     # (docs/schema/frame.schema.json): the schema cannot drift from the code.
     from wire_schema import invalid_frames

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from feedsup.binance.rest import classify_rejection
+from feedsup.ipc.client import ControlError, request
 from harness import REPO, Collector, Feedsup, wait_for
 from test_account_e2e import API_KEY, API_SECRET, KEY_ENV, SECRET_ENV, account_stream, make_sim, order
 
@@ -164,16 +166,27 @@ def environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
+def snapshot_streams(fs: Feedsup) -> set[str]:
+    """The streams whose account snapshot the parent has published."""
+    try:
+        frames = request(fs.control, "last", prefix="account.snapshot.", timeout=2)["frames"]
+    except ControlError:
+        return set()
+    return {msgpack.unpackb(frame)["stream"] for frame in frames}
+
+
 def test_each_worker_environment_holds_only_its_own_secrets(sim, feedsup, monkeypatch):
     """A market worker has no credential variable at all; an account worker
     has its own two and not another stream's. Both accounts still sign."""
     monkeypatch.setenv("FEEDSUP_T_OTHER_KEY", API_KEY)
     monkeypatch.setenv("FEEDSUP_T_OTHER_SECRET", API_SECRET)
-    fs, col = feedsup(sim, [PRICE, stream("acct-spot", "spot"),
-                            stream("acct-usdm", "usdm", key_env="FEEDSUP_T_OTHER_KEY",
-                                   secret_env="FEEDSUP_T_OTHER_SECRET")])
+    fs, _ = feedsup(sim, [PRICE, stream("acct-spot", "spot"),
+                          stream("acct-usdm", "usdm", key_env="FEEDSUP_T_OTHER_KEY",
+                                 secret_env="FEEDSUP_T_OTHER_SECRET")])
     rows = {name: fs.wait_running(name) for name in ("price", "acct-spot", "acct-usdm")}
-    col.wait_count(2, 15, "account.snapshot")   # both authenticated and resynced
+    # Both authenticated and resynced: asked of the parent's last values, not
+    # of the collector, whose join may come after a one-off snapshot.
+    wait_for(lambda: snapshot_streams(fs) == {"acct-spot", "acct-usdm"}, 15, "both accounts' snapshots")
     named = {KEY_ENV, SECRET_ENV, "FEEDSUP_T_OTHER_KEY", "FEEDSUP_T_OTHER_SECRET"}
     env = {name: environ(row["pid"]) for name, row in rows.items()}
     assert named & set(env["price"]) == set()
