@@ -18,6 +18,9 @@ class FakePull:
             raise zmq.Again()
         return self.messages.pop(0)
 
+    def getsockopt(self, option: int) -> int:
+        return zmq.POLLIN if self.messages else 0
+
 
 class FakePub:
     """The XPUB: keeps what is sent (and its flags); ``recv`` hands out
