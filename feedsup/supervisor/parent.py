@@ -49,9 +49,9 @@ DRAIN_BATCH = 2000
 # only when the socket processes ZeroMQ's "activate" command, which recv
 # does once per 100 messages while messages wait: behind a blasting worker
 # (32-record batches) a quiet worker's next frame waited 3,200 records, 1-6
-# ms. A look (getsockopt EVENTS, one poll syscall) every 32 records bounds
-# that to a batch or two, for 0.03 us per record.
-FAIR_RECORDS = 32
+# ms. A look (getsockopt EVENTS, one poll syscall) every 64 records bounds
+# that to about 0.1 ms, for 0.02-0.03 us per record (bench/funnel.py).
+FAIR_RECORDS = 64
 # Longest the loop sleeps: bounds how late a child's exit is noticed.
 MAX_POLL_S = 0.1
 METRICS_PERIOD_S = 1.0
