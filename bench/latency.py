@@ -26,7 +26,8 @@ instead (a shard of its own), started as is, under ``nice -n 19`` or under
 CPU 0, the exchange (unless ``--chrt exchange-idle``) and an ``--apart``
 parent on CPU 1 (``taskset``).
 
-``--chrt exchange-idle``: the exchange runs SCHED_IDLE instead (no
+``--chrt exchange-idle``: the exchange (``kblast.py`` and the simulator
+serving REST) runs SCHED_IDLE instead (no
 privileges needed): it takes no CPU the measured path wants, as a remote
 exchange would not, and its pacing suffers instead.
 
@@ -115,8 +116,10 @@ def one_run(tree: Path, rate: int, blast: bool, seconds: float, chrt: str | None
             subprocess.run(["taskset", "-a", "-p", "-c", "1", str(blaster.pid)], check=True,
                            stdout=subprocess.DEVNULL)
         if chrt == "exchange-idle":
-            # The exchange is another host: here it must not take CPU from the measured path.
-            subprocess.run(["chrt", "-a", "-i", "-p", "0", str(blaster.pid)], check=True, stdout=subprocess.DEVNULL)
+            # The exchange (the blaster and the simulator's REST side) is
+            # another host: here it must not take CPU from the measured path.
+            for pid in (blaster.pid, sim.pid):
+                subprocess.run(["chrt", "-a", "-i", "-p", "0", str(pid)], check=True, stdout=subprocess.DEVNULL)
         elif chrt:
             # The exchange is another host: the load here must not pace it.
             subprocess.run(["chrt", "-a", "-f", "-p", "20", str(blaster.pid)], check=True,
