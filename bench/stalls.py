@@ -14,7 +14,9 @@ Prints the run's percentiles; how many samples took at least
 ``--threshold`` ms, grouped into stall windows; in how many windows a thread
 of the measured path (the BTCUSDT worker, its parent, the consumer) was
 runnable, not running, for 0.3 ms or more, and what ran on the CPUs
-meanwhile, by role and policy; the CPU time inside the windows by role; and
+meanwhile, by role and policy; the share of the windows' CPU time spent in
+softirq (the kernel's network work among it); the CPU time inside the
+windows by role; and
 the first ``--show`` windows switch by switch. A benchmark, not a test.
 """
 
@@ -74,7 +76,8 @@ def sample_threads(roles: dict[int, str], stop: threading.Event) -> None:
 
 def record(latency_args: list[str], tmp: Path) -> tuple[list, list[str], dict[int, str]]:
     data, dump = tmp / "perf.data", tmp / "latency.json"
-    perf = subprocess.Popen(["perf", "sched", "record", "-k", "mono", "-a", "-o", str(data)],
+    perf = subprocess.Popen(["perf", "sched", "record", "-k", "mono", "-a", "-e", "irq:softirq_entry",
+                             "-e", "irq:softirq_exit", "-o", str(data)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     roles: dict[int, str] = {}
     stop = threading.Event()
@@ -91,7 +94,24 @@ def record(latency_args: list[str], tmp: Path) -> tuple[list, list[str], dict[in
         perf.wait()
     hist = subprocess.run(["perf", "sched", "timehist", "--state", "-i", str(data)],
                           capture_output=True, text=True).stdout.splitlines()
-    return json.loads(dump.read_text()), hist, roles
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "cpu,time,event"],
+                            capture_output=True, text=True).stdout.splitlines()
+    return json.loads(dump.read_text()), hist, roles, softirqs(script)
+
+
+def softirqs(script: list[str]) -> list[tuple[int, float, float]]:
+    """(cpu, start s, end s) of every softirq run, from perf script lines."""
+    out, open_at = [], {}
+    for line in script:
+        m = re.match(r"\s*\[(\d+)\]\s+([\d.]+):\s+irq:softirq_(entry|exit)", line)
+        if not m:
+            continue
+        cpu, t = int(m.group(1)), float(m.group(2))
+        if m.group(3) == "entry":
+            open_at[cpu] = t
+        elif cpu in open_at:
+            out.append((cpu, open_at.pop(cpu), t))
+    return out
 
 
 def switches(hist: list[str], roles: dict[int, str]) -> list[tuple]:
@@ -125,7 +145,8 @@ def stall_windows(pairs: list, threshold_ms: float) -> list[tuple[float, float, 
     return out
 
 
-def explain(pairs: list, rows: list[tuple], threshold_ms: float, show: int) -> None:
+def explain(pairs: list, rows: list[tuple], soft: list[tuple[int, float, float]], threshold_ms: float,
+            show: int) -> None:
     lats = sorted((got - sent) / 1e6 for sent, got in pairs)
     windows = stall_windows(pairs, threshold_ms)
     slow = sum(1 for v in lats if v >= threshold_ms)
@@ -151,6 +172,9 @@ def explain(pairs: list, rows: list[tuple], threshold_ms: float, show: int) -> N
     print("  what the CPUs ran while it waited:")
     for who, s in meanwhile.most_common(8):
         print(f"    {who:55s} {s / total * 100:5.1f} %")
+    span = sum(b - a for a, b, _ in windows) * 2 or 1      # both CPUs
+    in_soft = sum(max(0.0, min(e, b) - max(s, a)) for a, b, _ in windows for _, s, e in soft)
+    print(f"softirq time inside the stall windows: {in_soft / span * 100:.1f} % of the CPUs' time")
     total = sum(inside.values()) or 1
     print("CPU time inside the stall windows, by thread:")
     for who, s in inside.most_common(8):
@@ -171,8 +195,8 @@ def main() -> None:
     args = ap.parse_args()
     passed = args.latency_args[1:] if args.latency_args[:1] == ["--"] else args.latency_args
     with tempfile.TemporaryDirectory(prefix="feedsup-stalls-") as tmp:
-        pairs, hist, roles = record(passed, Path(tmp))
-    explain(pairs, switches(hist, roles), args.threshold, args.show)
+        pairs, hist, roles, soft = record(passed, Path(tmp))
+    explain(pairs, switches(hist, roles), soft, args.threshold, args.show)
 
 
 if __name__ == "__main__":

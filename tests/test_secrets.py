@@ -184,8 +184,10 @@ def test_each_worker_environment_holds_only_its_own_secrets(sim, feedsup, monkey
                           stream("acct-usdm", "usdm", key_env="FEEDSUP_T_OTHER_KEY",
                                  secret_env="FEEDSUP_T_OTHER_SECRET")])
     rows = {name: fs.wait_running(name) for name in ("price", "acct-spot", "acct-usdm")}
-    # Both authenticated and resynced: asked of the parent's last values, not
-    # of the collector, whose join may come after a one-off snapshot.
+    # Both authenticated and resynced: asked of the parent's last values. A
+    # collector cannot tell a one-off snapshot it joined too late for from
+    # one never published (this waited in vain once in CI; a failure now
+    # prints the log).
     wait_for(lambda: snapshot_streams(fs) == {"acct-spot", "acct-usdm"}, 15, "both accounts' snapshots")
     named = {KEY_ENV, SECRET_ENV, "FEEDSUP_T_OTHER_KEY", "FEEDSUP_T_OTHER_SECRET"}
     env = {name: environ(row["pid"]) for name, row in rows.items()}
