@@ -52,8 +52,8 @@ def sink(node: NatsCluster, source: str, **conf) -> NatsSinkThread:
     return s
 
 
-def publish_numbered(urls: list[str], count: int, replicas: int = 1) -> None:
-    """Frames agg_id 1..count on t.A, into a new stream FEEDSUP."""
+def publish_numbered(urls: list[str], count: int, replicas: int = 1, first: int = 1) -> None:
+    """Frames agg_id first..count on t.A, into stream FEEDSUP (created if new)."""
     from nats.js.errors import NoStreamResponseError
 
     async def publish() -> None:
@@ -62,7 +62,7 @@ def publish_numbered(urls: list[str], count: int, replicas: int = 1) -> None:
         await js.add_stream(name="FEEDSUP", subjects=["feedsup.>"], num_replicas=replicas)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        for i in range(1, count + 1):
+        for i in range(first, count + 1):
             payload = msgpack.packb({"topic": "t.A", "seq": i, "data": {"agg_id": i}})
             while True:
                 try:
@@ -197,6 +197,49 @@ def test_deliveries_lost_in_transit_come_in_order_without_waiting_for_ack_wait(n
     finally:
         consumer.close()
     assert got == list(range(1, 21))
+
+
+@pytest.mark.parametrize("server", ["reset", "recreate"])
+def test_a_reopened_durable_losing_deliveries_before_handing_one_out_keeps_its_position(node, server,
+                                                                                        monkeypatch):
+    """A consumer process restarted (SIGTERM, a deploy) reopens its durable,
+    which is right where the last one acked; deliveries are lost before it
+    hands out its first frame (a node dies as it starts). It resumes after
+    the last acked frame, not from the stream's start (seen in CI: the
+    frames from seq 1 again, unflagged)."""
+    if server == "recreate":
+        monkeypatch.setattr(jetstream, "_has_consumer_reset", lambda nc: False)
+    publish_numbered(node.urls, 20)
+    first = JetStreamConsumer(node.urls, ["t."], durable="d", batch=4)
+    got = [first.next(2)["data"]["agg_id"] for _ in range(6)]
+    first.close()                                   # clean: acks what it handed out
+    second = JetStreamConsumer(node.urls, ["t."], durable="d", batch=4)
+    try:
+        steal_deliveries(node.urls, second._sub._nms, 3)                  # its first 3 lost on the way
+        while len(got) < 20 and (f := second.next(10.0)) is not None:
+            got.append(f["data"]["agg_id"])
+            assert not f.get("redelivered")
+    finally:
+        second.close()
+    assert got == list(range(1, 21))
+
+
+@pytest.mark.parametrize("durable", ["d", None])
+def test_a_consumer_started_at_new_losing_its_first_deliveries_skips_nothing(node, durable):
+    """Nothing acknowledged and nothing handed out yet when deliveries are
+    lost: the consumer keeps its own start (here: only frames published
+    after it opened), neither skipping any nor going back to older ones."""
+    publish_numbered(node.urls, 10)
+    consumer = JetStreamConsumer(node.urls, ["t."], durable=durable, start="new", batch=4)
+    try:
+        publish_numbered(node.urls, 20, first=11)
+        steal_deliveries(node.urls, consumer._sub._nms, 3)
+        got = []
+        while len(got) < 10 and (f := consumer.next(10.0)) is not None:
+            got.append(f["data"]["agg_id"])
+    finally:
+        consumer.close()
+    assert got == list(range(11, 21))
 
 
 @pytest.mark.parametrize("durable", ["d", None])

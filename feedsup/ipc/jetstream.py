@@ -49,6 +49,19 @@ def _has_consumer_reset(nc: Any) -> bool:
     return (version.major, version.minor) >= (2, 14)
 
 
+def _floor(info: Any) -> int | None:
+    """The stream seq a consumer has finished with, from its info: its ack
+    floor, or for one created at a start seq that start - 1 (a fresh
+    consumer's floor reads 0); None while nothing was acknowledged and its
+    own start (all, new, a time) still holds."""
+    from nats.js import api
+
+    floor = info.ack_floor.stream_seq
+    if info.config.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE and info.config.opt_start_seq:
+        return max(floor, info.config.opt_start_seq - 1)
+    return floor or None
+
+
 def subjects_for(topics: list[str] | tuple[str, ...], prefix: str = "feedsup") -> list[str]:
     """NATS subject filters for ZeroMQ-style topic prefixes.
 
@@ -202,24 +215,38 @@ class JetStreamConsumer:
             except Exception:
                 pass
             self._sub = None
-        if (self._handed is not None and _has_consumer_reset(self._nc)
-                and self._unanswered_resets < RESET_TRIES and await self._exists(self._stale)
-                and await self._reset(self._stale, self._handed + 1)):
+        info = await self._info(self._stale)
+        resume = self._resume_point(info)
+        if (resume is not None and info is not None and _has_consumer_reset(self._nc)
+                and self._unanswered_resets < RESET_TRIES and await self._reset(self._stale, resume)):
             self._sub = await self._js.pull_subscribe_bind(self._stale, stream=self.stream)
         else:
-            await self._recreate()
+            await self._recreate(resume)
         self._stale = None
 
-    async def _exists(self, name: str) -> bool:
-        """Whether the consumer is still there (a reset of a deleted one gets
-        no answer at all, like one whose leader is being elected)."""
+    def _resume_point(self, info: Any) -> int | None:
+        """The stream seq to go on from: right after the last frame handed
+        out; before this process handed out any (a reopened durable), right
+        after the consumer's ack floor, where the last process left it;
+        None while nothing was acknowledged: its own start still holds."""
+        if self._handed is not None:
+            return self._handed + 1
+        if info is None:
+            return self._resume_seq
+        floor = _floor(info)
+        return None if floor is None else floor + 1
+
+    async def _info(self, name: str | None) -> Any:
+        """The consumer's info, or None if it is gone (a reset of a deleted
+        one gets no answer at all, like one whose leader is being elected)."""
         from nats.js.errors import NotFoundError
 
+        if name is None:
+            return None
         try:
-            await self._js.consumer_info(self.stream, name)
+            return await self._js.consumer_info(self.stream, name)
         except NotFoundError:
-            return False
-        return True
+            return None
 
     async def _reset(self, name: str, seq: int) -> bool:
         """The server's consumer reset (nats-server 2.14+): the next delivery
@@ -237,9 +264,10 @@ class JetStreamConsumer:
         self._delivered = answer["delivered"]["consumer_seq"]
         return True
 
-    async def _recreate(self) -> None:
-        """Delete the consumer and create it again after the last frame handed
-        out (servers before 2.14, or nothing handed out yet)."""
+    async def _recreate(self, resume: int | None) -> None:
+        """Delete the consumer and create it again at stream seq ``resume``
+        (servers before 2.14, a deleted consumer); ``resume`` None: with its
+        own start, nothing having been acknowledged."""
         from nats.js import api
         from nats.js.errors import NotFoundError
 
@@ -248,9 +276,9 @@ class JetStreamConsumer:
                 await self._js.delete_consumer(self.stream, self._stale)
             except NotFoundError:
                 pass
-        if self._handed is not None:
+        if resume is not None:
             self._config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-            self._config.opt_start_seq = self._handed + 1
+            self._config.opt_start_seq = resume
             self._config.opt_start_time = None
         await self._subscribe()
 
@@ -272,10 +300,8 @@ class JetStreamConsumer:
                 config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
                 config.opt_start_seq = self._resume_seq
             return
-        floor = info.ack_floor.stream_seq
-        if info.config.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE and info.config.opt_start_seq:
-            floor = max(floor, info.config.opt_start_seq - 1)   # a fresh floor reads 0, not start - 1
-        elif floor == 0:
+        floor = _floor(info)
+        if floor is None:
             return          # nothing acknowledged yet: its own start (all, new, a time) still holds
         if info.delivered.stream_seq <= floor:
             return          # nothing handed out past the floor: the consumer is right as it is
