@@ -159,7 +159,7 @@ def explain(pairs: list, rows: list[tuple], soft: list[tuple[int, float, float]]
             if start > b or t < a - 0.01:
                 continue
             inside[who.split(" (")[0]] += max(0.0, min(t, b) - max(start, a))
-            if waited >= RUNNABLE_MS and who.startswith(MEASURED) and start >= a - waited / 1e3:
+            if waited >= RUNNABLE_MS and who.startswith(MEASURED) and start >= a:
                 hit = True
                 lo = start - waited / 1e3
                 for t2, _, who2, run2, _, _ in rows:
