@@ -306,10 +306,9 @@ class JetStreamConsumer:
         if info.delivered.stream_seq <= floor:
             return          # nothing handed out past the floor: the consumer is right as it is
         self._resume_seq = floor + 1
-        if info.delivered.stream_seq > floor:
-            # We ack each frame before handing out the next, so at most the
-            # first one after the floor was being processed when it died.
-            self._maybe_seen = floor + 1
+        # We ack each frame before handing out the next, so at most the
+        # first one after the floor was being processed when it died.
+        self._maybe_seen = floor + 1
         await js.delete_consumer(self.stream, self.durable)
         config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
         config.opt_start_seq = floor + 1
