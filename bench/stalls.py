@@ -147,10 +147,9 @@ def stall_windows(pairs: list, threshold_ms: float) -> list[tuple[float, float, 
 
 def explain(pairs: list, rows: list[tuple], soft: list[tuple[int, float, float]], threshold_ms: float,
             show: int) -> None:
-    lats = sorted((got - sent) / 1e6 for sent, got in pairs)
     windows = stall_windows(pairs, threshold_ms)
-    slow = sum(1 for v in lats if v >= threshold_ms)
-    print(f"{len(lats)} samples, {slow} of them >= {threshold_ms:g} ms, in {len(windows)} stall windows")
+    slow = sum(1 for sent, got in pairs if (got - sent) / 1e6 >= threshold_ms)
+    print(f"{len(pairs)} samples, {slow} of them >= {threshold_ms:g} ms, in {len(windows)} stall windows")
     starved, meanwhile, inside = 0, collections.Counter(), collections.Counter()
     for a, b, _ in windows:
         hit = False
@@ -172,7 +171,7 @@ def explain(pairs: list, rows: list[tuple], soft: list[tuple[int, float, float]]
     print("  what the CPUs ran while it waited:")
     for who, s in meanwhile.most_common(8):
         print(f"    {who:55s} {s / total * 100:5.1f} %")
-    span = sum(b - a for a, b, _ in windows) * 2 or 1      # both CPUs
+    span = sum(b - a for a, b, _ in windows) * (os.cpu_count() or 1) or 1      # every CPU's time
     in_soft = sum(max(0.0, min(e, b) - max(s, a)) for a, b, _ in windows for _, s, e in soft)
     print(f"softirq time inside the stall windows: {in_soft / span * 100:.1f} % of the CPUs' time")
     total = sum(inside.values()) or 1
