@@ -32,22 +32,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 from feedsup.procs import child_pids, read_line, stop, tied, wait_for  # noqa: E402
 
-CONFIG = """[feedsup]
-pub = "ipc://{tmp}/pub"
-control = "ipc://{tmp}/ctl"
-pub_hwm = 1000000
-[binance.spot]
-ws_url = "{ws_url}"
-rest_url = "{rest_url}"
-[connection]
-stale_after = 0
-[[stream]]
-name = "kethusdt"
-market = "spot"
-channel = "kline"
-intervals = ["1m"]
-symbols = ["ETHUSDT"]
-"""
+sys.path.insert(0, str(BENCH))
+from throughput import write_config  # noqa: E402
 
 # Reads everything, as a bot would; the tree's own client.
 CONSUMER = """
@@ -88,8 +74,7 @@ def profile(tree: Path, out: str, seconds: int) -> None:
             rest_url = json.loads(read_line(sim, 30))["rest_url"]
             blaster = start([sys.executable, str(BENCH / "kblast.py"), "--count", "0"], stdout=subprocess.PIPE)
             ws_url = json.loads(read_line(blaster, 30))["ws_url"]
-            config = Path(tmp) / "profile.toml"
-            config.write_text(CONFIG.format(tmp=tmp, ws_url=ws_url, rest_url=rest_url))
+            config = write_config(Path(tmp), {"ws_url": ws_url, "rest_url": rest_url}, ("ETHUSDT",))
             consumer = start([sys.executable, "-c", CONSUMER, str(tree), f"ipc://{tmp}/pub"])
             fs = start([sys.executable, "-m", "feedsup.cli", "run", "-c", str(config)], cwd=tree, env=env,
                        stderr=subprocess.DEVNULL)

@@ -98,7 +98,8 @@ def pub_endpoint(tmp: Path, kind: str = "ipc") -> str:
 
 def write_config(tmp: Path, urls: dict, symbols: tuple[str, ...] = ("BTCUSDT",), pub: str = "",
                  nice: dict[str, int] | None = None) -> Path:
-    """One kline stream per symbol; ``nice``: symbol -> that stream's ``nice``."""
+    """One kline stream per symbol; ``nice``: symbol -> that stream's ``nice``
+    (written only where set, so a checkout older than the key reads it too)."""
     path = tmp / "bench.toml"
     streams = "".join(f"""
 [[stream]]
@@ -107,8 +108,7 @@ market = "spot"
 channel = "kline"
 intervals = ["1m"]
 symbols = ["{s}"]
-nice = {(nice or {}).get(s, 0)}
-""" for s in symbols)
+""" + (f"nice = {nice[s]}\n" if nice and nice.get(s) else "") for s in symbols)
     path.write_text(f"""
 [feedsup]
 pub = "{pub or f'ipc://{tmp}/pub'}"
